@@ -1,0 +1,57 @@
+"""Backend on ``torch.nn.functional.scaled_dot_product_attention`` (PyTorch's fused kernels).
+
+Equivalent to :mod:`multihead.functional.reference`. Two things are added around PyTorch's call
+so that the contract holds: rows with no key to attend to are computed against all keys and
+then zeroed (PyTorch would return NaN there), and bottom-right causal alignment for
+``Nq != Nk`` is passed as an explicit mask (PyTorch's ``is_causal`` is top-left aligned).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._spec import AttentionResult, AttentionSpec, dead_rows
+
+# enable_gqa arrived in torch 2.5; older versions get K/V repeated per query head.
+_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def supports(spec: AttentionSpec) -> str | None:
+    if spec.need_weights:
+        return "fused kernels do not return attention weights (need_weights=True)"
+    return None
+
+
+def sdpa_attention(spec: AttentionSpec) -> AttentionResult:
+    _, h, hkv, nq, nk, _, _ = spec.shape
+    q, k, v = spec.query, spec.key, spec.value
+    kwargs = {}
+    if h != hkv:
+        if _HAS_GQA:
+            kwargs["enable_gqa"] = True
+        else:  # torch < 2.5
+            k = k.repeat_interleave(h // hkv, dim=1)
+            v = v.repeat_interleave(h // hkv, dim=1)
+
+    if spec.mask is None and spec.window is None and (not spec.causal or nq == nk):
+        # Nothing can leave a row empty: the fused kernel needs no help.
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=spec.dropout_p, is_causal=spec.causal, scale=spec.scale, **kwargs
+        )
+        return AttentionResult(out, None)
+
+    mask = spec.merged_mask()
+    assert mask is not None
+    dead = dead_rows(mask)  # (B|1, H|1, Nq, 1)
+    assert dead is not None
+    any_dead = bool(dead.any())
+    # Let empty rows attend to every key so the kernel stays finite, then zero them.
+    if mask.dtype == torch.bool:
+        mask = mask | dead if any_dead else mask
+    else:
+        mask = (mask.masked_fill(dead, 0.0) if any_dead else mask).to(q.dtype)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=spec.dropout_p, scale=spec.scale, **kwargs
+    )
+    return AttentionResult(out.masked_fill(dead, 0.0) if any_dead else out, None)

@@ -1,0 +1,381 @@
+"""``MultiHeadAttention``: the projections around :func:`multihead.functional.attention`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import masks as M
+from ..functional import AttentionResult, attention, get_backend, make_spec, select_backend
+from ..functional._checks import check_choice, check_dropout
+
+__all__ = ["MultiHeadAttention"]
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class MultiHeadAttention(nn.Module):
+    r"""Multi-head attention (Vaswani et al., 2017, Sec. 3.2.2), batch first.
+
+    .. math::
+        \mathrm{MultiHead}(Q, K, V) = \mathrm{Concat}(\mathrm{head}_1, \dots, \mathrm{head}_H) W^O,
+        \quad \mathrm{head}_i = \mathrm{Attention}(Q W_i^Q, K W_i^K, V W_i^V)
+
+    Args:
+        embed_dim: ``E``, the size of the query input and of the output.
+        num_heads: ``H``, the number of query heads.
+        kdim: size of the key *input* (default ``E``).
+        vdim: size of the value *input* (default ``E``).
+        head_dim: ``Dk``, per-head query/key size (default ``E // H``; then ``E % H == 0``).
+        v_head_dim: ``Dv``, per-head value size (default ``head_dim``).
+        num_kv_heads: ``Hkv``, key/value heads for grouped-query (``1``: multi-query)
+            attention; ``H % Hkv == 0`` (default ``H``).
+        bias: add biases to the four projections.
+        dropout: dropout on the attention probabilities while training.
+        backend: kernel name or ``"auto"`` (see :func:`multihead.functional.backend_names`).
+        score: ``"dot"`` or ``"cosine"`` (cosine similarity with inverse temperature
+            ``sqrt(Dk)``).
+
+    Shapes (forward): ``query (B, Nq, E)``, ``key (B, Nk, kdim)``, ``value (B, Nk, vdim)``;
+    ``mask`` ``(Nq, Nk)``, ``(B, Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)``; ``key_padding_mask``
+    ``(B, Nk)``. Bool masks: ``True`` = may attend (``True`` = real token for padding). Float
+    masks are added to the logits. Returns ``(output (B, Nq, E), weights (B, H, Nq, Nk) or
+    None)``.
+
+    Example:
+        >>> mha = MultiHeadAttention(64, 8)
+        >>> x = torch.randn(2, 10, 64)
+        >>> out, weights = mha(x, causal=True, need_weights=True)
+        >>> out.shape, weights.shape
+        (torch.Size([2, 10, 64]), torch.Size([2, 8, 10, 10]))
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        head_dim: int | None = None,
+        v_head_dim: int | None = None,
+        num_kv_heads: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        backend: str = "auto",
+        score: str = "dot",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        embed_dim = _positive_int(embed_dim, "embed_dim")
+        num_heads = _positive_int(num_heads, "num_heads")
+        if head_dim is None:
+            if embed_dim % num_heads != 0:
+                raise ValueError(
+                    f"embed_dim={embed_dim} must be divisible by num_heads={num_heads} "
+                    "unless head_dim is given"
+                )
+            head_dim = embed_dim // num_heads
+        head_dim = _positive_int(head_dim, "head_dim")
+        v_head_dim = _positive_int(head_dim if v_head_dim is None else v_head_dim, "v_head_dim")
+        num_kv_heads = _positive_int(
+            num_heads if num_kv_heads is None else num_kv_heads, "num_kv_heads"
+        )
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(
+                f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}"
+            )
+        check_dropout(dropout, "dropout")
+        check_choice(score, "score", ("dot", "cosine"))
+        if backend != "auto":
+            get_backend(backend)  # fail at construction, not on the first call
+
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.kdim = _positive_int(embed_dim if kdim is None else kdim, "kdim")
+        self.vdim = _positive_int(embed_dim if vdim is None else vdim, "vdim")
+        self.head_dim = head_dim
+        self.v_head_dim = v_head_dim
+        self.dropout = float(dropout)
+        self.backend = backend
+        self.score = score
+
+        factory = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(self.kdim, num_kv_heads * head_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(self.vdim, num_kv_heads * v_head_dim, bias=bias, **factory)
+        self.out_proj = nn.Linear(num_heads * v_head_dim, embed_dim, bias=bias, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform projections and zero biases, as ``torch.nn.MultiheadAttention``."""
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+
+    @property
+    def bias(self) -> bool:
+        return self.q_proj.bias is not None
+
+    def extra_repr(self) -> str:
+        parts = [f"embed_dim={self.embed_dim}", f"num_heads={self.num_heads}"]
+        if self.num_kv_heads != self.num_heads:
+            parts.append(f"num_kv_heads={self.num_kv_heads}")
+        parts.append(f"head_dim={self.head_dim}")
+        if self.v_head_dim != self.head_dim:
+            parts.append(f"v_head_dim={self.v_head_dim}")
+        if self.kdim != self.embed_dim or self.vdim != self.embed_dim:
+            parts.append(f"kdim={self.kdim}, vdim={self.vdim}")
+        parts.append(f"dropout={self.dropout}, backend={self.backend!r}")
+        if self.score != "dot":
+            parts.append(f"score={self.score!r}")
+        return ", ".join(parts)
+
+    # ----------------------------------------------------------------------------- forward
+
+    def _check_input(self, x: Tensor, name: str, size: int, size_name: str) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[-1] != size:
+            raise ValueError(
+                f"{name} must be 3-D (B, N, {size_name}={size}), got shape {tuple(x.shape)}"
+            )
+
+    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Project inputs and split heads: ``q (B, H, Nq, Dk)``, ``k (B, Hkv, Nk, Dk)``,
+        ``v (B, Hkv, Nk, Dv)``. One fused matrix product when all three inputs are the same
+        tensor (self-attention)."""
+        if query is key and key is value:
+            weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+            bias = (
+                torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+                if self.q_proj.bias is not None
+                else None
+            )
+            q, k, v = F.linear(query, weight, bias).split(
+                [
+                    self.q_proj.out_features,
+                    self.k_proj.out_features,
+                    self.v_proj.out_features,
+                ],
+                dim=-1,
+            )
+        else:
+            q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        # (B, N, heads * D) -> (B, heads, N, D)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        v = v.unflatten(-1, (self.num_kv_heads, self.v_head_dim)).transpose(1, 2)
+        return q, k, v
+
+    def build_mask(
+        self,
+        mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        batch: int,
+        nq: int,
+        nk: int,
+    ) -> Tensor | None:
+        """Combine ``mask`` and ``key_padding_mask`` into one 4-D mask (or ``None``)."""
+        if mask is not None:
+            M.check_mask_dtype(mask, "mask")
+            if mask.dim() == 3:
+                if mask.shape != (batch, nq, nk):
+                    raise ValueError(
+                        f"a 3-D mask must be (B, Nq, Nk) = {(batch, nq, nk)}, "
+                        f"got shape {tuple(mask.shape)}"
+                    )
+                mask = mask.unsqueeze(1)
+        if key_padding_mask is not None:
+            M.check_mask_dtype(key_padding_mask, "key_padding_mask")
+            if key_padding_mask.shape != (batch, nk):
+                raise ValueError(
+                    f"key_padding_mask must be (B, Nk) = {(batch, nk)}, "
+                    f"got shape {tuple(key_padding_mask.shape)}"
+                )
+            key_padding_mask = M.key_padding_mask(key_padding_mask)
+            if mask is not None and mask.dim() == 2:
+                mask = mask[None, None]
+        return M.combine_masks(mask, key_padding_mask)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> AttentionResult:
+        """Attend from ``query`` to ``key``/``value`` (self-attention when ``key`` is None;
+        ``value`` defaults to ``key``). See the class docstring for shapes."""
+        key = query if key is None else key
+        value = key if value is None else value
+        self._check_input(query, "query", self.embed_dim, "embed_dim")
+        self._check_input(key, "key", self.kdim, "kdim")
+        self._check_input(value, "value", self.vdim, "vdim")
+        b, nq, _ = query.shape
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != b:
+            raise ValueError(
+                "query, key and value must share the batch size and key/value the length, got "
+                f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+            )
+        nk = key.shape[1]
+        full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
+
+        # 1) project and split heads, 2) attend, 3) concatenate heads, 4) output projection.
+        q, k, v = self.project(query, key, value)
+        out, weights = attention(
+            q,
+            k,
+            v,
+            mask=full_mask,
+            causal=causal,
+            score=self.score,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
+            backend=self.backend,
+        )
+        out = out.transpose(1, 2).flatten(2)  # (B, H, Nq, Dv) -> (B, Nq, H * Dv)
+        return AttentionResult(self.out_proj(out), weights)
+
+    def why_backend(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> str:
+        """Which kernel a call with these arguments would use, and why the others were not.
+
+        Example:
+            >>> mha = MultiHeadAttention(16, 2)
+            >>> print(mha.why_backend(torch.randn(1, 3, 16), need_weights=True))
+            math (skipped: sdpa: fused kernels do not return attention weights (need_weights=True))
+        """
+        key = query if key is None else key
+        value = key if value is None else value
+        b, nq, _ = query.shape
+        full_mask = self.build_mask(mask, key_padding_mask, b, nq, key.shape[1])
+        with torch.no_grad():
+            q, k, v = self.project(query, key, value)
+        spec = make_spec(
+            q, k, v, full_mask, causal=causal, score=self.score, need_weights=need_weights
+        )
+        chosen, skipped = select_backend(spec, self.backend)
+        if not skipped:
+            return chosen.name
+        why = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        return f"{chosen.name} (skipped: {why})"
+
+    # ----------------------------------------------------------------------------- interop
+
+    @classmethod
+    def from_torch(cls, module: nn.MultiheadAttention) -> MultiHeadAttention:
+        """Build a ``MultiHeadAttention`` with the weights of a ``torch.nn.MultiheadAttention``.
+
+        The result computes the same outputs, weights (per head) and gradients. Inputs are
+        batch first whatever the torch module's ``batch_first``, and masks follow multihead's
+        convention (bool ``True`` = may attend): invert a torch bool ``attn_mask`` or
+        ``key_padding_mask`` with ``~``.
+
+        Example:
+            >>> torch_mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+            >>> mha = MultiHeadAttention.from_torch(torch_mha)
+        """
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TypeError(
+                f"module must be a torch.nn.MultiheadAttention, got {type(module).__name__}"
+            )
+        if module.bias_k is not None or module.bias_v is not None:
+            raise ValueError("add_bias_kv=True is not supported by multihead.MultiHeadAttention")
+        if module.add_zero_attn:
+            raise ValueError("add_zero_attn=True is not supported by multihead.MultiHeadAttention")
+        e = module.embed_dim
+        ref = module.out_proj.weight
+        mha = cls(
+            e,
+            module.num_heads,
+            kdim=module.kdim,
+            vdim=module.vdim,
+            bias=module.in_proj_bias is not None,
+            dropout=module.dropout,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
+        with torch.no_grad():
+            if module._qkv_same_embed_dim:
+                wq, wk, wv = module.in_proj_weight.chunk(3)
+            else:
+                wq, wk, wv = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
+            for proj, w in ((mha.q_proj, wq), (mha.k_proj, wk), (mha.v_proj, wv)):
+                proj.weight.copy_(w)
+            mha.out_proj.weight.copy_(module.out_proj.weight)
+            if module.in_proj_bias is not None:
+                for proj, bias in zip(
+                    (mha.q_proj, mha.k_proj, mha.v_proj), module.in_proj_bias.chunk(3), strict=True
+                ):
+                    proj.bias.copy_(bias)
+                mha.out_proj.bias.copy_(module.out_proj.bias)
+        mha.train(module.training)
+        return mha
+
+    def to_torch(self) -> nn.MultiheadAttention:
+        """A ``torch.nn.MultiheadAttention(batch_first=True)`` with the same weights.
+
+        Raises ``ValueError`` for options torch cannot represent (grouped-query heads, head sizes
+        other than ``E // H``, ``v_head_dim != head_dim``, cosine scores).
+        """
+        problems = []
+        if self.num_kv_heads != self.num_heads:
+            problems.append(f"num_kv_heads={self.num_kv_heads} != num_heads={self.num_heads}")
+        if self.head_dim * self.num_heads != self.embed_dim:
+            problems.append(f"head_dim={self.head_dim} is not embed_dim // num_heads")
+        if self.v_head_dim != self.head_dim:
+            problems.append(f"v_head_dim={self.v_head_dim} != head_dim={self.head_dim}")
+        if self.score != "dot":
+            problems.append(f"score={self.score!r}")
+        if problems:
+            raise ValueError(
+                "cannot convert to torch.nn.MultiheadAttention: " + "; ".join(problems)
+            )
+        ref = self.out_proj.weight
+        module = nn.MultiheadAttention(
+            self.embed_dim,
+            self.num_heads,
+            dropout=self.dropout,
+            bias=self.bias,
+            kdim=self.kdim,
+            vdim=self.vdim,
+            batch_first=True,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
+        with torch.no_grad():
+            weights = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
+            if module._qkv_same_embed_dim:
+                module.in_proj_weight.copy_(torch.cat(weights))
+            else:
+                module.q_proj_weight.copy_(weights[0])
+                module.k_proj_weight.copy_(weights[1])
+                module.v_proj_weight.copy_(weights[2])
+            module.out_proj.weight.copy_(self.out_proj.weight)
+            if self.bias:
+                module.in_proj_bias.copy_(
+                    torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+                )
+                module.out_proj.bias.copy_(self.out_proj.bias)
+        module.train(self.training)
+        return module
