@@ -1,2 +1,73 @@
-def main() -> int:
-    return 0
+"""The ``multihead`` command: a thin layer over the library.
+
+Each sub-command lives in its own module, which provides ``configure(parser)`` to declare its
+options and ``run(args) -> int`` to do the work; this file only wires them together and turns
+expected failures (bad input, missing files) into one-line errors with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "explain": ("multihead.explain", "the worked example of multi-head attention, step by step"),
+    "demo": ("multihead.train.demo", "train the date translator and show what it learned"),
+    "train": ("multihead.train.command", "train a model on a built-in task"),
+    "translate": ("multihead.train.translate", "translate dates with a trained checkpoint"),
+    "generate": ("multihead.train.generate", "sample text from a trained language model"),
+    "visualize": ("multihead.viz.command", "draw attention heatmaps and an HTML view"),
+    "bench": ("multihead.bench.command", "time attention backends against PyTorch"),
+}
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="multihead",
+        description="Multi-head attention and the Transformer: learn it, train it, look inside.",
+        epilog="Run 'multihead COMMAND --help' for a command's options and an example.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module_name.startswith(exc.name):
+                continue  # command not built yet
+            raise
+        command = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.configure(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (CommandError, ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        print(f"multihead {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"multihead {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -79,7 +79,7 @@ def check_mask(mask: Tensor | None, expected: tuple[int, int, int, int]) -> Tens
     if mask is None:
         return None
     check_mask_dtype(mask, "mask")
-    b, h, nq, nk = expected
+    given = _shape(mask)
     if mask.dim() == 2:
         mask = mask[None, None]
     elif mask.dim() != 4:
@@ -91,10 +91,9 @@ def check_mask(mask: Tensor | None, expected: tuple[int, int, int, int]) -> Tens
     for size, want, axis in zip(mask.shape, expected, ["B", "H", "Nq", "Nk"], strict=True):
         if size not in (1, want):
             raise ValueError(
-                f"mask of shape {_shape(mask)} does not broadcast to (B, H, Nq, Nk) = {expected}: "
+                f"mask of shape {given} does not broadcast to (B, H, Nq, Nk) = {expected}: "
                 f"its {axis} axis is {size}, expected 1 or {want}"
             )
-    del b, h, nq, nk
     return mask
 
 
