@@ -313,7 +313,7 @@ def test_auto_explains_its_choice():
 
 def test_named_backend_that_cannot_run_the_call_says_why():
     q, k, v = make_inputs((1, 1, 1, 2, 2, 2, 2))
-    with pytest.raises(ValueError, match="sdpa.*need_weights"):
+    with pytest.raises(ValueError, match=r"sdpa.*need_weights"):
         attention(q, k, v, need_weights=True, backend="sdpa")
 
 
