@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (CommandError, ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        if os.environ.get("MULTIHEAD_DEBUG"):
+            raise
         print(f"multihead {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
