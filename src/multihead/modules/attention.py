@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks as M
-from ..functional import AttentionResult, attention, get_backend, make_spec, select_backend
+from ..functional import (
+    AttentionResult,
+    AttentionSpec,
+    attention,
+    get_backend,
+    make_spec,
+    select_backend,
+)
 from ..functional._checks import check_choice, check_dropout
 
-__all__ = ["MultiHeadAttention"]
+__all__ = ["MultiHeadAttention", "add_attention_observer"]
+
+Observer = Callable[["MultiHeadAttention", AttentionSpec], None]
+_OBSERVERS: dict[int, Observer] = {}
+
+
+class ObserverHandle:
+    """Returned by :func:`add_attention_observer`; ``remove()`` unregisters the observer."""
+
+    def __init__(self, key: int) -> None:
+        self._key = key
+
+    def remove(self) -> None:
+        _OBSERVERS.pop(self._key, None)
+
+
+def add_attention_observer(fn: Observer) -> ObserverHandle:
+    """Call ``fn(module, spec)`` on every ``MultiHeadAttention`` forward, with the projected
+    q/k/v and masks as an :class:`~multihead.functional.AttentionSpec`.
+
+    Observers see the inputs of the kernel and must not modify them; the module's output is
+    computed exactly as without them. This is how attention capture (:mod:`multihead.viz`)
+    records weights without switching kernels.
+    """
+    key = id(fn)
+    while key in _OBSERVERS:
+        key += 1
+    _OBSERVERS[key] = fn
+    return ObserverHandle(key)
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -234,6 +271,10 @@ class MultiHeadAttention(nn.Module):
 
         # 1) project and split heads, 2) attend, 3) concatenate heads, 4) output projection.
         q, k, v = self.project(query, key, value)
+        if _OBSERVERS:
+            spec = make_spec(q, k, v, full_mask, causal=causal, score=self.score)
+            for observer in list(_OBSERVERS.values()):
+                observer(self, spec)
         out, weights = attention(
             q,
             k,
