@@ -11,8 +11,28 @@ Example:
 
 from . import masks
 from .functional import AttentionResult, attention
-from .modules import MultiHeadAttention
+from .modules import (
+    DecoderLM,
+    EncoderClassifier,
+    MultiHeadAttention,
+    Seq2SeqTransformer,
+    TransformerConfig,
+    ViTClassifier,
+    ViTConfig,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["AttentionResult", "MultiHeadAttention", "__version__", "attention", "masks"]
+__all__ = [
+    "AttentionResult",
+    "DecoderLM",
+    "EncoderClassifier",
+    "MultiHeadAttention",
+    "Seq2SeqTransformer",
+    "TransformerConfig",
+    "ViTClassifier",
+    "ViTConfig",
+    "__version__",
+    "attention",
+    "masks",
+]
