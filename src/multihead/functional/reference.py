@@ -28,13 +28,11 @@ def masked_softmax(logits: Tensor, allowed: Tensor | None) -> Tensor:
     """
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
-    # Softmax is shift invariant; the max is only there to keep exp() from overflowing, so it
-    # is detached and replaced by 0 on rows that are entirely -inf (where it would be -inf).
-    row_max = logits.detach().amax(dim=-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    exp = torch.exp(logits - row_max)
-    denom = exp.sum(dim=-1, keepdim=True)
-    return exp / torch.where(denom > 0, denom, torch.ones_like(denom))
+    dead = torch.isneginf(logits).all(dim=-1, keepdim=True)  # rows with nothing to attend to
+    # A row of only -inf would make softmax return NaN, and NaN poisons the backward pass even
+    # behind a torch.where. Give such rows finite logits, then zero their probabilities.
+    weights = torch.softmax(logits.masked_fill(dead, 0.0), dim=-1)
+    return weights.masked_fill(dead, 0.0)
 
 
 def attention_weights(spec: AttentionSpec) -> Tensor:
@@ -48,6 +46,8 @@ def attention_weights(spec: AttentionSpec) -> Tensor:
     logits = (q @ k.transpose(-1, -2)) * spec.scale  # (B, Hkv, G, Nq, Nk)
     logits = logits.flatten(1, 2)  # (B, H, Nq, Nk)
     allowed, bias = spec.split_mask()
+    if allowed is None and bias is None:
+        return torch.softmax(logits, dim=-1)  # no mask: no row can be empty
     if bias is not None:
         logits = logits + bias.to(dtype)
     return masked_softmax(logits, allowed)
