@@ -20,6 +20,7 @@ explain: $(STAMP)
 	$(BIN)/multihead explain
 
 test: $(STAMP)
+	sh scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
