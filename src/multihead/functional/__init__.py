@@ -10,33 +10,30 @@ Shape legend: ``B`` batch, ``H`` query heads, ``Hkv`` key/value heads (``H % Hkv
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..masks import as_window
 from . import reference, sdpa
-from ._checks import check_choice, check_dropout, check_mask, check_qkv, check_scale
+from ._prepare import SCORES, make_spec, zero_unreachable_keys
 from ._spec import AttentionResult, AttentionSpec
 from .reference import masked_softmax
 
 __all__ = [
+    "SCORES",
     "AttentionResult",
     "AttentionSpec",
     "Backend",
     "attention",
     "backend_names",
     "get_backend",
+    "make_spec",
     "masked_softmax",
     "register_backend",
     "select_backend",
+    "zero_unreachable_keys",
 ]
-
-SCORES = ("dot", "cosine")
 
 
 @dataclass(frozen=True)
@@ -134,83 +131,6 @@ def select_backend(spec: AttentionSpec, backend: str = "auto") -> tuple[Backend,
     raise RuntimeError("no exact backend supports this call; the 'math' backend is missing")
 
 
-def _zero_unreachable_keys(spec: AttentionSpec) -> AttentionSpec:
-    """Zero keys and values that no query may attend to, so that NaN or inf stored there (as at
-    padded positions) cannot leak into outputs or gradients through ``0 * nan``."""
-    merged = spec.merged_mask()
-    if merged is None or merged.shape[-1] == 1:
-        return spec
-    if merged.dtype == torch.bool:
-        reachable = merged.any(dim=-2)  # (B|1, H|1, Nk)
-    else:
-        reachable = ~torch.isneginf(merged).all(dim=-2)
-    _, h, hkv, _, _, _, _ = spec.shape
-    if reachable.shape[1] == h and h != hkv:
-        reachable = reachable.unflatten(1, (hkv, h // hkv)).any(dim=2)  # (B|1, Hkv, Nk)
-    if bool(reachable.all()):
-        return spec
-    unreachable = ~reachable.unsqueeze(-1)  # (B|1, Hkv|1, Nk, 1)
-    return AttentionSpec(
-        query=spec.query,
-        key=spec.key.masked_fill(unreachable, 0.0),
-        value=spec.value.masked_fill(unreachable, 0.0),
-        mask=spec.mask,
-        causal=spec.causal,
-        window=spec.window,
-        scale=spec.scale,
-        dropout_p=spec.dropout_p,
-        need_weights=spec.need_weights,
-    )
-
-
-def make_spec(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    mask: Tensor | None = None,
-    *,
-    causal: bool = False,
-    window: int | tuple[int, int] | None = None,
-    scale: float | None = None,
-    score: str = "dot",
-    dropout_p: float = 0.0,
-    need_weights: bool = False,
-) -> AttentionSpec:
-    """Validate the arguments of :func:`attention` and return the call's :class:`AttentionSpec`."""
-    check_qkv(query, key, value)
-    b, h, nq, dk = query.shape
-    nk = key.shape[2]
-    mask = check_mask(mask, (b, h, nq, nk))
-    check_scale(scale)
-    check_dropout(dropout_p)
-    check_choice(score, "score", SCORES)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if not isinstance(need_weights, bool):
-        raise TypeError(f"need_weights must be a bool, got {type(need_weights).__name__}")
-    win = as_window(window, causal=causal)
-    if score == "cosine":
-        # Cosine similarity of unit vectors; the default inverse temperature sqrt(Dk) gives
-        # logits of the same spread as scaled dot products of random unit-variance vectors.
-        query = F.normalize(query, dim=-1)
-        key = F.normalize(key, dim=-1)
-        default_scale = math.sqrt(dk)
-    else:
-        default_scale = 1.0 / math.sqrt(dk)
-    spec = AttentionSpec(
-        query=query,
-        key=key,
-        value=value,
-        mask=mask,
-        causal=causal,
-        window=win,
-        scale=default_scale if scale is None else float(scale),
-        dropout_p=float(dropout_p),
-        need_weights=need_weights,
-    )
-    return _zero_unreachable_keys(spec)
-
-
 def attention(
     query: Tensor,
     key: Tensor,
@@ -289,3 +209,7 @@ register_backend(
     priority=10,
     description="torch.nn.functional.scaled_dot_product_attention (fused kernels)",
 )
+
+from ._register_efficient import register_efficient_backends  # noqa: E402
+
+register_efficient_backends()

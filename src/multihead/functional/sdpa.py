@@ -8,6 +8,8 @@ then zeroed (PyTorch would return NaN there), and bottom-right causal alignment 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -17,16 +19,30 @@ from ._spec import AttentionResult, AttentionSpec, dead_rows
 _HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
+# A window this much narrower than the keys, on sequences this long, runs faster on a kernel
+# that skips whole blocks (measured on CPU at N=16k, W=256: ~6x) than through a dense mask.
+_NARROW_WINDOW_RATIO = 8
+_NARROW_WINDOW_MIN_KEYS = 4096
+
+
 def supports(spec: AttentionSpec) -> str | None:
     if spec.need_weights:
         return "fused kernels do not return attention weights (need_weights=True)"
+    if spec.window is not None:
+        nk = spec.key.shape[2]
+        span = spec.window[0] + spec.window[1] + 1
+        if nk >= _NARROW_WINDOW_MIN_KEYS and span * _NARROW_WINDOW_RATIO <= nk:
+            return (
+                f"window of {span} keys out of Nk={nk} would need a dense mask; "
+                "block-skipping kernels are faster"
+            )
     return None
 
 
 def sdpa_attention(spec: AttentionSpec) -> AttentionResult:
     _, h, hkv, nq, nk, _, _ = spec.shape
     q, k, v = spec.query, spec.key, spec.value
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if h != hkv:
         if _HAS_GQA:
             kwargs["enable_gqa"] = True

@@ -1,0 +1,105 @@
+"""Validation of a call and its description as an :class:`AttentionSpec`, shared by
+:func:`multihead.functional.attention` and the kernels' direct entry points."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..masks import as_window
+from ._checks import check_choice, check_dropout, check_mask, check_qkv, check_scale
+from ._spec import AttentionSpec
+
+SCORES = ("dot", "cosine")
+
+
+def make_spec(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None = None,
+    *,
+    causal: bool = False,
+    window: int | tuple[int, int] | None = None,
+    scale: float | None = None,
+    score: str = "dot",
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> AttentionSpec:
+    """Validate the arguments of :func:`attention` and return the call's :class:`AttentionSpec`."""
+    check_qkv(query, key, value)
+    b, h, nq, dk = query.shape
+    nk = key.shape[2]
+    mask = check_mask(mask, (b, h, nq, nk))
+    check_scale(scale)
+    check_dropout(dropout_p)
+    check_choice(score, "score", SCORES)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if not isinstance(need_weights, bool):
+        raise TypeError(f"need_weights must be a bool, got {type(need_weights).__name__}")
+    win = as_window(window, causal=causal)
+    if score == "cosine":
+        # Cosine similarity of unit vectors; the default inverse temperature sqrt(Dk) gives
+        # logits of the same spread as scaled dot products of random unit-variance vectors.
+        query = F.normalize(query, dim=-1)
+        key = F.normalize(key, dim=-1)
+        default_scale = math.sqrt(dk)
+    else:
+        default_scale = 1.0 / math.sqrt(dk)
+    spec = AttentionSpec(
+        query=query,
+        key=key,
+        value=value,
+        mask=mask,
+        causal=causal,
+        window=win,
+        scale=default_scale if scale is None else float(scale),
+        dropout_p=float(dropout_p),
+        need_weights=need_weights,
+    )
+    return zero_unreachable_keys(spec)
+
+
+def zero_unreachable_keys(spec: AttentionSpec) -> AttentionSpec:
+    """Zero keys and values no query may attend to, so that NaN stored there (as at padded
+    positions) cannot reach outputs or gradients through ``0 * nan`` in ``P @ V``.
+
+    Structure alone only ever cuts keys on the left (a window's left edge behind the first
+    query), which is found by arithmetic; a mask is reduced over queries at its own size.
+    """
+    _, h, hkv, nq, nk, _, _ = spec.shape
+    positions = torch.arange(nk, device=spec.key.device)
+    reachable: Tensor | None = None  # (B|1, Hkv|1, Nk)
+    if spec.window is not None and nk - nq - spec.window[0] > 0:
+        reachable = (positions >= nk - nq - spec.window[0])[None, None]
+    mask = spec.mask
+    if mask is not None:
+        allowed = mask if mask.dtype == torch.bool else ~torch.isneginf(mask)
+        if allowed.shape[-2] > 1 and (spec.causal or spec.window is not None):
+            # A query-dependent mask is already (Nq, Nk)-sized, so joining it with the
+            # structure costs no more than the mask itself.
+            structure = spec.structure()
+            assert structure is not None
+            allowed = allowed & structure
+        by_mask = allowed.any(dim=-2).expand(*allowed.shape[:2], nk)  # (B|1, H|1, Nk)
+        if by_mask.shape[1] == h and h != hkv:
+            by_mask = by_mask.unflatten(1, (hkv, h // hkv)).any(dim=2)  # (B|1, Hkv, Nk)
+        reachable = by_mask if reachable is None else reachable & by_mask
+    if reachable is None or bool(reachable.all()):
+        return spec
+    unreachable = ~reachable.unsqueeze(-1)  # (B|1, Hkv|1, Nk, 1)
+    return AttentionSpec(
+        query=spec.query,
+        key=spec.key.masked_fill(unreachable, 0.0),
+        value=spec.value.masked_fill(unreachable, 0.0),
+        mask=spec.mask,
+        causal=spec.causal,
+        window=spec.window,
+        scale=spec.scale,
+        dropout_p=spec.dropout_p,
+        need_weights=spec.need_weights,
+    )

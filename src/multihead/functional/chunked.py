@@ -1,0 +1,514 @@
+r"""Exact attention over blocks of keys with an online softmax: O(N·D) memory, not O(N²).
+
+Equivalent to :mod:`multihead.functional.reference` up to rounding. Queries are taken
+``block_q`` at a time and keys ``block_k`` at a time, so no temporary is larger than
+``(B, H, block_q, block_k)``. Per query row the softmax is accumulated block by block with the
+running maximum ``m``, normaliser ``l`` and output ``o`` of the online softmax (Milakov &
+Gimelshein, 2018, Alg. 3; Rabe & Staats, 2021; Dao et al., 2022, FlashAttention, Alg. 1):
+
+.. math::
+    m' = \max(m, \max_j s_j),\quad
+    l' = e^{m - m'} l + \sum_j e^{s_j - m'},\quad
+    o' = e^{m - m'} o + \sum_j e^{s_j - m'} v_j,
+
+and the output is ``o / l``. The backward pass stores no weights: it recomputes each block's
+probabilities from the saved log-sum-exp ``L = m + log l`` as ``P = exp(S - L)`` and uses
+``dS = P * (dP - rowsum(dO * O))`` (Dao, 2023, FlashAttention-2, Sec. 3.1.2).
+
+Blocks that causality, the window or a bool mask forbid entirely are never computed, so a
+sliding window costs O(N·W) here too. Grouped-query attention reads each key/value head once
+for its group of ``G = H / Hkv`` query heads; nothing is repeated per head.
+
+The registry entry ``"chunked"`` has priority 50 (``"sdpa"`` has 10), so ``backend="auto"``
+does not prefer it over PyTorch's fused kernels; name it (``backend="chunked"``) for long
+sequences with masks the fused kernels would need materialized, or call
+:func:`chunked_attention` for ALiBi or other block sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..masks import Window
+from ._prepare import make_spec
+from ._spec import AttentionResult, AttentionSpec, _logit_dtype
+
+__all__ = ["alibi_slopes", "chunked_attention", "chunked_backend", "supports"]
+
+# Large blocks keep each matmul big enough to run near peak and the Python loop short; the
+# temporaries are (B, H, 256, 512) floats: 0.5 MiB per (batch, head) pair in float32.
+DEFAULT_BLOCK_Q = 256
+DEFAULT_BLOCK_K = 512
+
+_NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------------------------
+# Call preparation shared by the memory-efficient kernels (chunked, local, linear, lowrank)
+# --------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
+# ALiBi
+# --------------------------------------------------------------------------------------------
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi head slopes ``(H,)`` (Press et al., 2022, Sec. 3), float32.
+
+    For ``H`` a power of two the slopes are the geometric sequence ``2^(-8i/H)``,
+    ``i = 1..H`` (``1/2 ... 1/256`` for 8 heads). Otherwise the paper takes the sequence for
+    the largest power of two ``P < H`` and adds every other slope of the ``2P`` sequence, so
+    the slopes still cover the same range.
+
+    Example:
+        >>> alibi_slopes(4)
+        tensor([0.2500, 0.0625, 0.0156, 0.0039])
+        >>> alibi_slopes(6).shape
+        torch.Size([6])
+    """
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+
+    def geometric(n: int) -> list[float]:
+        ratio = 2.0 ** (-8.0 / n)
+        return [ratio ** (i + 1) for i in range(n)]
+
+    power = 1 << (num_heads.bit_length() - 1)  # largest power of two <= H
+    slopes = geometric(power)
+    if power < num_heads:
+        slopes += geometric(2 * power)[0::2][: num_heads - power]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# The kernel
+# --------------------------------------------------------------------------------------------
+
+# (j0, j1, needs structure mask, needs bool mask): one key block a query block must visit.
+_KeyBlock = tuple[int, int, bool, bool]
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    b: int
+    h: int
+    hkv: int
+    nq: int
+    nk: int
+    dk: int
+    dv: int
+    causal: bool
+    window: Window | None
+    scale: float
+    block_q: int
+    block_k: int
+
+    @property
+    def g(self) -> int:
+        return self.h // self.hkv
+
+    @property
+    def offset(self) -> int:
+        # Bottom-right alignment: query i sits at key position i + Nk - Nq.
+        return self.nk - self.nq
+
+
+def _slice(mask: Tensor, i0: int, i1: int, j0: int, j1: int) -> Tensor:
+    """The ``(B|1, H|1, n|1, m|1)`` block of a broadcastable 4-D mask."""
+    rows = slice(i0, i1) if mask.shape[2] > 1 else slice(None)
+    cols = slice(j0, j1) if mask.shape[3] > 1 else slice(None)
+    return mask[:, :, rows, cols]
+
+
+def _grouped(mask: Tensor, geo: _Geometry) -> Tensor:
+    """``(B|1, H|1, n, m)`` -> ``(B|1, Hkv|1, G|1, n, m)``, matching the grouped query layout."""
+    if mask.shape[1] == 1:
+        return mask.unsqueeze(2)
+    return mask.unflatten(1, (geo.hkv, geo.g))
+
+
+def _plan(geo: _Geometry, allowed: Tensor | None, bias: Tensor | None) -> list[list[_KeyBlock]]:
+    """For each query block, the key blocks it must visit; entirely forbidden ones are left out.
+
+    Also records whether a visited block needs the structure or the bool mask applied at all
+    (a block wholly inside the causal triangle, or of real tokens only, needs neither).
+    """
+    left = geo.window[0] if geo.window is not None else None
+    right = geo.window[1] if geo.window is not None else (0 if geo.causal else None)
+    verdicts: dict[tuple[int, int, int], tuple[bool, bool] | None] = {}
+
+    def by_masks(i0: int, i1: int, j0: int, j1: int) -> tuple[bool, bool] | None:
+        # None: nothing allowed; else (visit, needs bool mask). Masks broadcast over queries
+        # (key padding) give one verdict per key block, so it is cached by key block.
+        key = (i0 if _varies_by_query(allowed, bias) else -1, j0, j1)
+        if key not in verdicts:
+            verdict: tuple[bool, bool] | None = (True, False)
+            if allowed is not None:
+                block = _slice(allowed, i0, i1, j0, j1)
+                verdict = (True, not bool(block.all())) if bool(block.any()) else None
+            if (
+                verdict is not None
+                and bias is not None
+                and bool(torch.isneginf(_slice(bias, i0, i1, j0, j1)).all())
+            ):
+                verdict = None
+            verdicts[key] = verdict
+        return verdicts[key]
+
+    plan: list[list[_KeyBlock]] = []
+    for i0 in range(0, geo.nq, geo.block_q):
+        i1 = min(i0 + geo.block_q, geo.nq)
+        first, last = i0 + geo.offset, i1 - 1 + geo.offset  # key positions of the block's queries
+        blocks: list[_KeyBlock] = []
+        for j0 in range(0, geo.nk, geo.block_k):
+            j1 = min(j0 + geo.block_k, geo.nk)
+            partial = False
+            if right is not None:
+                if j0 > last + right:
+                    break  # this and every later key block lie right of the band
+                partial |= j1 - 1 > first + right
+            if left is not None:
+                if j1 - 1 < first - left:
+                    continue
+                partial |= j0 < last - left
+            verdict = by_masks(i0, i1, j0, j1)
+            if verdict is not None:
+                blocks.append((j0, j1, partial, verdict[1]))
+        plan.append(blocks)
+    return plan
+
+
+def _varies_by_query(allowed: Tensor | None, bias: Tensor | None) -> bool:
+    return any(m is not None and m.shape[2] > 1 for m in (allowed, bias))
+
+
+def _block_logits(
+    geo: _Geometry,
+    qi: Tensor,
+    k: Tensor,
+    i0: int,
+    i1: int,
+    block: _KeyBlock,
+    allowed: Tensor | None,
+    bias: Tensor | None,
+    slopes: Tensor | None,
+) -> Tensor:
+    """Masked logits ``(B*Hkv, G*n, m)`` of query block ``[i0, i1)`` against one key block.
+
+    ``qi`` is ``(B*Hkv, G*n, Dk)``, already multiplied by the scale; ``k`` is ``(B*Hkv, Nk, Dk)``.
+    """
+    j0, j1, needs_structure, needs_bool = block
+    n, m = i1 - i0, j1 - j0
+    s = torch.bmm(qi, k[:, j0:j1].transpose(1, 2))  # (B*Hkv, G*n, m)
+    s5 = s.view(geo.b, geo.hkv, geo.g, n, m)
+    if bias is not None:
+        s5.add_(_grouped(_slice(bias, i0, i1, j0, j1), geo).to(s.dtype))
+    if slopes is not None or needs_structure:
+        q_pos = torch.arange(i0, i1, device=s.device).unsqueeze(1) + geo.offset  # (n, 1)
+        k_pos = torch.arange(j0, j1, device=s.device).unsqueeze(0)  # (1, m)
+        if slopes is not None:
+            # ALiBi (Press et al., 2022, Sec. 3): bias -slope_h * |i - j|, computed per block
+            # so no (Nq, Nk) bias exists; for causal attention this is the paper's m·(j - i).
+            distance = (k_pos - q_pos).abs().to(s.dtype)  # (n, m)
+            s5.addcmul_(slopes.to(s.dtype).view(1, geo.hkv, geo.g, 1, 1), distance, value=-1.0)
+        if needs_structure:
+            ok = torch.ones(n, m, dtype=torch.bool, device=s.device)
+            if geo.causal:
+                ok &= k_pos <= q_pos
+            if geo.window is not None:
+                ok &= (k_pos >= q_pos - geo.window[0]) & (k_pos <= q_pos + geo.window[1])
+            s5.masked_fill_(~ok, _NEG_INF)
+    if needs_bool:
+        assert allowed is not None
+        s5.masked_fill_(~_grouped(_slice(allowed, i0, i1, j0, j1), geo), _NEG_INF)
+    return s
+
+
+def _query_block(x: Tensor, geo: _Geometry, i0: int, i1: int, scale: float = 1.0) -> Tensor:
+    """Rows ``[i0, i1)`` of a ``(B, H, N, D)`` tensor as ``(B*Hkv, G*n, D)``, times ``scale``.
+
+    Grouped layout: the ``G`` query heads sharing a key/value head are stacked as rows of one
+    matrix, so each key block is read once per group and never repeated per head.
+    """
+    rows = x.view(geo.b, geo.hkv, geo.g, x.shape[2], x.shape[3])[:, :, :, i0:i1]
+    rows = rows * scale if scale != 1.0 else rows
+    return rows.reshape(geo.b * geo.hkv, geo.g * (i1 - i0), x.shape[-1])
+
+
+def _forward(
+    geo: _Geometry,
+    plan: list[list[_KeyBlock]],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    allowed: Tensor | None,
+    bias: Tensor | None,
+    slopes: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Output ``(B, H, Nq, Dv)`` and log-sum-exp ``(B, Hkv, G, Nq)`` (``+inf`` on empty rows)."""
+    b, hkv, g = geo.b, geo.hkv, geo.g
+    kf = k.reshape(b * hkv, geo.nk, geo.dk)  # (B*Hkv, Nk, Dk)
+    vf = v.reshape(b * hkv, geo.nk, geo.dv)  # (B*Hkv, Nk, Dv)
+    out = q.new_zeros(b, hkv, g, geo.nq, geo.dv)
+    lse = q.new_full((b, hkv, g, geo.nq), math.inf)
+    for i0, blocks in zip(range(0, geo.nq, geo.block_q), plan, strict=True):
+        if not blocks:
+            continue  # every key forbidden: zeros, as the contract asks
+        i1 = min(i0 + geo.block_q, geo.nq)
+        qi = _query_block(q, geo, i0, i1, geo.scale)  # (B*Hkv, G*n, Dk)
+        rows = qi.shape[1]
+        m = qi.new_full((b * hkv, rows, 1), _NEG_INF)
+        total = qi.new_zeros(b * hkv, rows, 1)
+        acc = qi.new_zeros(b * hkv, rows, geo.dv)
+        for block in blocks:
+            s = _block_logits(geo, qi, kf, i0, i1, block, allowed, bias, slopes)
+            m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+            # A row with nothing allowed yet keeps m = -inf; shifting by 0 instead keeps
+            # exp() at exactly 0 rather than NaN from (-inf) - (-inf).
+            shift = m_new.masked_fill(torch.isneginf(m_new), 0.0)
+            p = s.sub_(shift).exp_()
+            rescale = (m - shift).exp_()
+            total.mul_(rescale).add_(p.sum(dim=-1, keepdim=True))
+            acc.mul_(rescale).baddbmm_(p, vf[:, block[0] : block[1]])
+            m = m_new
+        alive = total > 0
+        total = torch.where(alive, total, 1.0)
+        out[:, :, :, i0:i1] = (acc / total).view(b, hkv, g, i1 - i0, geo.dv)
+        lse_i = torch.where(alive, m + torch.log(total), math.inf)
+        lse[:, :, :, i0:i1] = lse_i.view(b, hkv, g, i1 - i0)
+    return out.view(b, geo.h, geo.nq, geo.dv), lse
+
+
+def _backward(
+    geo: _Geometry,
+    plan: list[list[_KeyBlock]],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dout: Tensor,
+    allowed: Tensor | None,
+    bias: Tensor | None,
+    slopes: Tensor | None,
+    bias_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Gradients for q, k, v (work dtype) and the float mask (``None`` unless ``bias_grad``)."""
+    b, hkv, g = geo.b, geo.hkv, geo.g
+    kf = k.reshape(b * hkv, geo.nk, geo.dk)  # (B*Hkv, Nk, Dk)
+    vf = v.reshape(b * hkv, geo.nk, geo.dv)
+    # D_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij (FlashAttention-2, Sec. 3.1.2)
+    delta = (dout * out).sum(dim=-1).view(b, hkv, g, geo.nq)
+    dq = q.new_zeros(b, hkv, g, geo.nq, geo.dk)
+    dk = torch.zeros_like(kf)
+    dv = torch.zeros_like(vf)
+    dbias = None
+    if bias_grad:
+        assert bias is not None
+        dbias = torch.zeros(bias.shape, dtype=q.dtype, device=q.device)
+    for i0, blocks in zip(range(0, geo.nq, geo.block_q), plan, strict=True):
+        if not blocks:
+            continue
+        i1 = min(i0 + geo.block_q, geo.nq)
+        n = i1 - i0
+        qi = _query_block(q, geo, i0, i1, geo.scale)  # (B*Hkv, G*n, Dk)
+        doi = _query_block(dout, geo, i0, i1)  # (B*Hkv, G*n, Dv)
+        lse_i = lse[:, :, :, i0:i1].reshape(b * hkv, g * n, 1)
+        delta_i = delta[:, :, :, i0:i1].reshape(b * hkv, g * n, 1)
+        dqi = torch.zeros_like(qi)
+        for block in blocks:
+            j0, j1 = block[0], block[1]
+            s = _block_logits(geo, qi, kf, i0, i1, block, allowed, bias, slopes)
+            p = s.sub_(lse_i).exp_()  # exact probabilities; lse = +inf gives 0 on empty rows
+            dv[:, j0:j1].baddbmm_(p.transpose(1, 2), doi)
+            ds = torch.bmm(doi, vf[:, j0:j1].transpose(1, 2)).sub_(delta_i).mul_(p)
+            dqi.baddbmm_(ds, kf[:, j0:j1])
+            dk[:, j0:j1].baddbmm_(ds.transpose(1, 2), qi)
+            if dbias is not None:
+                _accumulate_bias_grad(dbias, ds.view(b, geo.h, n, j1 - j0), i0, i1, j0, j1)
+        dq[:, :, :, i0:i1] = dqi.view(b, hkv, g, n, geo.dk)
+    dq = dq.mul_(geo.scale).view(b, geo.h, geo.nq, geo.dk)
+    return dq, dk.view(b, hkv, geo.nk, geo.dk), dv.view(b, hkv, geo.nk, geo.dv), dbias
+
+
+def _accumulate_bias_grad(dbias: Tensor, ds: Tensor, i0: int, i1: int, j0: int, j1: int) -> None:
+    """Add ``dS`` ``(B, H, n, m)`` into the gradient of a broadcast additive mask."""
+    summed = [axis for axis in range(4) if dbias.shape[axis] == 1 and ds.shape[axis] != 1]
+    if summed:
+        ds = ds.sum(dim=summed, keepdim=True)
+    _slice(dbias, i0, i1, j0, j1).add_(ds)
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    """Online-softmax attention whose backward recomputes blocks instead of storing weights."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Tensor | None,
+        allowed: Tensor | None,
+        slopes: Tensor | None,
+        geo: _Geometry,
+    ) -> Tensor:
+        work = _logit_dtype(q.dtype)  # float32 softmax for float16/bfloat16 inputs
+        wq, wk, wv = (t.to(work).contiguous() for t in (q, k, v))
+        plan = _plan(geo, allowed, bias)
+        out, lse = _forward(geo, plan, wq, wk, wv, allowed, bias, slopes)
+        ctx.geo, ctx.plan = geo, plan
+        ctx.save_for_backward(q, k, v, bias, allowed, slopes, out, lse)
+        return out.to(q.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, bias, allowed, slopes, out, lse = ctx.saved_tensors
+        work = out.dtype
+        wq, wk, wv = (t.to(work).contiguous() for t in (q, k, v))
+        bias_grad = bias is not None and ctx.needs_input_grad[3]
+        dq, dk, dv, dbias = _backward(
+            ctx.geo,
+            ctx.plan,
+            wq,
+            wk,
+            wv,
+            out,
+            lse,
+            dout.to(work).contiguous(),
+            allowed,
+            bias,
+            slopes,
+            bias_grad,
+        )
+        return (
+            dq.to(q.dtype),
+            dk.to(k.dtype),
+            dv.to(v.dtype),
+            dbias.to(bias.dtype) if dbias is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _block_sizes(block_size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if block_size is None:
+        return DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K
+    sizes = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+    if len(sizes) != 2 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+    ):
+        raise ValueError(
+            f"block_size must be a positive int or a (block_q, block_k) pair of them, "
+            f"got {block_size!r}"
+        )
+    return sizes[0], sizes[1]
+
+
+def _run(
+    spec: AttentionSpec, slopes: Tensor | None, block_size: int | tuple[int, int] | None
+) -> Tensor:
+    b, h, hkv, nq, nk, dk, dv = spec.shape
+    block_q, block_k = _block_sizes(block_size)
+    geo = _Geometry(
+        b=b,
+        h=h,
+        hkv=hkv,
+        nq=nq,
+        nk=nk,
+        dk=dk,
+        dv=dv,
+        causal=spec.causal,
+        window=spec.window,
+        scale=spec.scale,
+        block_q=block_q,
+        block_k=block_k,
+    )
+    mask = spec.mask
+    allowed = mask if mask is not None and mask.dtype == torch.bool else None
+    bias = mask if mask is not None and mask.dtype != torch.bool else None
+    out: Tensor = _ChunkedAttention.apply(
+        spec.query, spec.key, spec.value, bias, allowed, slopes, geo
+    )
+    return out
+
+
+def chunked_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    window: int | tuple[int, int] | None = None,
+    scale: float | None = None,
+    alibi_slopes: Tensor | None = None,
+    block_size: int | tuple[int, int] | None = None,
+) -> Tensor:
+    """Exact softmax attention in O(N·D) memory, with an optional ALiBi bias.
+
+    Equivalent to :func:`multihead.functional.attention` with the same arguments (and to
+    adding ``-slope_h * |i - j|`` to the logits when ``alibi_slopes`` is given), to rounding.
+
+    Args:
+        query: ``(B, H, Nq, Dk)``.
+        key: ``(B, Hkv, Nk, Dk)`` with ``H % Hkv == 0``.
+        value: ``(B, Hkv, Nk, Dv)``.
+        mask: bool (``True`` = may attend) or additive float, 2-D ``(Nq, Nk)`` or 4-D
+            broadcastable to ``(B, H, Nq, Nk)``; a float mask may require grad.
+        causal: bottom-right aligned causal mask (query ``i`` at key position ``i + Nk - Nq``).
+        window: sliding window, ``w`` or ``(left, right)`` (see :func:`multihead.masks.as_window`).
+        scale: logit multiplier, default ``1/sqrt(Dk)``.
+        alibi_slopes: ``(H,)`` ALiBi slopes (see :func:`alibi_slopes`), or ``None``. The bias
+            is ``-slope_h * |p_i - j|`` with ``p_i`` the query's key position: the paper's
+            ``m·(j - i)`` under ``causal``, and its symmetric extension otherwise.
+        block_size: keys per block, or ``(block_q, block_k)``; default
+            ``(256, 512)``. Temporary memory is ``B·H·block_q·block_k`` floats.
+
+    Returns:
+        ``(B, H, Nq, Dv)``; rows with no key to attend to are zeros (with zero gradients).
+
+    Example:
+        >>> q = torch.randn(1, 4, 100, 16); kv = torch.randn(1, 2, 100, 16)
+        >>> out = chunked_attention(q, kv, kv, causal=True, alibi_slopes=alibi_slopes(4),
+        ...                         block_size=32)
+        >>> out.shape
+        torch.Size([1, 4, 100, 16])
+    """
+    spec = make_spec(query, key, value, mask, causal=causal, window=window, scale=scale)
+    slopes = None
+    if alibi_slopes is not None:
+        h = query.shape[1]
+        if not isinstance(alibi_slopes, Tensor) or not alibi_slopes.is_floating_point():
+            raise TypeError(
+                f"alibi_slopes must be a floating tensor (H,), got {type(alibi_slopes).__name__}"
+                + (f" of dtype {alibi_slopes.dtype}" if isinstance(alibi_slopes, Tensor) else "")
+            )
+        if tuple(alibi_slopes.shape) != (h,):
+            raise ValueError(
+                f"alibi_slopes must have shape (H,) = ({h},), got {tuple(alibi_slopes.shape)}"
+            )
+        slopes = alibi_slopes.detach().to(device=query.device, dtype=_logit_dtype(query.dtype))
+    return _run(spec, slopes, block_size)
+
+
+def supports(spec: AttentionSpec) -> str | None:
+    """``None`` if the chunked kernel can run ``spec``, else the reason it cannot."""
+    if spec.need_weights:
+        return "chunked attention never forms the (Nq, Nk) weights (need_weights=True)"
+    if spec.dropout_p > 0:
+        return "chunked attention has no dropout on the probabilities (dropout_p > 0)"
+    return None
+
+
+def chunked_backend(spec: AttentionSpec) -> AttentionResult:
+    """Registry entry: :func:`chunked_attention` on a validated spec, default blocks."""
+    return AttentionResult(_run(spec, None, None), None)
