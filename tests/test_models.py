@@ -410,7 +410,7 @@ def test_seq2seq_decoder_is_causal_by_gradients(norm_first: bool) -> None:
         ({"num_encoder_layers": -1}, ValueError, "num_encoder_layers"),
         ({"dropout": 1.0}, ValueError, "dropout"),
         ({"attn_dropout": -0.1}, ValueError, "attn_dropout"),
-        ({"positional": "rope"}, ValueError, "positional"),
+        ({"positional": "xpos"}, ValueError, "positional"),
         ({"activation": "tanh"}, ValueError, "activation"),
         ({"norm_first": 1}, TypeError, "norm_first"),
         ({"pad_id": 11}, ValueError, "pad_id"),

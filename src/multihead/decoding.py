@@ -1,12 +1,16 @@
 """Turning models into sequences: greedy decoding, beam search and sampling.
 
-All three run without gradients and in evaluation mode (dropout off), and put the model back
-in the mode they found it in. Token ids are ``torch.long``; ``B`` is the batch size.
+All run under ``torch.inference_mode`` and in evaluation mode (dropout off), and put the model
+back in the mode they found it in. Token ids are ``torch.long``; ``B`` is the batch size.
 
 How a step is computed is kept apart from the search: a ``_Stepper`` maps the tokens so far to
 the next token's logits and can reorder its rows (beam search moves hypotheses between rows).
-Today each step re-runs the decoder on the whole prefix; a key/value cache slots in there
-(feed only the newest token, reorder the cache rows) without touching the searches.
+With ``use_cache=True`` (the default) a stepper keeps a key/value cache
+(:class:`multihead.cache.DecoderCache`, preallocated to the longest possible output) and feeds
+only the tokens it has not fed yet, so a step costs O(prefix) attention instead of a whole
+forward pass over the prefix; beam search reorders the cache rows with its hypotheses. With
+``use_cache=False``, or for a model whose ``forward``/``decode`` takes no ``cache`` argument,
+each step re-runs the model on the whole prefix. Both give the same tokens.
 
 Example:
     >>> import torch
@@ -21,15 +25,17 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from .cache import DecoderCache
 from .modules.models import DecoderLM, Seq2SeqTransformer, _check_ids, _check_padding_mask
 
-__all__ = ["beam_search", "greedy_decode", "length_penalty_factor", "sample"]
+__all__ = ["beam_search", "generate_lm", "greedy_decode", "length_penalty_factor", "sample"]
 
 
 # ------------------------------------------------------------------------------ checks
@@ -64,16 +70,32 @@ def _check_positions(model: Seq2SeqTransformer | DecoderLM, length: int, what: s
         )
 
 
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 @contextlib.contextmanager
 def _evaluating(model: nn.Module) -> Iterator[None]:
-    """No gradients and no dropout; the model's train/eval mode is restored afterwards."""
+    """No autograd (inference mode: no version counters or views to track) and no dropout; the
+    model's train/eval mode is restored afterwards. Results are cloned outside the block, so
+    callers get ordinary tensors."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
         model.train(was_training)
+
+
+def _takes_cache(fn: Callable[..., Any]) -> bool:
+    """Whether a model's ``forward``/``decode`` accepts ``cache=`` (subclasses may not)."""
+    try:
+        return "cache" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------ steppers
@@ -90,40 +112,66 @@ class _Stepper(Protocol):
 
 
 class _Seq2SeqStepper:
-    """Decoder steps against a memory that is encoded once."""
+    """Decoder steps against a memory that is encoded once; with a cache, only the tokens not
+    fed yet go through the decoder and cross-attention keys/values are projected once."""
 
-    def __init__(self, model: Seq2SeqTransformer, memory: Tensor, memory_mask: Tensor | None):
+    def __init__(
+        self,
+        model: Seq2SeqTransformer,
+        memory: Tensor,
+        memory_mask: Tensor | None,
+        cache: DecoderCache | None = None,
+    ):
         self.model = model
         self.memory = memory  # (R, Ns, E)
         self.memory_mask = memory_mask  # (R, Ns) or None
+        self.cache = cache
+        self.fed = 0  # tokens already in the cache
 
     def next_logits(self, tokens: Tensor) -> Tensor:
-        return self.model.decode(tokens, self.memory, self.memory_mask)[:, -1]
+        if self.cache is None:
+            return self.model.decode(tokens, self.memory, self.memory_mask)[:, -1]
+        new = tokens[:, self.fed :]  # (R, T - fed)
+        self.fed = tokens.shape[1]
+        logits = self.model.decode(new, self.memory, self.memory_mask, cache=self.cache)
+        return logits[:, -1]
 
     def select(self, rows: Tensor) -> None:
         self.memory = self.memory.index_select(0, rows)
         if self.memory_mask is not None:
             self.memory_mask = self.memory_mask.index_select(0, rows)
+        if self.cache is not None:
+            self.cache.reorder(rows)
 
 
 class _LMStepper:
     """Decoder-only steps: the prompt and everything generated is the context."""
 
-    def __init__(self, model: DecoderLM):
+    def __init__(self, model: DecoderLM, cache: DecoderCache | None = None):
         self.model = model
+        self.cache = cache
+        self.fed = 0
 
     def next_logits(self, tokens: Tensor) -> Tensor:
-        return self.model(tokens)[:, -1]
+        if self.cache is None:
+            return self.model(tokens)[:, -1]
+        new = tokens[:, self.fed :]
+        self.fed = tokens.shape[1]
+        return self.model(new, cache=self.cache)[:, -1]
 
     def select(self, rows: Tensor) -> None:
-        pass  # no state besides the tokens yet
+        if self.cache is not None:
+            self.cache.reorder(rows)
 
 
 def _seq2seq_stepper(
-    model: Seq2SeqTransformer, src: Tensor, src_padding_mask: Tensor | None
+    model: Seq2SeqTransformer, src: Tensor, src_padding_mask: Tensor | None, cache_len: int | None
 ) -> _Seq2SeqStepper:
     memory = model.encode(src, src_padding_mask)
-    return _Seq2SeqStepper(model, memory, src_padding_mask)
+    cache = None
+    if cache_len is not None and _takes_cache(model.decode):
+        cache = model.new_cache(max_len=cache_len)
+    return _Seq2SeqStepper(model, memory, src_padding_mask, cache)
 
 
 def _check_seq2seq_args(
@@ -159,6 +207,7 @@ def greedy_decode(
     bos_id: int,
     eos_id: int,
     max_len: int,
+    use_cache: bool = True,
 ) -> Tensor:
     """Decode by taking the most likely token at every step.
 
@@ -174,6 +223,7 @@ def greedy_decode(
         bos_id: the token the decoder starts from (not part of the output).
         eos_id: the token that ends a sequence.
         max_len: the most tokens to generate.
+        use_cache: decode incrementally with a key/value cache (same tokens, faster).
 
     Returns:
         ``(B, T)`` long, ``T <= max_len``: the tokens after BOS.
@@ -186,10 +236,12 @@ def greedy_decode(
         torch.int64
     """
     _check_seq2seq_args(model, src, src_padding_mask, bos_id, eos_id, max_len)
+    _check_flag(use_cache, "use_cache")
     pad_id = model.config.pad_id
     b = src.shape[0]
     with _evaluating(model):
-        stepper = _seq2seq_stepper(model, src, src_padding_mask)
+        # BOS and at most max_len - 1 generated tokens are ever fed.
+        stepper = _seq2seq_stepper(model, src, src_padding_mask, max_len if use_cache else None)
         tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=src.device)
         finished = torch.zeros(b, dtype=torch.bool, device=src.device)
         for _ in range(max_len):
@@ -200,7 +252,7 @@ def greedy_decode(
             finished |= next_token == eos_id
             if bool(finished.all()):
                 break
-    return tokens[:, 1:]
+    return tokens[:, 1:].clone()
 
 
 # ------------------------------------------------------------------------------ beam search
@@ -229,6 +281,7 @@ def beam_search(
     max_len: int,
     beam_size: int = 4,
     length_penalty: float = 0.6,
+    use_cache: bool = True,
 ) -> Tensor:
     """Decode with beam search; return the best hypothesis for each input.
 
@@ -241,6 +294,7 @@ def beam_search(
 
     With ``beam_size=1`` this is :func:`greedy_decode`. Output format as :func:`greedy_decode`:
     ``(B, T)`` long, the tokens after BOS up to and including EOS, then ``config.pad_id``.
+    ``use_cache``: decode incrementally; the key/value cache rows follow their hypotheses.
 
     Example:
         >>> from multihead.modules.models import Seq2SeqTransformer, TransformerConfig
@@ -254,10 +308,11 @@ def beam_search(
     k = _check_count(beam_size, "beam_size", 1)
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
         raise TypeError(f"length_penalty must be a float, got {type(length_penalty).__name__}")
+    _check_flag(use_cache, "use_cache")
     pad_id = model.config.pad_id
     b, device = src.shape[0], src.device
     with _evaluating(model):
-        stepper = _seq2seq_stepper(model, src, src_padding_mask)
+        stepper = _seq2seq_stepper(model, src, src_padding_mask, max_len if use_cache else None)
         # Every input's beam starts as k copies of [BOS]; only the first is live so that the
         # first step does not fill the beam with k copies of the same extension.
         stepper.select(torch.arange(b, device=device).repeat_interleave(k))
@@ -294,7 +349,7 @@ def beam_search(
         best_rows = (row_base.squeeze(1) + best).long()
         out = tokens.index_select(0, best_rows)[:, 1:]  # (B, T)
         longest = int(lengths.gather(1, best.unsqueeze(1)).max())
-    return out[:, :longest]
+    return out[:, :longest].clone()
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -328,6 +383,7 @@ def sample(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     pad_id: int | None = None,
+    use_cache: bool = True,
 ) -> Tensor:
     """Continue ``prompt`` by sampling from a :class:`DecoderLM`.
 
@@ -346,6 +402,7 @@ def sample(
         eos_id: when given, a sequence stops at its first EOS (kept), is padded afterwards,
             and generation ends early once every sequence has stopped.
         pad_id: the id written after EOS (default ``model.config.pad_id``).
+        use_cache: decode incrementally with a key/value cache (same samples, faster).
 
     Returns:
         ``(B, N + T)`` long, ``T <= max_new_tokens``: the prompt and the new tokens.
@@ -357,12 +414,55 @@ def sample(
         >>> sample(lm, torch.tensor([[3, 4]]), max_new_tokens=5, top_k=3, generator=g).shape
         torch.Size([1, 7])
     """
+    return generate_lm(
+        model,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        use_cache=use_cache,
+    )
+
+
+def generate_lm(
+    model: DecoderLM,
+    prompt: Tensor,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+    use_cache: bool = True,
+) -> Tensor:
+    """Continue ``prompt (B, N)`` greedily (``do_sample=False``) or by sampling; the engine of
+    :meth:`DecoderLM.generate` and :func:`sample` (see :func:`sample` for the arguments).
+    Greedy decoding ignores ``temperature``, ``top_k``, ``top_p`` and ``generator``.
+
+    Example:
+        >>> from multihead.modules.models import DecoderLM, TransformerConfig
+        >>> lm = DecoderLM(TransformerConfig(vocab_size=9, d_model=8, num_heads=2, d_ff=16))
+        >>> cached = generate_lm(lm, torch.tensor([[3, 4]]), max_new_tokens=6)
+        >>> torch.equal(cached, generate_lm(lm, torch.tensor([[3, 4]]), max_new_tokens=6,
+        ...                                 use_cache=False))
+        True
+    """
     _check_model(model, DecoderLM)
     vocab = model.config.vocab_size
     _check_ids(prompt, "prompt", vocab)
     if prompt.shape[1] < 1:
         raise ValueError(f"prompt must hold at least one token, got shape {tuple(prompt.shape)}")
     _check_count(max_new_tokens, "max_new_tokens", 0)
+    _check_flag(do_sample, "do_sample")
+    _check_flag(use_cache, "use_cache")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
     if not temperature > 0:
@@ -380,21 +480,36 @@ def sample(
         _check_token_id(eos_id, "eos_id", vocab)
     pad_id = model.config.pad_id if pad_id is None else _check_token_id(pad_id, "pad_id", vocab)
     # The last step feeds everything but the final token.
-    _check_positions(model, prompt.shape[1] + max_new_tokens - 1, "prompt + max_new_tokens")
+    total = prompt.shape[1] + max_new_tokens
+    _check_positions(model, total - 1, "prompt + max_new_tokens")
 
-    tokens = prompt.long()
-    stepper: _Stepper = _LMStepper(model)
-    finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    b, n = prompt.shape
     with _evaluating(model):
+        cache = (
+            model.new_cache(max_len=max(total - 1, n))
+            if use_cache and _takes_cache(model.forward)
+            else None
+        )
+        stepper: _Stepper = _LMStepper(model, cache)
+        # Written in place: no per-step concatenation of the growing sequence.
+        tokens = torch.empty(b, total, dtype=torch.long, device=prompt.device)
+        tokens[:, :n] = prompt
+        finished = torch.zeros(b, dtype=torch.bool, device=prompt.device)
+        length = n
         for _ in range(max_new_tokens):
-            logits = stepper.next_logits(tokens).float() / temperature  # (B, V)
-            logits = _filter_logits(logits, top_k, top_p)
-            probs = torch.softmax(logits, dim=-1)
-            next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
-            next_token = next_token.masked_fill(finished, pad_id)
-            tokens = torch.cat([tokens, next_token.unsqueeze(1)], dim=1)  # (B, N + t + 1)
+            logits = stepper.next_logits(tokens[:, :length])  # (B, V)
+            if do_sample:
+                logits = _filter_logits(logits.float() / temperature, top_k, top_p)
+                probs = torch.softmax(logits, dim=-1)
+                next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+            else:
+                next_token = logits.argmax(dim=-1)  # (B,)
+            if eos_id is not None:
+                next_token = next_token.masked_fill(finished, pad_id)
+            tokens[:, length] = next_token
+            length += 1
             if eos_id is not None:
                 finished |= next_token == eos_id
                 if bool(finished.all()):
                     break
-    return tokens
+    return tokens[:, :length].clone()

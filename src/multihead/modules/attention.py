@@ -1,7 +1,17 @@
-"""``MultiHeadAttention``: the projections around :func:`multihead.functional.attention`."""
+"""``MultiHeadAttention``: the projections around :func:`multihead.functional.attention`,
+plus what lives between them and the kernel: rotary embeddings and ALiBi biases (position
+schemes that act on q/k or on the logits) and key/value caches for incremental decoding.
+
+``state_dict`` keys: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (each ``.weight`` and,
+with ``bias=True``, ``.bias``), in ``nn.Linear`` layout ``(out_features, in_features)``:
+``q_proj (H * Dk, E)``, ``k_proj (Hkv * Dk, kdim)``, ``v_proj (Hkv * Dv, vdim)``,
+``out_proj (E, H * Dv)``. Heads are contiguous row blocks (head ``h`` owns rows
+``h * Dk : (h + 1) * Dk``). Rotary tables and ALiBi slopes are not in the ``state_dict``.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -9,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks as M
+from ..cache import KVCache, StaticKVCache
 from ..functional import (
     AttentionResult,
     AttentionSpec,
@@ -18,6 +29,7 @@ from ..functional import (
     select_backend,
 )
 from ..functional._checks import check_choice, check_dropout
+from ..positional import RotaryEmbedding, alibi_bias, alibi_slopes, check_positions
 
 __all__ = ["MultiHeadAttention", "add_attention_observer"]
 
@@ -77,12 +89,25 @@ class MultiHeadAttention(nn.Module):
         backend: kernel name or ``"auto"`` (see :func:`multihead.functional.backend_names`).
         score: ``"dot"`` or ``"cosine"`` (cosine similarity with inverse temperature
             ``sqrt(Dk)``).
+        rotary: rotate queries and keys by their absolute positions (RoPE, Su et al., 2021;
+            half-split pairing, see :class:`multihead.positional.RotaryEmbedding`) before
+            attending and before caching. Needs an even ``head_dim``.
+        rope_base: RoPE's wavelength base.
+        alibi: add ALiBi's head-specific linear bias ``-m_h |i - j|`` to the logits (Press et
+            al., 2022). Not combinable with ``rotary``.
+
+    Positions (for ``rotary`` and ``alibi``): keys are at ``0 .. Nk - 1`` (counting cached
+    keys) and queries are aligned bottom-right, the last query with the last key, as causal
+    masks are: without a cache a self-attention query ``i`` is at position ``i``; with a
+    :class:`~multihead.cache.KVCache` the new tokens are at ``cache.length .. + Nq - 1``.
+    ``positions`` overrides this for self-attention with ``rotary`` (e.g. left-padded prompts).
 
     Shapes (forward): ``query (B, Nq, E)``, ``key (B, Nk, kdim)``, ``value (B, Nk, vdim)``;
     ``mask`` ``(Nq, Nk)``, ``(B, Nq, Nk)`` or ``(B|1, H|1, Nq, Nk)``; ``key_padding_mask``
     ``(B, Nk)``. Bool masks: ``True`` = may attend (``True`` = real token for padding). Float
     masks are added to the logits. Returns ``(output (B, Nq, E), weights (B, H, Nq, Nk) or
-    None)``.
+    None)``. With a ``KVCache``, ``Nk`` counts the cached keys and ``key_padding_mask`` covers
+    every token seen, ``(B, cache.length + Nq)``.
 
     Example:
         >>> mha = MultiHeadAttention(64, 8)
@@ -90,6 +115,18 @@ class MultiHeadAttention(nn.Module):
         >>> out, weights = mha(x, causal=True, need_weights=True)
         >>> out.shape, weights.shape
         (torch.Size([2, 10, 64]), torch.Size([2, 8, 10, 10]))
+
+    Incremental decoding with a cache equals the full causal pass:
+
+        >>> from multihead.cache import KVCache
+        >>> mha = MultiHeadAttention(16, 4, num_kv_heads=2, rotary=True).eval()
+        >>> x = torch.randn(1, 5, 16)
+        >>> full = mha(x, causal=True).output
+        >>> cache = KVCache(max_len=5)
+        >>> steps = [mha(x[:, :3], causal=True, cache=cache).output]
+        >>> steps += [mha(x[:, t : t + 1], causal=True, cache=cache).output for t in (3, 4)]
+        >>> torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+        True
     """
 
     def __init__(
@@ -106,6 +143,9 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         backend: str = "auto",
         score: str = "dot",
+        rotary: bool = False,
+        rope_base: float = 10000.0,
+        alibi: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -132,6 +172,13 @@ class MultiHeadAttention(nn.Module):
         check_choice(score, "score", ("dot", "cosine"))
         if backend != "auto":
             get_backend(backend)  # fail at construction, not on the first call
+        for flag_name, flag in (("rotary", rotary), ("alibi", alibi)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{flag_name} must be a bool, got {type(flag).__name__}")
+        if rotary and alibi:
+            raise ValueError(
+                "rotary=True and alibi=True cannot be combined: both encode relative positions"
+            )
 
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -149,6 +196,15 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(self.kdim, num_kv_heads * head_dim, bias=bias, **factory)
         self.v_proj = nn.Linear(self.vdim, num_kv_heads * v_head_dim, bias=bias, **factory)
         self.out_proj = nn.Linear(num_heads * v_head_dim, embed_dim, bias=bias, **factory)
+        self.rotary: RotaryEmbedding | None = (
+            RotaryEmbedding(head_dim, base=rope_base) if rotary else None
+        )
+        self.alibi_slopes: Tensor | None
+        if alibi:
+            # A non-persistent buffer: the slopes are fixed by H (Press et al., 2022, Sec. 3).
+            self.register_buffer("alibi_slopes", alibi_slopes(num_heads), persistent=False)
+        else:
+            self.alibi_slopes = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -174,6 +230,8 @@ class MultiHeadAttention(nn.Module):
         parts.append(f"dropout={self.dropout}, backend={self.backend!r}")
         if self.score != "dot":
             parts.append(f"score={self.score!r}")
+        if self.alibi_slopes is not None:
+            parts.append("alibi=True")
         return ", ".join(parts)
 
     # ----------------------------------------------------------------------------- forward
@@ -188,9 +246,12 @@ class MultiHeadAttention(nn.Module):
 
     def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Project inputs and split heads: ``q (B, H, Nq, Dk)``, ``k (B, Hkv, Nk, Dk)``,
-        ``v (B, Hkv, Nk, Dv)``. One fused matrix product when all three inputs are the same
-        tensor (self-attention)."""
-        if query is key and key is value:
+        ``v (B, Hkv, Nk, Dv)``. One fused matrix product for self-attention under autograd."""
+        # Fused only when autograd records the product: concatenating the weights copies all
+        # three matrices on every call, as much memory traffic as the product itself at batch 1,
+        # so decoding (no grad) runs three products on the weights in place instead.
+        fuse = torch.is_grad_enabled() and self.q_proj.weight.requires_grad
+        if query is key and key is value and fuse:
             weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
             bias = (
                 torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
@@ -252,35 +313,124 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         causal: bool = False,
         need_weights: bool = False,
+        *,
+        window: int | tuple[int, int] | None = None,
+        cache: KVCache | StaticKVCache | None = None,
+        positions: Tensor | None = None,
     ) -> AttentionResult:
         """Attend from ``query`` to ``key``/``value`` (self-attention when ``key`` is None;
-        ``value`` defaults to ``key``). See the class docstring for shapes."""
-        key = query if key is None else key
-        value = key if value is None else value
+        ``value`` defaults to ``key``). See the class docstring for shapes.
+
+        Args:
+            window: sliding window, as in :func:`multihead.functional.attention`.
+            cache: a :class:`~multihead.cache.KVCache` for self-attention (``key`` and
+                ``value`` None): only ``query``'s tokens are projected, appended, and attend to
+                every cached key (``causal`` is bottom-right aligned, so the new tokens see all
+                earlier ones). A :class:`~multihead.cache.StaticKVCache` for cross-attention:
+                ``key``/``value`` are projected on the first call and reused afterwards.
+            positions: absolute positions ``(Nq,)`` or ``(B, Nq)`` of the query tokens, for
+                self-attention with ``rotary`` (default: counted from ``cache.length``).
+        """
+        if (
+            cache is None
+            and positions is None
+            and window is None
+            and self.rotary is None
+            and self.alibi_slopes is None
+        ):
+            return self._forward_plain(
+                query, key, value, mask, key_padding_mask, causal, need_weights
+            )
+        return self._forward_general(
+            query,
+            key,
+            value,
+            mask,
+            key_padding_mask,
+            causal,
+            need_weights,
+            window,
+            cache,
+            positions,
+        )
+
+    def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
         self._check_input(query, "query", self.embed_dim, "embed_dim")
         self._check_input(key, "key", self.kdim, "kdim")
         self._check_input(value, "value", self.vdim, "vdim")
-        b, nq, _ = query.shape
-        if key.shape[:2] != value.shape[:2] or key.shape[0] != b:
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
             raise ValueError(
                 "query, key and value must share the batch size and key/value the length, got "
                 f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
             )
+
+    def _forward_plain(
+        self,
+        query: Tensor,
+        key: Tensor | None,
+        value: Tensor | None,
+        mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        need_weights: bool,
+    ) -> AttentionResult:
+        key = query if key is None else key
+        value = key if value is None else value
+        self._check_shapes(query, key, value)
+        b, nq, _ = query.shape
         nk = key.shape[1]
         full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
 
         # 1) project and split heads, 2) attend, 3) concatenate heads, 4) output projection.
         q, k, v = self.project(query, key, value)
+        return self._attend(q, k, v, full_mask, causal, None, need_weights)
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        full_mask: Tensor | None,
+        causal: bool,
+        window: int | tuple[int, int] | None,
+        need_weights: bool,
+    ) -> AttentionResult:
         if _OBSERVERS:
-            spec = make_spec(q, k, v, full_mask, causal=causal, score=self.score)
+            spec = make_spec(q, k, v, full_mask, causal=causal, window=window, score=self.score)
             for observer in list(_OBSERVERS.values()):
                 observer(self, spec)
+        elif (
+            full_mask is None
+            and window is None
+            and not causal
+            and not need_weights
+            and self.score == "dot"
+            and (self.dropout == 0.0 or not self.training)
+        ):
+            # The decoding step (one query, no mask). q, k, v come from our own projections, so
+            # attention()'s argument checks cannot fail; skipping them halves the per-layer
+            # overhead at batch 1, where each step is otherwise a few tiny kernels.
+            spec = AttentionSpec(
+                query=q,
+                key=k,
+                value=v,
+                mask=None,
+                causal=False,
+                window=None,
+                scale=1.0 / math.sqrt(self.head_dim),  # as attention()'s default
+                dropout_p=0.0,
+                need_weights=False,
+            )
+            out = select_backend(spec, self.backend)[0].fn(spec).output
+            out = out.transpose(1, 2).flatten(2)  # (B, H, Nq, Dv) -> (B, Nq, H * Dv)
+            return AttentionResult(self.out_proj(out), None)
         out, weights = attention(
             q,
             k,
             v,
             mask=full_mask,
             causal=causal,
+            window=window,
             score=self.score,
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights,
@@ -288,6 +438,147 @@ class MultiHeadAttention(nn.Module):
         )
         out = out.transpose(1, 2).flatten(2)  # (B, H, Nq, Dv) -> (B, Nq, H * Dv)
         return AttentionResult(self.out_proj(out), weights)
+
+    def _project_query(self, query: Tensor) -> Tensor:
+        return self.q_proj(query).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def _project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.k_proj(key).unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(value).unflatten(-1, (self.num_kv_heads, self.v_head_dim)).transpose(1, 2)
+        return k, v  # (B, Hkv, Nk, Dk), (B, Hkv, Nk, Dv)
+
+    def _forward_general(
+        self,
+        query: Tensor,
+        key: Tensor | None,
+        value: Tensor | None,
+        mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        need_weights: bool,
+        window: int | tuple[int, int] | None,
+        cache: KVCache | StaticKVCache | None,
+        positions: Tensor | None,
+    ) -> AttentionResult:
+        self._check_input(query, "query", self.embed_dim, "embed_dim")
+        self_attention = (key is None or key is query) and (value is None or value is query)
+        b, nq, _ = query.shape
+        if positions is not None:
+            if not self_attention:
+                raise ValueError("positions is only for self-attention (key and value None)")
+            if self.rotary is None:
+                raise ValueError(
+                    "positions needs rotary=True (ALiBi and plain attention read positions from "
+                    "the key order)"
+                )
+            positions = check_positions(positions, b, nq)
+        rotary = self.rotary
+
+        if isinstance(cache, StaticKVCache):
+            if rotary is not None or self.alibi_slopes is not None:
+                raise ValueError(
+                    "a StaticKVCache (cross-attention) cannot be used with rotary or alibi, "
+                    "which encode positions within one sequence"
+                )
+            q = self._project_query(query)
+            if cache.is_set:
+                k, v = cache.key, cache.value
+                assert k is not None and v is not None
+                if k.shape[0] != b:
+                    raise ValueError(
+                        f"query has batch size {b} but the StaticKVCache holds {k.shape[0]} "
+                        "rows; call cache.reorder(indices) when rows move (beam search)"
+                    )
+            else:
+                key = query if key is None else key
+                value = key if value is None else value
+                self._check_shapes(query, key, value)
+                k, v = self._project_kv(key, value)
+                cache.set(k, v)
+            nk = k.shape[2]
+            full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
+            return self._attend(q, k, v, full_mask, causal and nq > 1, window, need_weights)
+
+        if isinstance(cache, KVCache):
+            if not self_attention:
+                raise ValueError(
+                    "a KVCache caches self-attention: pass key=None and value=None (use a "
+                    "StaticKVCache for cross-attention)"
+                )
+            offset = cache.length
+            total = offset + nq
+            # Checked before the cache changes, so that a failed call leaves it as it was.
+            if key_padding_mask is not None and (
+                not isinstance(key_padding_mask, Tensor) or key_padding_mask.shape != (b, total)
+            ):
+                got = (
+                    tuple(key_padding_mask.shape)
+                    if isinstance(key_padding_mask, Tensor)
+                    else type(key_padding_mask).__name__
+                )
+                raise ValueError(
+                    "with a KVCache, key_padding_mask covers every token seen: "
+                    f"(B, cache.length + Nq) = {(b, total)}, got {got}"
+                )
+            if cache.window is not None:
+                if window is not None and M.as_window(window, causal=True) != (cache.window, 0):
+                    raise ValueError(
+                        f"window={window!r} disagrees with the cache's window={cache.window}"
+                    )
+                # A single new query sees exactly the keys the cache returns.
+                window = (cache.window, 0) if nq > 1 else None
+            q, k, v = self.project(query, query, query)
+            if rotary is not None:
+                q, k = self._rotate(rotary, q, k, offset, positions)
+            k, v = cache.update(k, v)  # every key to attend to, the new ones last
+            nk = k.shape[2]
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask[:, total - nk :]
+            k_start = total - nk  # absolute position of the first key returned
+        else:
+            key = query if key is None else key
+            value = key if value is None else value
+            self._check_shapes(query, key, value)
+            q, k, v = self.project(query, key, value)
+            nk = k.shape[2]
+            k_start = 0
+            offset = nk - nq  # bottom-right: the last query sits at the last key's position
+            if rotary is not None:
+                if self_attention:
+                    q, k = self._rotate(rotary, q, k, 0, positions)
+                else:
+                    if offset < 0:
+                        raise ValueError(
+                            f"rotary attention aligns queries bottom-right with the keys, so it "
+                            f"needs Nq <= Nk, got Nq={nq} and Nk={nk}"
+                        )
+                    cos, sin = rotary.cos_sin_range(0, nk, dtype=q.dtype, device=q.device)
+                    k = rotary.rotate(k, cos, sin)
+                    q = rotary.rotate(q, cos[offset:], sin[offset:])
+
+        full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
+        if self.alibi_slopes is not None:
+            q_pos = torch.arange(k_start + nk - nq, k_start + nk, device=q.device)
+            k_pos = torch.arange(k_start, k_start + nk, device=q.device)
+            bias = alibi_bias(self.alibi_slopes, q_pos, k_pos)[None]  # (1, H, Nq, Nk)
+            # Broadcast over B; only a padding mask (the kernel takes one mask) makes the
+            # combination (B, H, Nq, Nk).
+            full_mask = M.combine_masks(full_mask, bias)
+        # One query at the end sees every earlier key: the causal mask is a no-op.
+        return self._attend(q, k, v, full_mask, causal and nq > 1, window, need_weights)
+
+    @staticmethod
+    def _rotate(
+        rotary: RotaryEmbedding, q: Tensor, k: Tensor, offset: int, positions: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """RoPE on the new queries and keys (same tokens), at ``positions`` or from ``offset``."""
+        if positions is None:
+            cos, sin = rotary.cos_sin_range(offset, q.shape[2], dtype=q.dtype, device=q.device)
+        else:
+            cos, sin = rotary.cos_sin(positions, dtype=q.dtype, device=q.device)
+            if positions.dim() == 2:
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, N, D): every head
+        return rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
 
     def why_backend(
         self,
@@ -303,8 +594,9 @@ class MultiHeadAttention(nn.Module):
 
         Example:
             >>> mha = MultiHeadAttention(16, 2)
-            >>> print(mha.why_backend(torch.randn(1, 3, 16), need_weights=True))
-            math (skipped: sdpa: fused kernels do not return attention weights (need_weights=True))
+            >>> why = mha.why_backend(torch.randn(1, 3, 16), need_weights=True)
+            >>> why.split()[0], "sdpa: fused kernels do not return attention weights" in why
+            ('math', True)
         """
         key = query if key is None else key
         value = key if value is None else value

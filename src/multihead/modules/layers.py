@@ -9,22 +9,78 @@ dropout on its output. Two placements of the LayerNorm:
   pre-norm stack needs one more LayerNorm after its last layer (see
   :class:`multihead.modules.models.Encoder`).
 
+The norm is LayerNorm (Ba et al., 2016) or RMSNorm (Zhang & Sennrich, 2019, as in LLaMA), with
+epsilon ``norm_eps``.
+
+Both layers take a ``cache`` for incremental decoding (see :mod:`multihead.cache`): the
+self-attention :class:`~multihead.cache.KVCache` and, for :class:`DecoderLayer`, a
+cross-attention :class:`~multihead.cache.StaticKVCache`.
+
+``state_dict`` keys: ``self_attn.*`` (and ``cross_attn.*``, see
+:class:`~multihead.modules.attention.MultiHeadAttention`), ``feed_forward.*`` (see
+:class:`~multihead.modules.feedforward.FeedForward`), ``norm1``, ``norm2`` (and ``norm3``)
+with ``.weight`` (and ``.bias`` for LayerNorm). ``norm1`` guards self-attention, ``norm2`` the
+next sub-layer (cross-attention in a decoder layer, else the feed-forward), ``norm3`` the
+decoder's feed-forward.
+
 Shape legend: ``B`` batch, ``H`` heads, ``Nq``/``Nk`` query/key lengths, ``E`` model size.
 Padding masks are bool ``(B, N)`` with ``True`` = real token.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
-from ..functional._checks import check_dropout
+from ..cache import KVCache, StaticKVCache
+from ..functional._checks import check_choice, check_dropout
 from .attention import MultiHeadAttention
 from .feedforward import FeedForward
 
-__all__ = ["DecoderLayer", "EncoderLayer"]
+__all__ = ["NORMS", "DecoderLayer", "EncoderLayer", "make_norm"]
+
+NORMS = ("layernorm", "rmsnorm")
 
 
-class EncoderLayer(nn.Module):
+def make_norm(kind: str, d_model: int, eps: float = 1e-5) -> nn.Module:
+    """``nn.LayerNorm`` or ``nn.RMSNorm`` (one of :data:`NORMS`) over ``d_model`` features.
+
+    Example:
+        >>> make_norm("rmsnorm", 8, 1e-6)
+        RMSNorm((8,), eps=1e-06, elementwise_affine=True)
+    """
+    check_choice(kind, "norm", NORMS)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"norm_eps must be a float > 0, got {eps!r}")
+    if kind == "rmsnorm":
+        return nn.RMSNorm(d_model, eps=float(eps))
+    return nn.LayerNorm(d_model, eps=float(eps))
+
+
+def _attention(
+    d_model: int,
+    num_heads: int,
+    num_kv_heads: int | None,
+    attn_dropout: float,
+    bias: bool,
+    **positions: Any,
+) -> MultiHeadAttention:
+    return MultiHeadAttention(
+        d_model, num_heads, num_kv_heads=num_kv_heads, dropout=attn_dropout, bias=bias, **positions
+    )
+
+
+class _Residual(nn.Module):
+    dropout: nn.Dropout
+
+    def _drop(self, x: Tensor) -> Tensor:
+        # Calling the module in evaluation mode costs as much as the add it guards, once per
+        # sub-layer and token when decoding: skip it.
+        return self.dropout(x) if self.training and self.dropout.p > 0 else x
+
+
+class EncoderLayer(_Residual):
     """Self-attention and a feed-forward network, each in a residual branch.
 
     With ``causal=True`` in :meth:`forward` this is also the layer of a decoder-only language
@@ -38,8 +94,13 @@ class EncoderLayer(nn.Module):
             feed-forward network.
         attn_dropout: dropout on the attention probabilities.
         norm_first: pre-norm (``True``) or post-norm (``False``, the paper's layout).
-        activation: ``"gelu"`` or ``"relu"``.
+        activation: one of :data:`~multihead.modules.feedforward.ACTIVATIONS`.
         num_kv_heads: key/value heads for grouped-query attention (default ``num_heads``).
+        bias: biases in the attention projections and the feed-forward network.
+        norm: ``"layernorm"`` or ``"rmsnorm"``; ``norm_eps`` its epsilon.
+        ffn: ``"mlp"`` or ``"gated"`` (see :class:`FeedForward`).
+        rotary, rope_base, alibi: position schemes of the self-attention (see
+            :class:`MultiHeadAttention`).
 
     Example:
         >>> import torch
@@ -61,18 +122,32 @@ class EncoderLayer(nn.Module):
         norm_first: bool = True,
         activation: str = "gelu",
         num_kv_heads: int | None = None,
+        bias: bool = True,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-5,
+        ffn: str = "mlp",
+        rotary: bool = False,
+        rope_base: float = 10000.0,
+        alibi: bool = False,
     ) -> None:
         super().__init__()
         check_dropout(dropout, "dropout")
         if not isinstance(norm_first, bool):
             raise TypeError(f"norm_first must be a bool, got {type(norm_first).__name__}")
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(
-            d_model, num_heads, num_kv_heads=num_kv_heads, dropout=attn_dropout
+        self.self_attn = _attention(
+            d_model,
+            num_heads,
+            num_kv_heads,
+            attn_dropout,
+            bias,
+            rotary=rotary,
+            rope_base=rope_base,
+            alibi=alibi,
         )
-        self.feed_forward = FeedForward(d_model, d_ff, dropout, activation)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.feed_forward = FeedForward(d_model, d_ff, dropout, activation, kind=ffn, bias=bias)
+        self.norm1 = make_norm(norm, d_model, norm_eps)
+        self.norm2 = make_norm(norm, d_model, norm_eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -82,11 +157,17 @@ class EncoderLayer(nn.Module):
         mask: Tensor | None = None,
         causal: bool = False,
         need_weights: bool = False,
+        *,
+        cache: KVCache | None = None,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """``x (B, N, E)`` -> ``(y (B, N, E), weights (B, H, N, N) or None)``.
+        """``x (B, N, E)`` -> ``(y (B, N, E), weights (B, H, N, Nk) or None)``.
 
-        ``padding_mask (B, N)``: bool, ``True`` = real token (padded keys are never attended
+        ``padding_mask (B, Nk)``: bool, ``True`` = real token (padded keys are never attended
         to). ``mask``: any extra attention mask accepted by :class:`MultiHeadAttention`.
+        ``cache``: the self-attention :class:`~multihead.cache.KVCache` (then ``x`` holds only
+        the new tokens, ``Nk`` counts the cached ones and ``padding_mask`` covers them all).
+        ``positions``: absolute positions of ``x``'s tokens, for rotary attention.
         """
         if self.norm_first:
             attended, weights = self.self_attn(
@@ -95,9 +176,11 @@ class EncoderLayer(nn.Module):
                 key_padding_mask=padding_mask,
                 causal=causal,
                 need_weights=need_weights,
+                cache=cache,
+                positions=positions,
             )
-            x = x + self.dropout(attended)
-            x = x + self.dropout(self.feed_forward(self.norm2(x)))
+            x = x + self._drop(attended)
+            x = x + self._drop(self.feed_forward(self.norm2(x)))
         else:
             attended, weights = self.self_attn(
                 x,
@@ -105,13 +188,15 @@ class EncoderLayer(nn.Module):
                 key_padding_mask=padding_mask,
                 causal=causal,
                 need_weights=need_weights,
+                cache=cache,
+                positions=positions,
             )
-            x = self.norm1(x + self.dropout(attended))
-            x = self.norm2(x + self.dropout(self.feed_forward(x)))
+            x = self.norm1(x + self._drop(attended))
+            x = self.norm2(x + self._drop(self.feed_forward(x)))
         return x, weights
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_Residual):
     """Causal self-attention, cross-attention to the encoder output, and a feed-forward network.
 
     Args: as :class:`EncoderLayer`.
@@ -137,22 +222,35 @@ class DecoderLayer(nn.Module):
         norm_first: bool = True,
         activation: str = "gelu",
         num_kv_heads: int | None = None,
+        bias: bool = True,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-5,
+        ffn: str = "mlp",
+        rotary: bool = False,
+        rope_base: float = 10000.0,
+        alibi: bool = False,
     ) -> None:
         super().__init__()
         check_dropout(dropout, "dropout")
         if not isinstance(norm_first, bool):
             raise TypeError(f"norm_first must be a bool, got {type(norm_first).__name__}")
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(
-            d_model, num_heads, num_kv_heads=num_kv_heads, dropout=attn_dropout
+        self.self_attn = _attention(
+            d_model,
+            num_heads,
+            num_kv_heads,
+            attn_dropout,
+            bias,
+            rotary=rotary,
+            rope_base=rope_base,
+            alibi=alibi,
         )
-        self.cross_attn = MultiHeadAttention(
-            d_model, num_heads, num_kv_heads=num_kv_heads, dropout=attn_dropout
-        )
-        self.feed_forward = FeedForward(d_model, d_ff, dropout, activation)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
+        # Relative positions are a property of one sequence: cross-attention has none.
+        self.cross_attn = _attention(d_model, num_heads, num_kv_heads, attn_dropout, bias)
+        self.feed_forward = FeedForward(d_model, d_ff, dropout, activation, kind=ffn, bias=bias)
+        self.norm1 = make_norm(norm, d_model, norm_eps)
+        self.norm2 = make_norm(norm, d_model, norm_eps)
+        self.norm3 = make_norm(norm, d_model, norm_eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -163,35 +261,41 @@ class DecoderLayer(nn.Module):
         tgt_padding_mask: Tensor | None = None,
         memory_padding_mask: Tensor | None = None,
         need_weights: bool = False,
+        cache: KVCache | None = None,
+        cross_cache: StaticKVCache | None = None,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``x (B, Nt, E)``, ``memory (B, Ns, E)`` -> ``(y (B, Nt, E), self weights
-        (B, H, Nt, Nt) or None, cross weights (B, H, Nt, Ns) or None)``.
+        (B, H, Nt, Nk) or None, cross weights (B, H, Nt, Ns) or None)``.
 
         Self-attention is causal: target position ``t`` sees positions ``<= t`` only.
-        ``tgt_padding_mask (B, Nt)`` and ``memory_padding_mask (B, Ns)``: bool, ``True`` = real.
+        ``tgt_padding_mask (B, Nk)`` and ``memory_padding_mask (B, Ns)``: bool, ``True`` = real.
+        ``cache``/``cross_cache``: the self-attention :class:`~multihead.cache.KVCache` and the
+        cross-attention :class:`~multihead.cache.StaticKVCache` for incremental decoding (``x``
+        then holds only the new tokens; ``memory`` is projected once, on the first step).
         """
+        self_kwargs: dict[str, Any] = {
+            "key_padding_mask": tgt_padding_mask,
+            "causal": True,
+            "need_weights": need_weights,
+            "cache": cache,
+            "positions": positions,
+        }
+        cross_kwargs: dict[str, Any] = {
+            "key_padding_mask": memory_padding_mask,
+            "need_weights": need_weights,
+            "cache": cross_cache,
+        }
         if self.norm_first:
-            h = self.norm1(x)
-            attended, self_weights = self.self_attn(
-                h, key_padding_mask=tgt_padding_mask, causal=True, need_weights=need_weights
-            )
-            x = x + self.dropout(attended)
-            attended, cross_weights = self.cross_attn(
-                self.norm2(x),
-                memory,
-                key_padding_mask=memory_padding_mask,
-                need_weights=need_weights,
-            )
-            x = x + self.dropout(attended)
-            x = x + self.dropout(self.feed_forward(self.norm3(x)))
+            attended, self_weights = self.self_attn(self.norm1(x), **self_kwargs)
+            x = x + self._drop(attended)
+            attended, cross_weights = self.cross_attn(self.norm2(x), memory, **cross_kwargs)
+            x = x + self._drop(attended)
+            x = x + self._drop(self.feed_forward(self.norm3(x)))
         else:
-            attended, self_weights = self.self_attn(
-                x, key_padding_mask=tgt_padding_mask, causal=True, need_weights=need_weights
-            )
-            x = self.norm1(x + self.dropout(attended))
-            attended, cross_weights = self.cross_attn(
-                x, memory, key_padding_mask=memory_padding_mask, need_weights=need_weights
-            )
-            x = self.norm2(x + self.dropout(attended))
-            x = self.norm3(x + self.dropout(self.feed_forward(x)))
+            attended, self_weights = self.self_attn(x, **self_kwargs)
+            x = self.norm1(x + self._drop(attended))
+            attended, cross_weights = self.cross_attn(x, memory, **cross_kwargs)
+            x = self.norm2(x + self._drop(attended))
+            x = self.norm3(x + self._drop(self.feed_forward(x)))
         return x, self_weights, cross_weights

@@ -7,6 +7,45 @@ keeps it as ``.config``, and takes batch-first token ids with optional bool padd
 Shape legend: ``B`` batch, ``H`` heads, ``Ns``/``Nt`` source/target lengths, ``N`` a length,
 ``E`` model size (``d_model``), ``V`` vocabulary size, ``C`` classes.
 
+Incremental decoding: :class:`DecoderLM` and :class:`Seq2SeqTransformer` make a key/value cache
+with ``new_cache()`` and take it as ``cache=`` (see :mod:`multihead.cache`); each call then feeds
+only new tokens and returns exactly the logits of a full pass. ``DecoderLM.generate`` and
+:mod:`multihead.decoding` use it.
+
+``state_dict`` keys (stable: weight converters such as :mod:`multihead.interop` map onto them).
+A stack is ``encoder`` / ``decoder`` (:class:`Seq2SeqTransformer`), ``decoder``
+(:class:`DecoderLM`, a causal :class:`Encoder`) or ``encoder`` (:class:`EncoderClassifier`):
+
+* ``<stack>.embedding.weight (V, E)``: token embeddings (tied ones appear under every name
+  that shares them, e.g. ``lm_head.weight``);
+* ``<stack>.positional.weight (max_len, E)``: ``positional="learned"`` only (sinusoidal tables,
+  rotary tables and ALiBi slopes are not stored);
+* ``<stack>.token_type.weight (type_vocab_size, E)``: when ``type_vocab_size > 0``;
+* ``<stack>.embedding_norm.{weight,bias}``: when ``embedding_norm`` (no bias for RMSNorm);
+* ``<stack>.layers.<i>.self_attn.{q,k,v,out}_proj.{weight,bias}``, and in a seq2seq decoder
+  ``...cross_attn.{q,k,v,out}_proj.*``: ``nn.Linear`` layout ``(out, in)``, ``q_proj (H*Dk, E)``,
+  ``k_proj``/``v_proj (Hkv*Dk, E)``, ``out_proj (E, H*Dk)``; no ``bias`` keys when
+  ``bias=False``;
+* ``<stack>.layers.<i>.feed_forward.{linear1,linear2}.{weight,bias}`` (``linear1 (d_ff, E)``
+  is the up projection, ``linear2 (E, d_ff)`` the down one) and, for ``ffn="gated"``,
+  ``feed_forward.gate.*`` ``(d_ff, E)``;
+* ``<stack>.layers.<i>.norm1``, ``norm2`` (and ``norm3`` in a seq2seq decoder layer):
+  ``.weight`` (and ``.bias`` for LayerNorm). Pre-norm: ``norm1`` before self-attention,
+  ``norm2`` before the next sub-layer. Post-norm (``norm_first=False``, BERT): ``norm1`` after
+  the attention residual, ``norm2`` after the feed-forward residual;
+* ``<stack>.norm.{weight,bias}``: the final norm (when ``final_norm``, by default iff
+  pre-norm);
+* ``lm_head.weight (V, E)`` (no bias); ``head.{weight,bias} (C, E)`` for the classifier.
+
+Every stack has ``embed(ids, offset=0, *, positions=None)`` (and ``token_type_ids=`` for
+encoders), the input of its first layer; :class:`DecoderLM` and :class:`EncoderClassifier`
+expose it as ``model.embed``.
+
+Hugging Face-style options in :class:`TransformerConfig`: ``embed_scale`` (False for GPT-2 and
+BERT), ``norm``/``norm_eps``, ``activation="gelu_tanh"`` (GPT-2), ``ffn="gated"`` with
+``activation="silu"`` (LLaMA), ``bias=False`` (LLaMA), ``positional="rope"`` with ``rope_base``,
+``embedding_norm`` and ``type_vocab_size`` (BERT), ``final_norm``, ``tie_embeddings``.
+
 Example:
     >>> import torch
     >>> config = TransformerConfig(vocab_size=20, d_model=32, num_heads=2, d_ff=64)
@@ -28,9 +67,17 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..positional import POSITIONAL_KINDS, LearnedPositionalEncoding, build_positional
-from .feedforward import ACTIVATIONS
-from .layers import DecoderLayer, EncoderLayer
+from ..cache import DecoderCache
+from ..positional import (
+    ADDITIVE_KINDS,
+    POSITIONAL_KINDS,
+    AdditivePositionalEncoding,
+    LearnedPositionalEncoding,
+    build_positional,
+    check_positions,
+)
+from .feedforward import ACTIVATIONS, FFN_KINDS
+from .layers import NORMS, DecoderLayer, EncoderLayer, make_norm
 
 __all__ = [
     "AttentionMaps",
@@ -71,6 +118,16 @@ def _check_probability(config: Any, name: str) -> None:
         raise ValueError(f"{owner}.{name} must be in [0, 1), got {value}")
     # JSON writes 0.0 as 0.0 but people write 0: store a float either way.
     object.__setattr__(config, name, float(value))
+
+
+def _check_positive_float(config: Any, name: str, *, minimum_exclusive: float = 0.0) -> None:
+    value = getattr(config, name)
+    owner = type(config).__name__
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{owner}.{name} must be a float, got {type(value).__name__} {value!r}")
+    if not float(value) > minimum_exclusive:
+        raise ValueError(f"{owner}.{name} must be > {minimum_exclusive}, got {value}")
+    object.__setattr__(config, name, float(value))  # JSON may give an int
 
 
 def _check_bool(owner: str, name: str, value: Any) -> None:
@@ -141,9 +198,24 @@ class TransformerConfig:
     dropout: float = 0.1  # the paper's P_drop for the base model
     attn_dropout: float = 0.0  # dropout on attention probabilities; off, as in most recent models
     max_len: int = 512  # positions: a hard limit for "learned", a table size for "sinusoidal"
-    positional: str = "sinusoidal"  # "sinusoidal" | "learned"
+    # "sinusoidal" | "learned" (added to the embeddings) | "rope" | "alibi" (inside
+    # self-attention; relative, so no length limit) | "none"
+    positional: str = "sinusoidal"
+    rope_base: float = 10000.0  # RoPE's wavelength base (Su et al., 2021; LLaMA-1/2's value)
     norm_first: bool = True  # pre-norm: stable without warm-up; False gives the paper's post-norm
-    activation: str = "gelu"  # "gelu" | "relu" (the paper's)
+    # "gelu" | "relu" (the paper's) | "gelu_tanh" (GPT-2's approximate GELU) | "silu" (LLaMA's)
+    activation: str = "gelu"
+    ffn: str = "mlp"  # "mlp" | "gated": down(act(gate(x)) * up(x)), LLaMA's with "silu"
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm" (LLaMA)
+    norm_eps: float = 1e-5  # torch's and GPT-2's LayerNorm epsilon; BERT uses 1e-12
+    bias: bool = True  # biases in attention projections and the feed-forward (LLaMA: none)
+    # None: a final norm after the last layer iff pre-norm (whose residual stream is never
+    # normalized otherwise); True/False force it.
+    final_norm: bool | None = None
+    embed_scale: bool = True  # multiply token embeddings by sqrt(d_model) (Sec. 3.4); GPT-2/BERT
+    # do not
+    embedding_norm: bool = False  # a norm right after embeddings + positions (BERT)
+    type_vocab_size: int = 0  # > 0: BERT's token-type (segment) embeddings; type 0 by default
     tie_embeddings: bool = True  # one matrix for input and output embeddings (Sec. 3.4)
     pad_id: int = 0  # the id decoding writes after EOS
     num_classes: int | None = None  # EncoderClassifier only
@@ -163,8 +235,23 @@ class TransformerConfig:
         _check_probability(self, "attn_dropout")
         _check_int(owner, "max_len", self.max_len, 1)
         _check_choice(owner, "positional", self.positional, POSITIONAL_KINDS)
+        _check_positive_float(self, "rope_base", minimum_exclusive=1.0)
+        if self.positional == "rope" and (self.d_model // self.num_heads) % 2:
+            raise ValueError(
+                f"{owner}.positional='rope' needs an even head size d_model / num_heads, got "
+                f"{self.d_model} / {self.num_heads} = {self.d_model // self.num_heads}"
+            )
         _check_bool(owner, "norm_first", self.norm_first)
         _check_choice(owner, "activation", self.activation, ACTIVATIONS)
+        _check_choice(owner, "ffn", self.ffn, FFN_KINDS)
+        _check_choice(owner, "norm", self.norm, NORMS)
+        _check_positive_float(self, "norm_eps")
+        _check_bool(owner, "bias", self.bias)
+        if self.final_norm is not None:
+            _check_bool(owner, "final_norm", self.final_norm)
+        _check_bool(owner, "embed_scale", self.embed_scale)
+        _check_bool(owner, "embedding_norm", self.embedding_norm)
+        _check_int(owner, "type_vocab_size", self.type_vocab_size, 0)
         _check_bool(owner, "tie_embeddings", self.tie_embeddings)
         _check_int(owner, "pad_id", self.pad_id, 0)
         smallest = min(self.vocab_size, self.target_vocab_size)
@@ -336,7 +423,140 @@ def _new_head(d_model: int, out_features: int, *, bias: bool) -> nn.Linear:
 
 def _final_norm(config: TransformerConfig | ViTConfig) -> nn.Module:
     # A pre-norm stack's residual stream is never normalized inside the layers.
+    if isinstance(config, TransformerConfig):
+        wanted = config.norm_first if config.final_norm is None else config.final_norm
+        return make_norm(config.norm, config.d_model, config.norm_eps) if wanted else nn.Identity()
     return nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
+
+
+def _layer_options(config: TransformerConfig) -> dict[str, Any]:
+    """The keyword arguments of EncoderLayer/DecoderLayer that a config decides."""
+    return {
+        "dropout": config.dropout,
+        "attn_dropout": config.attn_dropout,
+        "norm_first": config.norm_first,
+        "activation": config.activation,
+        "num_kv_heads": config.num_kv_heads,
+        "bias": config.bias,
+        "norm": config.norm,
+        "norm_eps": config.norm_eps,
+        "ffn": config.ffn,
+        "rotary": config.positional == "rope",
+        "rope_base": config.rope_base,
+        "alibi": config.positional == "alibi",
+    }
+
+
+def _check_cache(cache: Any, num_layers: int, *, cross: bool) -> None:
+    if not isinstance(cache, DecoderCache):
+        raise TypeError(
+            f"cache must be a multihead.cache.DecoderCache (model.new_cache()), got "
+            f"{type(cache).__name__}"
+        )
+    if len(cache) != num_layers:
+        raise ValueError(f"cache has {len(cache)} layers but the model has {num_layers}")
+    if cross and cache.cross_attn is None:
+        raise ValueError(
+            "an encoder-decoder needs cross-attention caches: make the cache with "
+            "model.new_cache() (DecoderCache(..., cross=True))"
+        )
+
+
+class _Embedder(nn.Module):
+    """Token embedding, positions, token types, optional norm and dropout: the stem shared by
+    :class:`Encoder` and :class:`Decoder`. Attribute names are ``state_dict`` keys."""
+
+    positional: AdditivePositionalEncoding | None
+    token_type: nn.Embedding | None
+    embedding_norm: nn.Module | None
+
+    def _init_stem(self, config: TransformerConfig, embedding: nn.Embedding) -> None:
+        self.embedding = embedding
+        # Sec. 3.4: "we multiply those weights by sqrt(d_model)" (unless the config says not).
+        self.embed_scale = math.sqrt(config.d_model) if config.embed_scale else 1.0
+        self.positional = (
+            build_positional(config.positional, config.d_model, config.max_len)
+            if config.positional in ADDITIVE_KINDS
+            else None
+        )
+        self.token_type = (
+            _new_embedding(config.type_vocab_size, config.d_model)
+            if config.type_vocab_size > 0
+            else None
+        )
+        self.embedding_norm = (
+            make_norm(config.norm, config.d_model, config.norm_eps)
+            if config.embedding_norm
+            else None
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def embed(
+        self,
+        ids: Tensor,
+        offset: int = 0,
+        *,
+        positions: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """``ids (B, N)`` -> ``(B, N, E)``: token embeddings (times ``sqrt(d_model)`` when
+        ``config.embed_scale``), plus positions (additive kinds), plus token-type embeddings
+        (when ``config.type_vocab_size > 0``; type 0 when ``token_type_ids`` is None), then the
+        embedding norm (``config.embedding_norm``) and dropout.
+
+        ``offset`` is the position of the first id (incremental decoding); ``positions``
+        ``(N,)`` or ``(B, N)`` gives every id's position instead (e.g. left padding). Rotary
+        and ALiBi positions are applied inside attention, not here.
+        """
+        x = self.embedding(ids)  # (B, N, E)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
+        if self.positional is not None:
+            x = self.positional(x, offset, positions=positions)
+        if self.token_type is not None:
+            if token_type_ids is None:
+                x = x + self.token_type.weight[0]
+            else:
+                _check_ids(token_type_ids, "token_type_ids", self.token_type.num_embeddings)
+                if token_type_ids.shape != ids.shape:
+                    raise ValueError(
+                        f"token_type_ids must have the shape of the ids {tuple(ids.shape)}, got "
+                        f"{tuple(token_type_ids.shape)}"
+                    )
+                x = x + self.token_type(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given but config.type_vocab_size is 0")
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        return self.dropout(x)
+
+    def _prepare(
+        self,
+        ids: Tensor,
+        padding_mask: Tensor | None,
+        cache: DecoderCache | None,
+        positions: Tensor | None,
+        *,
+        cross: bool,
+        mask_name: str,
+    ) -> tuple[int, Tensor | None]:
+        """Check the cache and positions; return ``(offset, positions for attention)``."""
+        config: TransformerConfig = self.config  # type: ignore[assignment]
+        b, n = ids.shape
+        offset = 0
+        if cache is not None:
+            _check_cache(cache, len(self.layers), cross=cross)  # type: ignore[arg-type]
+            cache.check_room(n)
+            offset = cache.length
+        _check_padding_mask(padding_mask, mask_name, (b, offset + n))
+        if positions is not None:
+            if config.positional == "alibi":
+                raise ValueError(
+                    "positions is not supported with positional='alibi' (ALiBi reads distances "
+                    "from the key order)"
+                )
+            positions = check_positions(positions, b, n)
+        return offset, positions if config.positional == "rope" else None
 
 
 def _masked_mean(hidden: Tensor, padding_mask: Tensor | None) -> Tensor:
@@ -353,9 +573,9 @@ def _masked_mean(hidden: Tensor, padding_mask: Tensor | None) -> Tensor:
 # ------------------------------------------------------------------------------ stacks
 
 
-class Encoder(nn.Module):
-    """Token embedding (times ``sqrt(d_model)``), positions, dropout, encoder layers and, for
-    pre-norm, a final LayerNorm.
+class Encoder(_Embedder):
+    """Token embedding (times ``sqrt(d_model)`` unless ``config.embed_scale=False``), positions,
+    dropout, encoder layers and, for pre-norm, a final norm.
 
     Args:
         config: the model's :class:`TransformerConfig`.
@@ -389,55 +609,67 @@ class Encoder(nn.Module):
             embedding = _new_embedding(config.vocab_size, config.d_model)
         elif not isinstance(embedding, nn.Embedding) or embedding.embedding_dim != config.d_model:
             raise ValueError(f"embedding must be an nn.Embedding of size d_model={config.d_model}")
-        self.embedding = embedding
-        # Sec. 3.4: "we multiply those weights by sqrt(d_model)".
-        self.embed_scale = math.sqrt(config.d_model)
-        self.positional = build_positional(config.positional, config.d_model, config.max_len)
-        self.dropout = nn.Dropout(config.dropout)
+        self._init_stem(config, embedding)
         depth = config.num_encoder_layers if num_layers is None else num_layers
         _check_int("Encoder", "num_layers", depth, 0)
+        options = _layer_options(config)
         self.layers = nn.ModuleList(
-            EncoderLayer(
-                config.d_model,
-                config.num_heads,
-                config.d_ff,
-                dropout=config.dropout,
-                attn_dropout=config.attn_dropout,
-                norm_first=config.norm_first,
-                activation=config.activation,
-                num_kv_heads=config.num_kv_heads,
-            )
+            EncoderLayer(config.d_model, config.num_heads, config.d_ff, **options)
             for _ in range(depth)
         )
         self.norm = _final_norm(config)
 
-    def embed(self, ids: Tensor, offset: int = 0) -> Tensor:
-        """``ids (B, N)`` -> ``(B, N, E)``: scaled token embeddings plus positions, dropped out.
-        ``offset`` is the position of the first id (for incremental decoding)."""
-        x = self.embedding(ids) * self.embed_scale
-        return self.dropout(self.positional(x, offset))
+    def run(
+        self,
+        ids: Tensor,
+        padding_mask: Tensor | None,
+        need_weights: bool,
+        *,
+        cache: DecoderCache | None = None,
+        positions: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> EncoderOutput:
+        """:meth:`forward` without the id checks, for callers that have checked already.
 
-    def run(self, ids: Tensor, padding_mask: Tensor | None, need_weights: bool) -> EncoderOutput:
-        """:meth:`forward` without argument checks, for callers that have checked already."""
-        x = self.embed(ids)
+        With ``cache`` (causal stacks: incremental decoding) ``ids`` are the new tokens only,
+        placed after the ``cache.length`` cached ones; ``padding_mask`` then covers every token
+        so far, ``(B, cache.length + N)``.
+        """
+        offset, attn_positions = self._prepare(
+            ids, padding_mask, cache, positions, cross=False, mask_name="padding_mask"
+        )
+        x = self.embed(ids, offset, positions=positions, token_type_ids=token_type_ids)
         weights = []
-        for layer in self.layers:
-            x, w = layer(x, padding_mask, causal=self.causal, need_weights=need_weights)
+        for i, layer in enumerate(self.layers):
+            x, w = layer(
+                x,
+                padding_mask,
+                causal=self.causal,
+                need_weights=need_weights,
+                cache=None if cache is None else cache.self_attn[i],
+                positions=attn_positions,
+            )
             if w is not None:
                 weights.append(w)
+        if cache is not None:
+            cache.advance(ids.shape[1])
         return EncoderOutput(self.norm(x), tuple(weights))
 
     def forward(
-        self, ids: Tensor, padding_mask: Tensor | None = None, *, need_weights: bool = False
+        self,
+        ids: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        need_weights: bool = False,
+        token_type_ids: Tensor | None = None,
     ) -> EncoderOutput:
         _check_ids(ids, "ids", self.embedding.num_embeddings)
-        _check_padding_mask(padding_mask, "padding_mask", tuple(ids.shape))
-        return self.run(ids, padding_mask, need_weights)
+        return self.run(ids, padding_mask, need_weights, token_type_ids=token_type_ids)
 
 
-class Decoder(nn.Module):
+class Decoder(_Embedder):
     """Target embedding, positions, dropout, decoder layers (causal self-attention,
-    cross-attention, feed-forward) and, for pre-norm, a final LayerNorm. Returns hidden states;
+    cross-attention, feed-forward) and, for pre-norm, a final norm. Returns hidden states;
     the output projection belongs to :class:`Seq2SeqTransformer`.
 
     Shapes: ``tgt (B, Nt)``, ``memory (B, Ns, E)`` -> ``hidden (B, Nt, E)``.
@@ -456,29 +688,13 @@ class Decoder(nn.Module):
             embedding = _new_embedding(config.target_vocab_size, config.d_model)
         elif not isinstance(embedding, nn.Embedding) or embedding.embedding_dim != config.d_model:
             raise ValueError(f"embedding must be an nn.Embedding of size d_model={config.d_model}")
-        self.embedding = embedding
-        self.embed_scale = math.sqrt(config.d_model)
-        self.positional = build_positional(config.positional, config.d_model, config.max_len)
-        self.dropout = nn.Dropout(config.dropout)
+        self._init_stem(config, embedding)
+        options = _layer_options(config)
         self.layers = nn.ModuleList(
-            DecoderLayer(
-                config.d_model,
-                config.num_heads,
-                config.d_ff,
-                dropout=config.dropout,
-                attn_dropout=config.attn_dropout,
-                norm_first=config.norm_first,
-                activation=config.activation,
-                num_kv_heads=config.num_kv_heads,
-            )
+            DecoderLayer(config.d_model, config.num_heads, config.d_ff, **options)
             for _ in range(config.num_decoder_layers)
         )
         self.norm = _final_norm(config)
-
-    def embed(self, tgt: Tensor, offset: int = 0) -> Tensor:
-        """``tgt (B, Nt)`` -> ``(B, Nt, E)``, as :meth:`Encoder.embed`."""
-        x = self.embedding(tgt) * self.embed_scale
-        return self.dropout(self.positional(x, offset))
 
     def run(
         self,
@@ -487,21 +703,39 @@ class Decoder(nn.Module):
         tgt_padding_mask: Tensor | None,
         memory_padding_mask: Tensor | None,
         need_weights: bool,
+        *,
+        cache: DecoderCache | None = None,
+        positions: Tensor | None = None,
     ) -> DecoderOutput:
-        """:meth:`forward` without argument checks, for callers that have checked already."""
-        x = self.embed(tgt)
+        """:meth:`forward` without the id and memory checks, for callers that have checked.
+
+        With ``cache`` ``tgt`` holds the new tokens only and ``tgt_padding_mask`` covers every
+        target token so far; the memory is projected for cross-attention on the first call and
+        reused afterwards.
+        """
+        offset, attn_positions = self._prepare(
+            tgt, tgt_padding_mask, cache, positions, cross=True, mask_name="tgt_padding_mask"
+        )
+        x = self.embed(tgt, offset, positions=positions)
         self_weights, cross_weights = [], []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             x, sw, cw = layer(
                 x,
                 memory,
                 tgt_padding_mask=tgt_padding_mask,
                 memory_padding_mask=memory_padding_mask,
                 need_weights=need_weights,
+                cache=None if cache is None else cache.self_attn[i],
+                cross_cache=None
+                if cache is None or cache.cross_attn is None
+                else cache.cross_attn[i],
+                positions=attn_positions,
             )
             if sw is not None and cw is not None:
                 self_weights.append(sw)
                 cross_weights.append(cw)
+        if cache is not None:
+            cache.advance(tgt.shape[1])
         return DecoderOutput(self.norm(x), tuple(self_weights), tuple(cross_weights))
 
     def forward(
@@ -514,7 +748,6 @@ class Decoder(nn.Module):
         need_weights: bool = False,
     ) -> DecoderOutput:
         _check_ids(tgt, "tgt", self.embedding.num_embeddings)
-        _check_padding_mask(tgt_padding_mask, "tgt_padding_mask", tuple(tgt.shape))
         _check_memory(memory, memory_padding_mask, tgt.shape[0], self.config.d_model)
         return self.run(tgt, memory, tgt_padding_mask, memory_padding_mask, need_weights)
 
@@ -583,15 +816,32 @@ class Seq2SeqTransformer(nn.Module):
         memory_padding_mask: Tensor | None,
         tgt_padding_mask: Tensor | None,
         need_weights: bool,
+        cache: DecoderCache | None = None,
+        positions: Tensor | None = None,
     ) -> DecoderOutput:
         _check_ids(tgt, "tgt", self.config.target_vocab_size)
-        _check_padding_mask(tgt_padding_mask, "tgt_padding_mask", tuple(tgt.shape))
         _check_memory(memory, memory_padding_mask, tgt.shape[0], self.config.d_model)
-        return self.decoder.run(tgt, memory, tgt_padding_mask, memory_padding_mask, need_weights)
+        return self.decoder.run(
+            tgt,
+            memory,
+            tgt_padding_mask,
+            memory_padding_mask,
+            need_weights,
+            cache=cache,
+            positions=positions,
+        )
 
     def encode(self, src: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
         """``src (B, Ns)`` -> ``memory (B, Ns, E)``, computed once per input when decoding."""
         return self._encode(src, src_padding_mask, False).hidden
+
+    def new_cache(self, *, max_len: int | None = None, window: int | None = None) -> DecoderCache:
+        """An empty :class:`~multihead.cache.DecoderCache` for :meth:`decode`: one self-attention
+        and one cross-attention cache per decoder layer. ``max_len`` preallocates room for that
+        many target tokens; ``window`` makes the self-attention caches sliding windows."""
+        return DecoderCache(
+            self.config.num_decoder_layers, max_len=max_len, window=window, cross=True
+        )
 
     def decode(
         self,
@@ -599,10 +849,30 @@ class Seq2SeqTransformer(nn.Module):
         memory: Tensor,
         memory_padding_mask: Tensor | None = None,
         tgt_padding_mask: Tensor | None = None,
+        *,
+        cache: DecoderCache | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
         """``tgt (B, Nt)``, ``memory (B, Ns, E)`` -> logits ``(B, Nt, V)``.
-        ``memory_padding_mask`` is the ``src_padding_mask`` given to :meth:`encode`."""
-        hidden = self._decode(tgt, memory, memory_padding_mask, tgt_padding_mask, False).hidden
+        ``memory_padding_mask`` is the ``src_padding_mask`` given to :meth:`encode`.
+
+        Incremental decoding: with ``cache`` (from :meth:`new_cache`) ``tgt`` holds only the
+        tokens not fed before (``Nt`` may be 1), the logits are theirs, and the memory's
+        keys/values are projected on the first call only (pass the same ``memory`` each step).
+        ``tgt_padding_mask`` then covers all target tokens so far, ``(B, cache.length + Nt)``.
+
+        Example:
+            >>> config = TransformerConfig(vocab_size=12, d_model=16, num_heads=2, d_ff=32)
+            >>> model = Seq2SeqTransformer(config).eval()
+            >>> src, tgt = torch.randint(0, 12, (1, 5)), torch.randint(0, 12, (1, 4))
+            >>> memory, cache = model.encode(src), model.new_cache(max_len=4)
+            >>> steps = [model.decode(tgt[:, t : t + 1], memory, cache=cache) for t in range(4)]
+            >>> torch.allclose(torch.cat(steps, 1), model.decode(tgt, memory), atol=1e-5)
+            True
+        """
+        hidden = self._decode(
+            tgt, memory, memory_padding_mask, tgt_padding_mask, False, cache, positions
+        ).hidden
         return self.lm_head(hidden)
 
     def forward(
@@ -671,14 +941,97 @@ class DecoderLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.decoder.embedding.weight
 
-    def _run(self, ids: Tensor, padding_mask: Tensor | None, need_weights: bool) -> EncoderOutput:
+    def _run(
+        self,
+        ids: Tensor,
+        padding_mask: Tensor | None,
+        need_weights: bool,
+        cache: DecoderCache | None = None,
+        positions: Tensor | None = None,
+    ) -> EncoderOutput:
         _check_ids(ids, "ids", self.config.vocab_size)
-        _check_padding_mask(padding_mask, "padding_mask", tuple(ids.shape))
-        return self.decoder.run(ids, padding_mask, need_weights)
+        return self.decoder.run(ids, padding_mask, need_weights, cache=cache, positions=positions)
 
-    def forward(self, ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """Next-token logits ``(B, N, V)``."""
-        return self.lm_head(self._run(ids, padding_mask, False).hidden)
+    def new_cache(self, *, max_len: int | None = None, window: int | None = None) -> DecoderCache:
+        """An empty :class:`~multihead.cache.DecoderCache` for :meth:`forward`, one
+        self-attention cache per layer. ``max_len`` preallocates room for that many tokens
+        (prompt plus new ones: no allocation while decoding); ``window`` keeps only the last
+        ``window`` keys per layer (sliding-window attention while decoding)."""
+        return DecoderCache(self.config.num_decoder_layers, max_len=max_len, window=window)
+
+    def embed(self, ids: Tensor, offset: int = 0, *, positions: Tensor | None = None) -> Tensor:
+        """``ids (B, N)`` -> the input of the first layer ``(B, N, E)`` (see
+        :meth:`Encoder.embed`)."""
+        return self.decoder.embed(ids, offset, positions=positions)
+
+    def forward(
+        self,
+        ids: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        cache: DecoderCache | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """Next-token logits ``(B, N, V)``.
+
+        With ``cache`` (from :meth:`new_cache`) ``ids`` are only the tokens not fed before; they
+        attend to every cached token and their logits equal those of a full forward pass over
+        the whole sequence. ``padding_mask`` then covers all tokens so far,
+        ``(B, cache.length + N)``. ``positions`` ``(N,)`` or ``(B, N)``: explicit absolute
+        positions of ``ids`` (e.g. left-padded prompts); not with ``positional="alibi"``.
+
+        Example:
+            >>> lm = DecoderLM(TransformerConfig(vocab_size=30, d_model=16, num_heads=2,
+            ...                                  d_ff=32, positional="rope")).eval()
+            >>> ids = torch.randint(0, 30, (2, 6))
+            >>> cache = lm.new_cache(max_len=6)
+            >>> steps = [lm(ids[:, :4], cache=cache), lm(ids[:, 4:5], cache=cache),
+            ...          lm(ids[:, 5:], cache=cache)]
+            >>> torch.allclose(torch.cat(steps, 1), lm(ids), atol=1e-5)
+            True
+        """
+        return self.lm_head(self._run(ids, padding_mask, False, cache, positions).hidden)
+
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Continue ``input_ids (B, N)`` by up to ``max_new_tokens`` tokens -> ``(B, N + T)``.
+
+        Greedy (``do_sample=False``: the most likely token) or sampling (``temperature``,
+        ``top_k``, ``top_p`` as :func:`multihead.decoding.sample`). A sequence stops at its first
+        ``eos_id`` (kept) and is padded with ``config.pad_id`` afterwards; generation ends early
+        once all have stopped. ``use_cache`` feeds one new token per step through a
+        preallocated key/value cache (the same tokens as without it, much faster).
+
+        Example:
+            >>> lm = DecoderLM(TransformerConfig(vocab_size=30, d_model=16, num_heads=2, d_ff=32))
+            >>> lm.generate(torch.tensor([[1, 2, 3]]), 5).shape
+            torch.Size([1, 8])
+        """
+        from ..decoding import generate_lm  # decoding builds on this module
+
+        return generate_lm(
+            self,
+            input_ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=eos_id,
+            generator=generator,
+            use_cache=use_cache,
+        )
 
     def attention_maps(self, ids: Tensor, padding_mask: Tensor | None = None) -> AttentionMaps:
         """Per-layer causal self-attention weights, in ``AttentionMaps.decoder_self``."""
@@ -708,14 +1061,38 @@ class EncoderClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.head = _new_head(config.d_model, config.num_classes, bias=True)
 
-    def _run(self, ids: Tensor, padding_mask: Tensor | None, need_weights: bool) -> EncoderOutput:
+    def _run(
+        self,
+        ids: Tensor,
+        padding_mask: Tensor | None,
+        need_weights: bool,
+        token_type_ids: Tensor | None = None,
+    ) -> EncoderOutput:
         _check_ids(ids, "ids", self.config.vocab_size)
-        _check_padding_mask(padding_mask, "padding_mask", tuple(ids.shape))
-        return self.encoder.run(ids, padding_mask, need_weights)
+        return self.encoder.run(ids, padding_mask, need_weights, token_type_ids=token_type_ids)
 
-    def forward(self, ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """Class logits ``(B, C)``."""
-        hidden = self._run(ids, padding_mask, False).hidden
+    def embed(
+        self,
+        ids: Tensor,
+        offset: int = 0,
+        *,
+        positions: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """``ids (B, N)`` -> the input of the first layer ``(B, N, E)`` (see
+        :meth:`Encoder.embed`)."""
+        return self.encoder.embed(ids, offset, positions=positions, token_type_ids=token_type_ids)
+
+    def forward(
+        self,
+        ids: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Class logits ``(B, C)``. ``token_type_ids (B, N)``: segment ids (BERT), when
+        ``config.type_vocab_size > 0``."""
+        hidden = self._run(ids, padding_mask, False, token_type_ids).hidden
         return self.head(self.dropout(_masked_mean(hidden, padding_mask)))
 
     def attention_maps(self, ids: Tensor, padding_mask: Tensor | None = None) -> AttentionMaps:
