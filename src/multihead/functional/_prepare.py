@@ -89,7 +89,9 @@ def zero_unreachable_keys(spec: AttentionSpec) -> AttentionSpec:
         if by_mask.shape[1] == h and h != hkv:
             by_mask = by_mask.unflatten(1, (hkv, h // hkv)).any(dim=2)  # (B|1, Hkv, Nk)
         reachable = by_mask if reachable is None else reachable & by_mask
-    if reachable is None or bool(reachable.all()):
+    # The early exit is only a shortcut; while compiling, a data-dependent branch would break
+    # the graph, so the general path (a no-op fill when nothing is unreachable) is taken.
+    if reachable is None or (not torch.compiler.is_compiling() and bool(reachable.all())):
         return spec
     unreachable = ~reachable.unsqueeze(-1)  # (B|1, Hkv|1, Nk, 1)
     return AttentionSpec(

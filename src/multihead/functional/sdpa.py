@@ -61,7 +61,7 @@ def sdpa_attention(spec: AttentionSpec) -> AttentionResult:
     assert mask is not None
     dead = dead_rows(mask)  # (B|1, H|1, Nq, 1)
     assert dead is not None
-    any_dead = bool(dead.any())
+    any_dead = torch.compiler.is_compiling() or bool(dead.any())  # no data branch in graphs
     # Let empty rows attend to every key so the kernel stays finite, then zero them.
     if mask.dtype == torch.bool:
         mask = mask | dead if any_dead else mask
