@@ -1,0 +1,142 @@
+"""Sample text from a character language model trained with `multihead train text`.
+
+The prompt is continued one character at a time: the next-character distribution is divided
+by --temperature, cut to the --top-k most likely characters and to the nucleus of probability
+--top-p, and sampled with a generator seeded by --seed (the same seed gives the same text).
+The context is the last block-size characters, the length the model was trained on.
+
+Example:
+    multihead train text --steps 3000
+    multihead generate --prompt "The " --max-new-tokens 300 --temperature 0.8 --top-k 20
+    multihead generate --checkpoint runs/text/checkpoint.pt --top-p 0.9 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from multihead.cli import CommandError
+from multihead.decoding import sample
+from multihead.modules.models import DecoderLM
+from multihead.tasks import CharVocab
+from multihead.train.checkpoint import CheckpointError
+from multihead.train.recipes import load_trained
+
+__all__ = ["DEFAULT_CHECKPOINT", "configure", "generate_text", "run"]
+
+DEFAULT_CHECKPOINT = "runs/text/checkpoint.pt"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``multihead generate``."""
+    parser.add_argument(
+        "--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}"
+    )
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="characters to add")
+    parser.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is safer")
+    parser.add_argument("--top-k", type=int, help="sample among the k most likely characters")
+    parser.add_argument("--top-p", type=float, help="sample within this probability nucleus")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    parser.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def generate_text(
+    model: DecoderLM,
+    vocab: CharVocab,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    context: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> str:
+    """The characters sampled after ``prompt`` (the prompt itself not included).
+
+    Each step sees at most the last ``context`` characters, the model's training length.
+
+    Example:
+        >>> from multihead.train.recipes import get_recipe
+        >>> recipe = get_recipe("text", d_model=16, layers=1, block_size=8)
+        >>> text = generate_text(recipe.build_model(), recipe.vocab, "The", max_new_tokens=5,
+        ...                      context=8)
+        >>> len(text)
+        5
+    """
+    if not prompt:
+        raise ValueError("prompt must not be empty; the model needs a character to start from")
+    unknown = sorted({ch for ch in prompt if ch not in vocab})
+    if unknown:
+        raise ValueError(f"prompt holds characters the model never saw: {''.join(unknown)!r}")
+    if not isinstance(context, int) or context < 1:
+        raise ValueError(f"context must be an int >= 1, got {context!r}")
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.tensor([vocab.encode(prompt)])  # (1, N)
+    n_prompt = tokens.shape[1]
+    # One token per call, each from the last `context` tokens: the model was never trained on
+    # longer contexts, and its positions stop at `context`.
+    for _ in range(max_new_tokens):
+        window = tokens[:, -context:]
+        new = sample(
+            model,
+            window,
+            max_new_tokens=1,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+        )[:, -1:]  # (1, 1)
+        tokens = torch.cat([tokens, new], dim=1)
+    return vocab.decode(tokens[0, n_prompt:])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``multihead generate``; returns the exit status."""
+    if args.max_new_tokens < 1:
+        raise CommandError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.temperature > 0:
+        raise CommandError(f"--temperature must be > 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CommandError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CommandError(f"--top-p must be in (0, 1], got {args.top_p}")
+    path = Path(args.checkpoint)
+    if not path.exists():
+        raise CommandError(
+            f"no checkpoint at {str(path)!r}; run `multihead train text` first to train a "
+            f"language model"
+        )
+    try:
+        trained = load_trained(path)
+    except CheckpointError as exc:
+        raise CommandError(str(exc)) from exc
+    if trained.kind != "lm" or trained.vocab is None:
+        raise CommandError(
+            f"{str(path)!r} holds a {trained.task!r} model, not a language model from "
+            f"`multihead train text`"
+        )
+    assert isinstance(trained.model, DecoderLM)
+    block = int(trained.checkpoint.get("task_config", {}).get("block_size") or 0)
+    context = block or trained.model.config.max_len
+    text = generate_text(
+        trained.model,
+        trained.vocab,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        context=context,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "text": text}))
+    else:
+        print(args.prompt + text)
+    return 0
