@@ -51,7 +51,9 @@ def test_two_heads_by_hand():
 
 def test_causal_first_token_sees_only_itself():
     (ex,) = worked_example(ExplainConfig(num_heads=(1,), causal=True))
-    np.testing.assert_allclose(ex.heads[0].weights, [[1, 0], [1 - sigmoid(14 / math.sqrt(2)), sigmoid(14 / math.sqrt(2))]])
+    np.testing.assert_allclose(
+        ex.heads[0].weights, [[1, 0], [1 - sigmoid(14 / math.sqrt(2)), sigmoid(14 / math.sqrt(2))]]
+    )
     np.testing.assert_allclose(ex.output[0], [2, 1])
 
 

@@ -32,6 +32,7 @@ def attention(q, k, v, mask=None, **kwargs):
             pytest.skip(f"{backend}: {reason}")
     return _attention(q, k, v, mask, **kwargs)
 
+
 # (B, H, Hkv, Nq, Nk, Dk, Dv)
 SHAPES = [
     (1, 1, 1, 4, 4, 8, 8),
