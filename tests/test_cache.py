@@ -504,3 +504,20 @@ def test_new_config_fields_round_trip() -> None:
     config = lm_config(positional="rope", rope_base=500000, norm="rmsnorm", final_norm=False)
     again = TransformerConfig.from_dict(config.to_dict())
     assert again == config and isinstance(again.rope_base, float)
+
+
+def test_failed_call_leaves_the_cache_unchanged():
+    from multihead import MultiHeadAttention
+    from multihead.cache import KVCache
+
+    mha = MultiHeadAttention(16, 4).eval()
+    cache = KVCache()
+    x = torch.randn(2, 3, 16)
+    with pytest.raises(TypeError, match="key_padding_mask"):
+        mha(x, key_padding_mask=torch.ones(2, 3, dtype=torch.long), cache=cache)
+    assert cache.length == 0
+    with pytest.raises(ValueError, match="mask"):
+        mha(x, mask=torch.ones(4, 4, dtype=torch.bool), cache=cache)
+    assert cache.length == 0
+    mha(x, cache=cache)
+    assert cache.length == 3

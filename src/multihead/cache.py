@@ -193,6 +193,11 @@ class KVCache:
                 f"{self._key.device}"
             )
 
+    def next_num_keys(self, n: int) -> int:
+        """How many keys the next ``update`` with ``n`` new tokens will return (``Nk``)."""
+        kept = self._stored if self.window is None else min(self._stored, self.window)
+        return kept + n
+
     def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """Append ``key (B, Hkv, n, Dk)`` and ``value (B, Hkv, n, Dv)``; return every key and
         value to attend to, ``(B, Hkv, Nk, Dk)`` and ``(B, Hkv, Nk, Dv)``, the new ones last.

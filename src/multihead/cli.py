@@ -25,8 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class CommandError(Exception):
-    """An expected failure: printed as one line, exit status 2."""
+from .errors import CommandError  # noqa: E402  (re-exported: commands raise it)
+
+__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

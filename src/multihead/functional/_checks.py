@@ -70,7 +70,11 @@ def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
         )
 
 
-def check_mask(mask: Tensor | None, expected: tuple[int, int, int, int]) -> Tensor | None:
+def check_mask(
+    mask: Tensor | None,
+    expected: tuple[int, int, int, int],
+    device: torch.device | None = None,
+) -> Tensor | None:
     """Check a mask against ``(B, H, Nq, Nk)`` and return it as a 4-D broadcastable tensor.
 
     Accepted: 2-D ``(Nq, Nk)`` and 4-D ``(B|1, H|1, Nq|1, Nk|1)``. Other ranks are refused
@@ -79,6 +83,8 @@ def check_mask(mask: Tensor | None, expected: tuple[int, int, int, int]) -> Tens
     if mask is None:
         return None
     check_mask_dtype(mask, "mask")
+    if device is not None and mask.device != device:
+        raise ValueError(f"mask must be on the query's device {device}, got {mask.device}")
     given = _shape(mask)
     if mask.dim() == 2:
         mask = mask[None, None]

@@ -33,7 +33,7 @@ def make_spec(
     check_qkv(query, key, value)
     b, h, nq, dk = query.shape
     nk = key.shape[2]
-    mask = check_mask(mask, (b, h, nq, nk))
+    mask = check_mask(mask, (b, h, nq, nk), query.device)
     check_scale(scale)
     check_dropout(dropout_p)
     check_choice(score, "score", SCORES)
@@ -72,9 +72,9 @@ def zero_unreachable_keys(spec: AttentionSpec) -> AttentionSpec:
     query), which is found by arithmetic; a mask is reduced over queries at its own size.
     """
     _, h, hkv, nq, nk, _, _ = spec.shape
-    positions = torch.arange(nk, device=spec.key.device)
     reachable: Tensor | None = None  # (B|1, Hkv|1, Nk)
     if spec.window is not None and nk - nq - spec.window[0] > 0:
+        positions = torch.arange(nk, device=spec.key.device)
         reachable = (positions >= nk - nq - spec.window[0])[None, None]
     mask = spec.mask
     if mask is not None:

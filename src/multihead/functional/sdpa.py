@@ -61,12 +61,20 @@ def sdpa_attention(spec: AttentionSpec) -> AttentionResult:
     assert mask is not None
     dead = dead_rows(mask)  # (B|1, H|1, Nq, 1)
     assert dead is not None
-    any_dead = torch.compiler.is_compiling() or bool(dead.any())  # no data branch in graphs
+    # Causal structure alone (no caller mask, no window) leaves no row empty when Nq <= Nk, as
+    # in prefill with a cache: skip the host sync. No data branch while compiling either.
+    structure_only = spec.mask is None and spec.window is None and nq <= nk
+    any_dead = not structure_only and (torch.compiler.is_compiling() or bool(dead.any()))
     # Let empty rows attend to every key so the kernel stays finite, then zero them.
     if mask.dtype == torch.bool:
         mask = mask | dead if any_dead else mask
     else:
-        mask = (mask.masked_fill(dead, 0.0) if any_dead else mask).to(q.dtype)
+        mask = mask.masked_fill(dead, 0.0) if any_dead else mask
+        if mask.dtype != q.dtype:
+            # A finite bias beyond half precision's range (HF's finfo(float32).min padding)
+            # must stay finite, as in the reference: clamp it before the cast, keep -inf as is.
+            low = torch.finfo(q.dtype).min
+            mask = torch.where(torch.isneginf(mask), mask, mask.clamp_min(low)).to(q.dtype)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=spec.dropout_p, scale=spec.scale, **kwargs
     )

@@ -28,7 +28,7 @@ from ..functional import (
     make_spec,
     select_backend,
 )
-from ..functional._checks import check_choice, check_dropout
+from ..functional._checks import check_choice, check_dropout, check_mask
 from ..positional import RotaryEmbedding, alibi_bias, alibi_slopes, check_positions
 
 __all__ = ["MultiHeadAttention", "add_attention_observer"]
@@ -63,7 +63,9 @@ def add_attention_observer(fn: Observer) -> ObserverHandle:
 
 
 def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
@@ -292,6 +294,9 @@ class MultiHeadAttention(nn.Module):
                         f"got shape {tuple(mask.shape)}"
                     )
                 mask = mask.unsqueeze(1)
+            # Shape-checked here (not only in the kernel) so a cache is never updated by a
+            # call that is going to fail.
+            mask = check_mask(mask, (batch, self.num_heads, nq, nk))
         if key_padding_mask is not None:
             M.check_mask_dtype(key_padding_mask, "key_padding_mask")
             if key_padding_mask.shape != (batch, nk):
@@ -300,8 +305,6 @@ class MultiHeadAttention(nn.Module):
                     f"got shape {tuple(key_padding_mask.shape)}"
                 )
             key_padding_mask = M.key_padding_mask(key_padding_mask)
-            if mask is not None and mask.dim() == 2:
-                mask = mask[None, None]
         return M.combine_masks(mask, key_padding_mask)
 
     def forward(
@@ -494,9 +497,10 @@ class MultiHeadAttention(nn.Module):
                 value = key if value is None else value
                 self._check_shapes(query, key, value)
                 k, v = self._project_kv(key, value)
-                cache.set(k, v)
             nk = k.shape[2]
             full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
+            if not cache.is_set:
+                cache.set(k, v)  # only once the call is known to be valid
             return self._attend(q, k, v, full_mask, causal and nq > 1, window, need_weights)
 
         if isinstance(cache, KVCache):
@@ -527,13 +531,17 @@ class MultiHeadAttention(nn.Module):
                     )
                 # A single new query sees exactly the keys the cache returns.
                 window = (cache.window, 0) if nq > 1 else None
+            nk = cache.next_num_keys(nq)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask[:, total - nk :]
+            # Masks are checked before the cache changes, so that a failed call leaves it as
+            # it was (a retried step must not append its tokens twice).
+            full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
             q, k, v = self.project(query, query, query)
             if rotary is not None:
                 q, k = self._rotate(rotary, q, k, offset, positions)
             k, v = cache.update(k, v)  # every key to attend to, the new ones last
-            nk = k.shape[2]
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask[:, total - nk :]
+            assert k.shape[2] == nk, (k.shape, nk)
             k_start = total - nk  # absolute position of the first key returned
         else:
             key = query if key is None else key
@@ -555,12 +563,14 @@ class MultiHeadAttention(nn.Module):
                     cos, sin = rotary.cos_sin_range(0, nk, dtype=q.dtype, device=q.device)
                     k = rotary.rotate(k, cos, sin)
                     q = rotary.rotate(q, cos[offset:], sin[offset:])
+            full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
 
-        full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
         if self.alibi_slopes is not None:
             q_pos = torch.arange(k_start + nk - nq, k_start + nk, device=q.device)
             k_pos = torch.arange(k_start, k_start + nk, device=q.device)
-            bias = alibi_bias(self.alibi_slopes, q_pos, k_pos)[None]  # (1, H, Nq, Nk)
+            # float32: in bf16 the bias -m|i-j| loses the difference between far positions
+            slopes = self.alibi_slopes.float()
+            bias = alibi_bias(slopes, q_pos, k_pos)[None]  # (1, H, Nq, Nk)
             # Broadcast over B; only a padding mask (the kernel takes one mask) makes the
             # combination (B, H, Nq, Nk).
             full_mask = M.combine_masks(full_mask, bias)

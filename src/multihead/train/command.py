@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from multihead.cli import CommandError
+from multihead.errors import CommandError
 from multihead.modules.models import TransformerConfig, ViTConfig
 from multihead.tasks import TASK_NAMES
 from multihead.train.checkpoint import load_checkpoint

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from multihead.cli import CommandError
+from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer, TransformerConfig, num_parameters
 from multihead.tasks import BOS, DATE_FORMS, CharVocab
 from multihead.train.checkpoint import CheckpointError

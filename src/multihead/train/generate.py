@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from multihead.cli import CommandError
 from multihead.decoding import sample
+from multihead.errors import CommandError
 from multihead.modules.models import DecoderLM
 from multihead.tasks import CharVocab
 from multihead.train.checkpoint import CheckpointError

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from multihead.cli import CommandError
+from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer
 from multihead.tasks import MAX_SOURCE_LENGTH, MAX_TARGET_LENGTH, CharVocab
 from multihead.train.checkpoint import CheckpointError
