@@ -229,3 +229,11 @@ def test_why_backend_is_readable():
     x = torch.randn(1, 3, 8)
     assert mha.why_backend(x) == "sdpa"
     assert "need_weights" in mha.why_backend(x, need_weights=True)
+
+
+def test_projection_hooks_run_on_the_training_path():
+    mha = MultiHeadAttention(8, 2).train()
+    seen = []
+    mha.q_proj.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    mha(torch.randn(2, 3, 8))
+    assert seen == [torch.Size([2, 3, 8])]

@@ -62,6 +62,16 @@ def add_attention_observer(fn: Observer) -> ObserverHandle:
     return ObserverHandle(key)
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.Linear
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+        and not nn.modules.module._global_forward_hooks
+        and not nn.modules.module._global_forward_pre_hooks
+    )
+
+
 def _positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
@@ -252,7 +262,13 @@ class MultiHeadAttention(nn.Module):
         # Fused only when autograd records the product: concatenating the weights copies all
         # three matrices on every call, as much memory traffic as the product itself at batch 1,
         # so decoding (no grad) runs three products on the weights in place instead.
-        fuse = torch.is_grad_enabled() and self.q_proj.weight.requires_grad
+        # Also only for plain nn.Linear projections without hooks: fusing bypasses their
+        # forward, which wrappers (LoRA, quantized layers) and hooks rely on.
+        fuse = (
+            torch.is_grad_enabled()
+            and self.q_proj.weight.requires_grad
+            and all(_plain_linear(p) for p in (self.q_proj, self.k_proj, self.v_proj))
+        )
         if query is key and key is value and fuse:
             weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
             bias = (
