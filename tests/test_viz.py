@@ -601,3 +601,30 @@ def test_visualize_help_has_an_example(capsys):
         cli_main(["visualize", "--help"])
     out = capsys.readouterr().out
     assert "Example:" in out and "--checkpoint" in out and "--json" in out
+
+
+def test_capture_of_a_hugging_face_model_running_our_kernels():
+    hf = pytest.importorskip("multihead.interop.huggingface")
+    transformers = pytest.importorskip("transformers")
+    name = hf.register()
+    config = transformers.LlamaConfig(
+        hidden_size=E,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=30,
+    )
+    llama = transformers.LlamaForCausalLM(config).eval()
+    llama.set_attn_implementation("eager")
+    ids = torch.randint(0, 30, (2, 6))
+    with torch.no_grad():
+        reference = llama(ids, output_attentions=True).attentions  # HF's eager weights
+        want_logits = llama(ids).logits
+    llama.set_attn_implementation(name)
+    with torch.no_grad(), capture_attention(llama) as record:
+        logits = llama(ids).logits
+    assert list(record) == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    for layer, want in zip(record, reference, strict=True):
+        torch.testing.assert_close(record[layer][0], want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional import attention, get_backend
+from ..functional import attention, get_backend, make_spec
+from ..modules.attention import has_attention_observers, notify_attention_observers
 from ..modules.models import DecoderLM, Encoder, EncoderClassifier, TransformerConfig
 
 __all__ = ["NAME", "attention_forward", "convert", "register"]
@@ -46,6 +47,11 @@ __all__ = ["NAME", "attention_forward", "convert", "register"]
 NAME = "multihead"  # the attn_implementation string users pass to from_pretrained/from_config
 
 _REGISTERED: dict[str, str] = {}  # name -> backend, for idempotent register() calls
+
+
+def registered_names() -> frozenset[str]:
+    """The ``attn_implementation`` names :func:`register` has added in this process."""
+    return frozenset(_REGISTERED)
 
 
 # ------------------------------------------------------------------------------ attention
@@ -138,6 +144,10 @@ def attention_forward(
         else:
             mask = bias + mask
     need_weights = _weights_requested(kwargs)
+    if has_attention_observers():  # multihead.viz.capture_attention is recording
+        notify_attention_observers(
+            module, make_spec(query, key, value, mask, causal=causal, window=window, scale=scaling)
+        )
     out, weights = attention(
         query,
         key,

@@ -33,7 +33,7 @@ from ..positional import RotaryEmbedding, alibi_bias, alibi_slopes, check_positi
 
 __all__ = ["MultiHeadAttention", "add_attention_observer"]
 
-Observer = Callable[["MultiHeadAttention", AttentionSpec], None]
+Observer = Callable[[nn.Module, AttentionSpec], None]
 _OBSERVERS: dict[int, Observer] = {}
 
 
@@ -60,6 +60,18 @@ def add_attention_observer(fn: Observer) -> ObserverHandle:
         key += 1
     _OBSERVERS[key] = fn
     return ObserverHandle(key)
+
+
+def has_attention_observers() -> bool:
+    """Whether any observer is registered (so callers can skip building a spec)."""
+    return bool(_OBSERVERS)
+
+
+def notify_attention_observers(module: nn.Module, spec: AttentionSpec) -> None:
+    """Hand ``spec`` to every observer; for attention that runs our kernels outside a
+    ``MultiHeadAttention`` (Hugging Face modules through :mod:`multihead.interop`)."""
+    for observer in list(_OBSERVERS.values()):
+        observer(module, spec)
 
 
 def _plain_linear(module: nn.Module) -> bool:

@@ -50,11 +50,30 @@ def attention_modules(model: nn.Module) -> dict[str, MultiHeadAttention]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    hf_names = _hugging_face_names()
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, MultiHeadAttention)
+        if isinstance(module, MultiHeadAttention) or _runs_our_kernels(module, hf_names)
     }
+
+
+def _hugging_face_names() -> frozenset[str]:
+    """``attn_implementation`` names under which Hugging Face modules run our kernels."""
+    import sys
+
+    hf = sys.modules.get("multihead.interop.huggingface")  # registered only if imported
+    return hf.registered_names() if hf is not None else frozenset()
+
+
+def _runs_our_kernels(module: nn.Module, hf_names: frozenset[str]) -> bool:
+    """A Hugging Face attention module dispatching to multihead (``attn_implementation``)."""
+    config = getattr(module, "config", None)
+    return (
+        bool(hf_names)
+        and "Attention" in type(module).__name__
+        and getattr(config, "_attn_implementation", None) in hf_names
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,8 +303,8 @@ def capture_attention(
     if not found:
         raise ValueError(
             f"model ({type(model).__name__}) holds no multihead.MultiHeadAttention module to "
-            "capture; for a Hugging Face model, build ours with "
-            "multihead.interop.huggingface.convert(model) or ask it for output_attentions=True"
+            "capture; for a Hugging Face model, load it with attn_implementation='multihead' "
+            "(multihead.interop.huggingface.register()) or convert it with convert(model)"
         )
     chosen = _select_modules(found, layers)
     _check_heads(heads, chosen)
@@ -302,9 +321,12 @@ def capture_attention(
     pending: dict[int, bool] = {}
 
     def pre_hook(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-        pending[id(module)] = _is_self_attention(args, kwargs)
+        if isinstance(module, MultiHeadAttention):
+            pending[id(module)] = _is_self_attention(args, kwargs)
+        else:  # a Hugging Face module says so itself
+            pending[id(module)] = not getattr(module, "is_cross_attention", False)
 
-    def observer(module: MultiHeadAttention, spec: AttentionSpec) -> None:
+    def observer(module: nn.Module, spec: AttentionSpec) -> None:
         name = by_id.get(id(module))
         if name is None:
             return  # a module of another model, or one not selected
