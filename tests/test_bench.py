@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from multihead.bench import command, harness, suite
+from multihead.bench import harness, suite
 from multihead.cli import build_parser, main
+from multihead.commands import bench as command
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -150,7 +150,7 @@ def test_translate_reads_stdin_and_writes_one_line_per_input(
     dates_checkpoint: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A one-step model cannot translate yet; stand in for the model to test the plumbing.
-    import multihead.train.translate as translate
+    import multihead.commands.translate as translate
 
     answers = {"Nov 22, 2026": "2026-11-22", "le 1er mai 1999": "1999-05-01"}
     monkeypatch.setattr(

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from multihead.commands.translate import check_source, check_translation
 from multihead.modules.models import DecoderLM, TransformerConfig
 from multihead.tasks import SequenceTask, SequenceTaskConfig, dates_vocab
 from multihead.train import (
@@ -33,7 +34,6 @@ from multihead.train import (
 from multihead.train.checkpoint import previous_path
 from multihead.train.plots import plot_cross_attention, plot_loss_curve
 from multihead.train.recipes import Seq2SeqRecipe, balanced_date_pairs, parse_iso_date
-from multihead.train.translate import check_source, check_translation
 
 # ------------------------------------------------------------------ helpers
 

@@ -15,13 +15,16 @@ from collections.abc import Sequence
 
 # name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "explain": ("multihead.explain", "the worked example of multi-head attention, step by step"),
-    "demo": ("multihead.train.demo", "train the date translator and show what it learned"),
-    "train": ("multihead.train.command", "train a model on a built-in task"),
-    "translate": ("multihead.train.translate", "translate dates with a trained checkpoint"),
-    "generate": ("multihead.train.generate", "sample text from a trained language model"),
-    "visualize": ("multihead.viz.command", "draw attention heatmaps and an HTML view"),
-    "bench": ("multihead.bench.command", "time attention backends against PyTorch"),
+    "explain": (
+        "multihead.commands.explain",
+        "the worked example of multi-head attention, step by step",
+    ),
+    "demo": ("multihead.commands.demo", "train the date translator and show what it learned"),
+    "train": ("multihead.commands.train", "train a model on a built-in task"),
+    "translate": ("multihead.commands.translate", "translate dates with a trained checkpoint"),
+    "generate": ("multihead.commands.generate", "sample text from a trained language model"),
+    "visualize": ("multihead.commands.visualize", "draw attention heatmaps and an HTML view"),
+    "bench": ("multihead.commands.bench", "time attention backends against PyTorch"),
 }
 
 
@@ -38,12 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module_name.startswith(exc.name):
-                continue  # command not built yet
-            raise
+        module = importlib.import_module(module_name)
         command = sub.add_parser(
             name,
             help=help_text,

@@ -38,11 +38,12 @@ from typing import Any
 
 import torch
 
+from multihead.commands._common import set_threads
+from multihead.commands.translate import check_source
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer, TransformerConfig, num_parameters
 from multihead.tasks import BOS, DATE_FORMS, CharVocab
 from multihead.train.checkpoint import CheckpointError
-from multihead.train.command import set_threads
 from multihead.train.distributed import DistInfo
 from multihead.train.loop import (
     CHECKPOINT_NAME,
@@ -63,7 +64,6 @@ from multihead.train.recipes import (
     translate_texts,
     with_train_overrides,
 )
-from multihead.train.translate import check_source
 
 __all__ = ["ATTENTION_PLOT_NAME", "DEFAULT_OUT", "configure", "cross_attention_figure", "run"]
 

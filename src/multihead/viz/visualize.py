@@ -18,8 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +27,16 @@ from torch import nn
 
 from ..decoding import greedy_decode
 from ..modules.models import DecoderLM, Seq2SeqTransformer
-from ..tasks import BOS, EOS, TASK_NAMES, CharVocab
+from ..tasks import BOS, EOS, CharVocab
 from .capture import AttentionMap, capture_attention, maps_from_record
 from .heatmaps import attention_grid, save_figure, write_atomic
 from .html import write_attention_html
-from .stats import HeadStats, record_stats, stats_dicts, stats_markdown
+from .stats import HeadStats, record_stats, stats_markdown
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
     "DEFAULT_TEXTS",
     "VisualizeResult",
-    "configure",
-    "run",
     "visualize",
 ]
 
@@ -65,38 +61,6 @@ def default_checkpoint(task: str | None) -> Path:
     if task is None or task == "dates":
         return DEFAULT_CHECKPOINT
     return Path("runs") / task / "checkpoint.pt"
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Declare the options of ``multihead visualize``."""
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help=f"checkpoint to load (default: the demo's, {DEFAULT_CHECKPOINT}; with --task T, "
-        "runs/T/checkpoint.pt)",
-    )
-    parser.add_argument(
-        "--text",
-        default=None,
-        help='input to look at (default: a sample for the task, e.g. "Nov 22, 2026")',
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="folder for the pictures (default: 'attention' next to the checkpoint)",
-    )
-    parser.add_argument(
-        "--task",
-        choices=TASK_NAMES,
-        default=None,
-        help="which task's checkpoint to use when --checkpoint is not given; with "
-        "--checkpoint, checked against the task it was trained on",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print machine-readable JSON instead of text"
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,33 +215,3 @@ def visualize(
     return VisualizeResult(
         task=trained.task, text=text, output=output, files=files, maps=maps, stats=stats
     )
-
-
-def run(args: argparse.Namespace) -> int:
-    """``multihead visualize``: see the module docstring."""
-    checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint(args.task)
-    result = visualize(checkpoint, text=args.text, out_dir=args.out, task=args.task)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "checkpoint": str(checkpoint),
-                    "task": result.task,
-                    "input": result.text,
-                    "output": result.output,
-                    "files": {k: str(v) for k, v in result.files.items()},
-                    "modules": [
-                        {"name": m.name, "kind": m.kind, "heads": len(m.heads)} for m in result.maps
-                    ],
-                    "stats": stats_dicts(result.stats),
-                },
-                indent=2,
-            )
-        )
-        return 0
-    print(f"input:  {result.text}")
-    if result.output is not None:
-        print(f"output: {result.output}")
-    for path in result.files.values():
-        print(f"wrote {path}")
-    return 0

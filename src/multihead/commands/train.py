@@ -26,8 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from multihead.commands._common import set_threads
 from multihead.errors import CommandError
 from multihead.modules.models import TransformerConfig, ViTConfig
 from multihead.tasks import TASK_NAMES
@@ -42,7 +41,7 @@ from multihead.train.recipes import (
     with_train_overrides,
 )
 
-__all__ = ["configure", "run", "set_threads"]
+__all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -88,15 +87,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="CPU threads for torch (default: torch's choice); on a busy machine 1 can be faster",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-
-
-def set_threads(threads: int | None) -> None:
-    """Apply ``--threads``: ``None`` leaves torch's default, else ``torch.set_num_threads``."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise CommandError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
 
 
 def _resume_path(args: argparse.Namespace, out: Path) -> Path | None:

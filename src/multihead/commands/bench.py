@@ -52,7 +52,7 @@ import json
 import sys
 from typing import Any
 
-from . import suite
+from multihead.bench import suite
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
