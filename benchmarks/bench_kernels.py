@@ -37,7 +37,7 @@ from multihead.bench.harness import (
     peak_rss_mib,
     time_within,
 )
-from multihead.bench.suite import ensure_backends, naive_attention
+from multihead.bench.suite import naive_attention
 from multihead.functional import attention, backend_names, get_backend
 
 B, H, D = 1, 8, 64
@@ -53,7 +53,6 @@ def _qkv(n: int, *, grad: bool = False, seed: int = 0) -> tuple[torch.Tensor, ..
 
 def _fn(impl: str, n: int, *, causal: bool, backward: bool):
     """A callable running one case; inputs are made here, outside the timed call."""
-    ensure_backends()
     q, k, v = _qkv(n, grad=backward)
     mask = torch.ones(n, n, dtype=torch.bool).triu(1) if causal and impl == "naive" else None
 
@@ -203,7 +202,6 @@ def speedup_target(
 
 def error_table(n: int) -> str:
     print(f"[4] approximation error, N={n}", file=sys.stderr)
-    ensure_backends()
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, n, D, generator=g) for _ in range(3))
     rows = []
@@ -264,7 +262,6 @@ def main(argv: list[str] | None = None) -> str:
     measure_at = sorted(int(m) // div for m in args.chunked_measure_at.split(","))
     if len(measure_at) < 2:
         parser.error("--chunked-measure-at needs at least two lengths (for the fits)")
-    ensure_backends()
     parts = [f"{machine_summary()}, float32\n"]
     if "1" in args.only:
         parts.append(chunked_target(16384 // div, measure_at, args.repeat))

@@ -350,24 +350,49 @@ def test_scale_default_is_inverse_sqrt_dk():
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_finite_bias_beyond_half_range_agrees_across_backends(dtype):
-    # Hugging Face pads with finfo(float32).min: finite, but -inf once cast to half precision.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_finfo_min_bias_forbids_like_minus_inf(dtype):
+    # Hugging Face pads with finfo(dtype).min rather than -inf. At or below finfo.min / 2 a
+    # value forbids its key, so a row of only such values is fully masked: zeros everywhere.
     q, k, v = make_inputs((1, 2, 2, 3, 4, 8, 8), dtype=torch.float32)
+    low = torch.finfo(torch.float32).min
     bias = torch.zeros(1, 1, 3, 4)
-    bias[..., 1, :] = torch.finfo(torch.float32).min  # one row with only "padding"
-    bias[..., 0, 2:] = torch.finfo(torch.float32).min
+    bias[..., 1, :] = low  # a row with only "padding"
+    bias[..., 0, 2:] = low
+    forbidden = torch.zeros(1, 1, 3, 4).masked_fill(bias <= low / 2, float("-inf"))
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    want, _ = _attention(q, k, v, bias, backend="math")
-    # Row 1 has the same finite bias on every key: softmax is shift invariant, but how much of
-    # the logits survives next to 3.4e38 depends on the precision, so only finiteness is
-    # common ground there. The other rows must agree, and no backend may treat them as empty.
     for backend in EXACT:
         if refusal(backend, q, k, v, bias) is not None:
             continue
         got, _ = _attention(q, k, v, bias, backend=backend)
-        assert torch.isfinite(got).all() and got[0, :, 1].abs().sum() > 0, backend
-        torch.testing.assert_close(got[:, :, [0, 2]], want[:, :, [0, 2]], atol=2e-2, rtol=2e-2)
+        want, _ = _attention(q, k, v, forbidden, backend=backend)
+        assert torch.equal(got[:, :, 1], torch.zeros_like(got[:, :, 1])), backend
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", EXACT)
+def test_finfo_min_rows_have_the_float64_reference_gradient(backend):
+    # The repro: a row where every allowed logit sits at finfo.min. Taken literally it
+    # is a uniform row, and kernels that recompute softmax from a rounded log-sum-exp got its
+    # gradient wrong by a factor of Nk; as a forbidden row its gradient is exactly zero.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 4, 8, requires_grad=True) for _ in range(3))
+    m = torch.zeros(4, 4)
+    m[1] = torch.finfo(torch.float32).min
+    if refusal(backend, q, k, v, m) is not None:
+        pytest.skip(refusal(backend, q, k, v, m))
+    out, _ = _attention(q, k, v, m, backend=backend)
+    out.sum().backward()
+    # Plain float64 math over the keys each row may see (row 1: none).
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    logits = (q64 @ k64.transpose(-1, -2)) / math.sqrt(8)
+    allowed = torch.ones(4, 4, dtype=torch.bool)
+    allowed[1] = False
+    probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+    (probs @ v64).sum().backward()
+    assert torch.equal(out[0, 0, 1], torch.zeros(8))
+    for ours, ref in ((q, q64), (k, k64), (v, v64)):
+        torch.testing.assert_close(ours.grad.double(), ref.grad, atol=1e-5, rtol=1e-5)
 
 
 def test_mask_on_another_device_is_refused_by_name():

@@ -16,15 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from multihead.functional import attention, backend_names, make_spec, select_backend
-from multihead.functional._register_efficient import register_efficient_backends
-from multihead.functional.chunked import alibi_slopes, chunked_attention
+from multihead.functional import attention, make_spec, select_backend
+from multihead.functional.chunked import chunked_attention
 from multihead.functional.linear import linear_attention
 from multihead.functional.local import local_attention
 from multihead.functional.lowrank import lowrank_attention
-
-if "chunked" not in backend_names():
-    register_efficient_backends()
+from multihead.positional import alibi_slopes
 
 NEG_INF = float("-inf")
 

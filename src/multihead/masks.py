@@ -191,9 +191,25 @@ def to_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Convert a mask to an additive float bias (bool ``False`` becomes ``-inf``)."""
     check_mask_dtype(mask)
     if mask.dtype == torch.bool:
-        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return bias.masked_fill(~mask, float("-inf"))
+        return merge(mask, torch.zeros(mask.shape, dtype=dtype, device=mask.device))
     return mask.to(dtype)
+
+
+def merge(allowed: Tensor | None, bias: Tensor | None) -> Tensor | None:
+    """One mask from a bool part (``True`` = may attend) and an additive part, by broadcasting:
+    the bias with ``-inf`` where ``allowed`` is False. Unchecked: callers validated both.
+
+    This is the one place in the package where a bool mask turns into an additive one.
+
+    Example:
+        >>> merge(torch.tensor([True, False]), torch.tensor([0.5, 0.5]))
+        tensor([0.5000,   -inf])
+    """
+    if bias is None:
+        return allowed
+    if allowed is None:
+        return bias
+    return bias.masked_fill(~allowed, float("-inf"))
 
 
 def combine_masks(*masks: Tensor | None) -> Tensor | None:
@@ -216,8 +232,4 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
             allowed = mask if allowed is None else allowed & mask
         else:
             bias = mask if bias is None else bias + mask
-    if bias is None:
-        return allowed
-    if allowed is None:
-        return bias
-    return bias.masked_fill(~allowed, float("-inf"))
+    return merge(allowed, bias)

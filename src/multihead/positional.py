@@ -390,17 +390,31 @@ class RotaryEmbedding(nn.Module):
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
-    """ALiBi head slopes ``(H,)`` (Press et al., 2022, Sec. 3): ``2^(-8i/H)``, ``i = 1..H``
-    for a power-of-two ``H`` (``1/2 ... 1/256`` for 8 heads), interleaved from the ``2P``
-    sequence otherwise. See :func:`multihead.functional.chunked.alibi_slopes`.
+    """ALiBi head slopes ``(H,)`` (Press et al., 2022, Sec. 3), float32.
+
+    For ``H`` a power of two the slopes are the geometric sequence ``2^(-8i/H)``,
+    ``i = 1..H`` (``1/2 ... 1/256`` for 8 heads). Otherwise the paper takes the sequence for
+    the largest power of two ``P < H`` and adds every other slope of the ``2P`` sequence, so
+    the slopes still cover the same range.
 
     Example:
-        >>> alibi_slopes(8)[[0, -1]].tolist()
-        [0.5, 0.00390625]
+        >>> alibi_slopes(4)
+        tensor([0.2500, 0.0625, 0.0156, 0.0039])
+        >>> alibi_slopes(6).shape
+        torch.Size([6])
     """
-    from .functional.chunked import alibi_slopes as slopes
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
 
-    return slopes(num_heads)
+    def geometric(n: int) -> list[float]:
+        ratio = 2.0 ** (-8.0 / n)
+        return [ratio ** (i + 1) for i in range(n)]
+
+    power = 1 << (num_heads.bit_length() - 1)  # largest power of two <= H
+    slopes = geometric(power)
+    if power < num_heads:
+        slopes += geometric(2 * power)[0::2][: num_heads - power]
+    return torch.tensor(slopes, dtype=torch.float32)
 
 
 def alibi_bias(slopes: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tensor:

@@ -46,7 +46,6 @@ __all__ = [
     "BenchConfig",
     "BenchReport",
     "CaseResult",
-    "ensure_backends",
     "memory_probe",
     "naive_attention",
     "predicted_bytes",
@@ -65,30 +64,6 @@ QUADRATIC_MEMORY = {"naive": (2, 3), "math": (3, 5)}  # live N x N copies: (fwd,
 # How time grows with N where the registry's `exact` flag does not tell: "local" is exact for
 # its window but costs O(N·W). Otherwise exact backends are O(N²) and approximate ones O(N).
 TIME_EXPONENT = {"local": 1}
-
-
-def ensure_backends() -> list[str]:
-    """Register the efficient backends if their module exists and they are not registered yet;
-    return the registered names.
-
-    Example:
-        >>> "sdpa" in ensure_backends()
-        True
-    """
-    names = backend_names()
-    if all(name in names for name in EFFICIENT_BACKENDS):
-        return names
-    try:
-        from ..functional import _register_efficient
-    except ImportError:
-        return names  # not written yet: bench whatever exists
-    try:
-        _register_efficient.register_efficient_backends()
-    except ValueError as exc:
-        # Some were registered already (by an import elsewhere); the rest are now in place.
-        if "already registered" not in str(exc):
-            raise
-    return backend_names()
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -180,7 +155,7 @@ class BenchConfig:
     def resolved_backends(self) -> tuple[str, ...]:
         """The backends this sweep times; unknown names are a ``ValueError`` listing the
         registered ones."""
-        registered = ensure_backends()
+        registered = backend_names()
         if self.backends is None:
             return tuple(registered)
         unknown = [b for b in self.backends if b not in registered]
@@ -277,7 +252,6 @@ def _build(case: _Case) -> Callable[[], None]:
 def memory_probe(**kwargs: Any) -> None:
     """Child-process entry of the memory measurement: build one case, mark the baseline, run it
     once (see :func:`multihead.bench.harness.peak_rss_mib`)."""
-    ensure_backends()
     run = _build(_Case(**kwargs))
     harness.mark_baseline()
     run()

@@ -53,6 +53,7 @@ import sys
 from typing import Any
 
 from multihead.bench import suite
+from multihead.functional import backend_names
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +146,7 @@ def build_config(args: argparse.Namespace) -> suite.BenchConfig:
     if peers is not None and any(p not in suite.PEERS for p in peers):
         raise ValueError(f"--peers must be among {', '.join(suite.PEERS)} or none, got {peers}")
     backends = _names(args.backends)
-    registered = suite.ensure_backends()
+    registered = backend_names()
     if backends is not None:
         unknown = [b for b in backends if b not in registered]
         if unknown:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from . import reference, sdpa
-from ._prepare import SCORES, make_spec, zero_unreachable_keys
+from . import chunked, linear, local, lowrank, reference, sdpa
+from ._prepare import SCORES, make_spec
 from ._spec import AttentionResult, AttentionSpec
-from .reference import masked_softmax
 
 __all__ = [
     "SCORES",
@@ -29,10 +28,8 @@ __all__ = [
     "backend_names",
     "get_backend",
     "make_spec",
-    "masked_softmax",
     "register_backend",
     "select_backend",
-    "zero_unreachable_keys",
 ]
 
 
@@ -52,6 +49,7 @@ class Backend:
     exact: bool
     priority: int
     description: str
+    alibi: bool = False  # takes ALiBi slopes (AttentionSpec.alibi_slopes)
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -65,6 +63,7 @@ def register_backend(
     exact: bool,
     priority: int = 100,
     description: str = "",
+    alibi: bool = False,
     replace: bool = False,
 ) -> Backend:
     """Register an attention backend under ``name``.
@@ -87,6 +86,7 @@ def register_backend(
         exact=exact,
         priority=priority,
         description=description,
+        alibi=alibi,
     )
     _REGISTRY[name] = backend
     return backend
@@ -115,7 +115,7 @@ def select_backend(spec: AttentionSpec, backend: str = "auto") -> tuple[Backend,
     """
     if backend != "auto":
         chosen = get_backend(backend)
-        reason = chosen.supports(spec)
+        reason = _why_not(chosen, spec)
         if reason is not None:
             raise ValueError(f"backend {backend!r} cannot run this call: {reason}")
         return chosen, {}
@@ -124,11 +124,17 @@ def select_backend(spec: AttentionSpec, backend: str = "auto") -> tuple[Backend,
         if not candidate.exact:
             skipped[candidate.name] = "approximate backends are only used when named"
             continue
-        reason = candidate.supports(spec)
+        reason = _why_not(candidate, spec)
         if reason is None:
             return candidate, skipped
         skipped[candidate.name] = reason
     raise RuntimeError("no exact backend supports this call; the 'math' backend is missing")
+
+
+def _why_not(backend: Backend, spec: AttentionSpec) -> str | None:
+    if spec.alibi_slopes is not None and not backend.alibi:
+        return "no ALiBi bias (alibi_slopes)"
+    return backend.supports(spec)
 
 
 def attention(
@@ -143,6 +149,8 @@ def attention(
     dropout_p: float = 0.0,
     need_weights: bool = False,
     backend: str = "auto",
+    *,
+    alibi_slopes: Tensor | None = None,
 ) -> AttentionResult:
     r"""Multi-head scaled dot-product attention (Vaswani et al., 2017, Eq. 1).
 
@@ -166,6 +174,11 @@ def attention(
         dropout_p: dropout on the attention probabilities (pass 0 in evaluation).
         need_weights: also return the per-head weights ``(B, H, Nq, Nk)``, before dropout.
         backend: ``"auto"`` or a registered name (see :func:`backend_names`).
+        alibi_slopes: ``(H,)`` ALiBi slopes (see :func:`multihead.positional.alibi_slopes`):
+            adds ``-m_h * |i + Nk - Nq - j|`` to head ``h``'s logits (Press et al., 2022).
+
+    Float masks: values at or below ``torch.finfo(mask.dtype).min / 2`` (the "minus infinity"
+    Hugging Face writes) forbid the key exactly like ``-inf``.
 
     Returns:
         ``AttentionResult(output (B, H, Nq, Dv), weights or None)``. A query with no key to
@@ -188,28 +201,36 @@ def attention(
         score=score,
         dropout_p=dropout_p,
         need_weights=need_weights,
+        alibi_slopes=alibi_slopes,
     )
     chosen, _ = select_backend(spec, backend)
     return chosen.fn(spec)
 
 
-register_backend(
-    "math",
-    reference.math_attention,
-    supports=reference.supports,
-    exact=True,
-    priority=1000,
-    description="readable reference in float math; returns weights; any dtype",
-)
-register_backend(
-    "sdpa",
-    sdpa.sdpa_attention,
-    supports=sdpa.supports,
-    exact=True,
-    priority=10,
-    description="torch.nn.functional.scaled_dot_product_attention (fused kernels)",
-)
-
-from ._register_efficient import register_efficient_backends  # noqa: E402
-
-register_efficient_backends()
+# The built-in backends, in one table. "auto" tries the exact ones in increasing priority: the
+# fused sdpa kernels whenever they can run; local (40) and chunked (50) when sdpa declines (they
+# are mostly for callers who name them); math, which runs everything, last. Approximate ones
+# are only used when named.
+for _name, _fn, _supports, _exact, _priority, _alibi, _description in (
+    ("sdpa", sdpa.sdpa_attention, sdpa.supports, True, 10, True,
+     "torch.nn.functional.scaled_dot_product_attention (fused kernels)"),
+    ("local", local.local_backend, local.supports, True, 40, False,
+     "exact sliding-window attention in O(N·W); needs window"),
+    ("chunked", chunked.chunked_backend, chunked.supports, True, 50, True,
+     "exact; key blocks with an online softmax, O(N·D) memory; long sequences"),
+    ("math", reference.math_attention, reference.supports, True, 1000, True,
+     "readable reference in float math; returns weights; any dtype"),
+    ("linear", linear.linear_backend, linear.supports, False, 200, False,
+     "approximate: linear attention, phi = elu + 1 (Katharopoulos et al. 2020)"),
+    ("lowrank", lowrank.lowrank_backend, lowrank.supports, False, 210, False,
+     "approximate: Linformer-style keys/values mean-pooled to 64 rows"),
+):  # fmt: skip
+    register_backend(
+        _name,
+        _fn,
+        supports=_supports,
+        exact=_exact,
+        priority=_priority,
+        alibi=_alibi,
+        description=_description,
+    )

@@ -124,5 +124,13 @@ def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def half_precision(dtype: torch.dtype) -> bool:
-    return dtype in (torch.float16, torch.bfloat16)
+def check_alibi_slopes(slopes: object, num_heads: int, device: torch.device) -> Tensor:
+    """Check ALiBi slopes against ``(H,)`` and return them on ``device`` (never trained)."""
+    if not isinstance(slopes, Tensor) or not slopes.is_floating_point():
+        what = f"dtype {slopes.dtype}" if isinstance(slopes, Tensor) else type(slopes).__name__
+        raise TypeError(f"alibi_slopes must be a floating tensor (H,), got {what}")
+    if tuple(slopes.shape) != (num_heads,):
+        raise ValueError(
+            f"alibi_slopes must have shape (H,) = ({num_heads},), got {tuple(slopes.shape)}"
+        )
+    return slopes.detach().to(device)

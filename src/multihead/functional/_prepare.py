@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..masks import as_window
-from ._checks import check_choice, check_dropout, check_mask, check_qkv, check_scale
+from ._checks import (
+    check_alibi_slopes,
+    check_choice,
+    check_dropout,
+    check_mask,
+    check_qkv,
+    check_scale,
+)
 from ._spec import AttentionSpec
 
 SCORES = ("dot", "cosine")
@@ -28,12 +35,22 @@ def make_spec(
     score: str = "dot",
     dropout_p: float = 0.0,
     need_weights: bool = False,
+    alibi_slopes: Tensor | None = None,
 ) -> AttentionSpec:
     """Validate the arguments of :func:`attention` and return the call's :class:`AttentionSpec`."""
     check_qkv(query, key, value)
     b, h, nq, dk = query.shape
     nk = key.shape[2]
+    if dk == 0:
+        raise ValueError(
+            f"query and key must have a head size Dk >= 1 (the logit scale is 1/sqrt(Dk)), got "
+            f"query {tuple(query.shape)}"
+        )
     mask = check_mask(mask, (b, h, nq, nk), query.device)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = forbid_below_threshold(mask)
+    if alibi_slopes is not None:
+        alibi_slopes = check_alibi_slopes(alibi_slopes, h, query.device)
     check_scale(scale)
     check_dropout(dropout_p)
     check_choice(score, "score", SCORES)
@@ -60,8 +77,24 @@ def make_spec(
         scale=default_scale if scale is None else float(scale),
         dropout_p=float(dropout_p),
         need_weights=need_weights,
+        alibi_slopes=alibi_slopes,
     )
     return zero_unreachable_keys(spec)
+
+
+def forbid_below_threshold(mask: Tensor) -> Tensor:
+    """Additive mask values at or below ``finfo(dtype).min / 2`` become ``-inf``.
+
+    Hugging Face and others forbid a key with ``torch.finfo(dtype).min`` instead of ``-inf``.
+    Taken literally, a row whose every key carries that value is not empty: its logits all
+    round to the same huge negative number and softmax spreads the row evenly over the keys,
+    and a kernel's recomputed backward then disagrees with the forward. No bias meant as a
+    preference is that large, so such values mean "forbidden", exactly like ``-inf``.
+    """
+    if torch.compiler.is_compiling():
+        return mask.masked_fill(mask <= torch.finfo(mask.dtype).min / 2, float("-inf"))
+    low = mask <= torch.finfo(mask.dtype).min / 2
+    return mask.masked_fill(low, float("-inf")) if bool(low.any()) else mask
 
 
 def zero_unreachable_keys(spec: AttentionSpec) -> AttentionSpec:
@@ -94,14 +127,6 @@ def zero_unreachable_keys(spec: AttentionSpec) -> AttentionSpec:
     if reachable is None or (not torch.compiler.is_compiling() and bool(reachable.all())):
         return spec
     unreachable = ~reachable.unsqueeze(-1)  # (B|1, Hkv|1, Nk, 1)
-    return AttentionSpec(
-        query=spec.query,
-        key=spec.key.masked_fill(unreachable, 0.0),
-        value=spec.value.masked_fill(unreachable, 0.0),
-        mask=spec.mask,
-        causal=spec.causal,
-        window=spec.window,
-        scale=spec.scale,
-        dropout_p=spec.dropout_p,
-        need_weights=spec.need_weights,
+    return spec.replace(
+        key=spec.key.masked_fill(unreachable, 0.0), value=spec.value.masked_fill(unreachable, 0.0)
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from ..masks import Window, structural_mask
+from ..masks import Window, merge, structural_mask
 
 
 class AttentionResult(NamedTuple):
@@ -40,6 +40,14 @@ class AttentionSpec:
     scale: float
     dropout_p: float
     need_weights: bool
+    # ALiBi (Press et al., 2022): (H,) slopes m_h, adding -m_h * |i - j| to the logits, with
+    # query i bottom-right aligned (at key position i + Nk - Nq). Kept as slopes, not as a
+    # dense (H, Nq, Nk) bias, so block kernels make only the blocks they visit.
+    alibi_slopes: Tensor | None = None
+
+    def replace(self, **changes: object) -> AttentionSpec:
+        """A copy with ``changes`` applied (the spec is frozen)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
 
     @property
     def shape(self) -> tuple[int, int, int, int, int, int, int]:
@@ -57,7 +65,7 @@ class AttentionSpec:
 
     def split_mask(self) -> tuple[Tensor | None, Tensor | None]:
         """``(allowed, bias)``: the bool part (caller's bool mask AND structure) and the float
-        part (caller's additive mask), each 4-D and broadcastable, or ``None``."""
+        part (caller's additive mask plus ALiBi), each 4-D and broadcastable, or ``None``."""
         allowed = self.structure()
         if allowed is not None:
             allowed = allowed[None, None]
@@ -67,6 +75,10 @@ class AttentionSpec:
                 allowed = self.mask if allowed is None else allowed & self.mask
             else:
                 bias = self.mask
+        if self.alibi_slopes is not None:
+            _, _, _, nq, nk, _, _ = self.shape
+            alibi = alibi_bias(self.alibi_slopes, nq, nk, _logit_dtype(self.query.dtype))
+            bias = alibi if bias is None else bias + alibi
         return allowed, bias
 
     def merged_mask(self) -> Tensor | None:
@@ -75,10 +87,14 @@ class AttentionSpec:
         allowed, bias = self.split_mask()
         if bias is None:
             return allowed
-        bias = bias.to(_logit_dtype(self.query.dtype))
-        if allowed is None:
-            return bias
-        return bias.masked_fill(~allowed, float("-inf"))
+        return merge(allowed, bias.to(_logit_dtype(self.query.dtype)))
+
+
+def alibi_bias(slopes: Tensor, nq: int, nk: int, dtype: torch.dtype) -> Tensor:
+    """ALiBi's ``(1, H, Nq, Nk)`` bias ``-m_h |i + Nk - Nq - j|`` (queries bottom-right)."""
+    device = slopes.device
+    distance = torch.arange(nk - nq, nk, device=device)[:, None] - torch.arange(nk, device=device)
+    return -(slopes.to(dtype)[:, None, None] * distance.abs().to(dtype))[None]
 
 
 def _logit_dtype(dtype: torch.dtype) -> torch.dtype:

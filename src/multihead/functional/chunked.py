@@ -38,7 +38,7 @@ from ..masks import Window
 from ._prepare import make_spec
 from ._spec import AttentionResult, AttentionSpec, _logit_dtype
 
-__all__ = ["alibi_slopes", "chunked_attention", "chunked_backend", "supports"]
+__all__ = ["chunked_attention", "chunked_backend", "supports"]
 
 # Large blocks keep each matmul big enough to run near peak and the Python loop short; the
 # temporaries are (B, H, 256, 512) floats: 0.5 MiB per (batch, head) pair in float32.
@@ -46,44 +46,6 @@ DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 512
 
 _NEG_INF = float("-inf")
-
-
-# --------------------------------------------------------------------------------------------
-# Call preparation shared by the memory-efficient kernels (chunked, local, linear, lowrank)
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# ALiBi
-# --------------------------------------------------------------------------------------------
-
-
-def alibi_slopes(num_heads: int) -> Tensor:
-    """ALiBi head slopes ``(H,)`` (Press et al., 2022, Sec. 3), float32.
-
-    For ``H`` a power of two the slopes are the geometric sequence ``2^(-8i/H)``,
-    ``i = 1..H`` (``1/2 ... 1/256`` for 8 heads). Otherwise the paper takes the sequence for
-    the largest power of two ``P < H`` and adds every other slope of the ``2P`` sequence, so
-    the slopes still cover the same range.
-
-    Example:
-        >>> alibi_slopes(4)
-        tensor([0.2500, 0.0625, 0.0156, 0.0039])
-        >>> alibi_slopes(6).shape
-        torch.Size([6])
-    """
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
-
-    def geometric(n: int) -> list[float]:
-        ratio = 2.0 ** (-8.0 / n)
-        return [ratio ** (i + 1) for i in range(n)]
-
-    power = 1 << (num_heads.bit_length() - 1)  # largest power of two <= H
-    slopes = geometric(power)
-    if power < num_heads:
-        slopes += geometric(2 * power)[0::2][: num_heads - power]
-    return torch.tensor(slopes, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,10 +375,11 @@ def _block_sizes(block_size: int | tuple[int, int] | None) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-def _run(
-    spec: AttentionSpec, slopes: Tensor | None, block_size: int | tuple[int, int] | None
-) -> Tensor:
+def _run(spec: AttentionSpec, block_size: int | tuple[int, int] | None) -> Tensor:
     b, h, hkv, nq, nk, dk, dv = spec.shape
+    slopes = spec.alibi_slopes
+    if slopes is not None:
+        slopes = slopes.to(_logit_dtype(spec.query.dtype))
     block_q, block_k = _block_sizes(block_size)
     geo = _Geometry(
         b=b,
@@ -467,7 +430,8 @@ def chunked_attention(
         causal: bottom-right aligned causal mask (query ``i`` at key position ``i + Nk - Nq``).
         window: sliding window, ``w`` or ``(left, right)`` (see :func:`multihead.masks.as_window`).
         scale: logit multiplier, default ``1/sqrt(Dk)``.
-        alibi_slopes: ``(H,)`` ALiBi slopes (see :func:`alibi_slopes`), or ``None``. The bias
+        alibi_slopes: ``(H,)`` ALiBi slopes (see :func:`multihead.positional.alibi_slopes`),
+            or ``None``. The bias
             is ``-slope_h * |p_i - j|`` with ``p_i`` the query's key position: the paper's
             ``m·(j - i)`` under ``causal``, and its symmetric extension otherwise.
         block_size: keys per block, or ``(block_q, block_k)``; default
@@ -478,26 +442,23 @@ def chunked_attention(
 
     Example:
         >>> q = torch.randn(1, 4, 100, 16); kv = torch.randn(1, 2, 100, 16)
+        >>> from multihead.positional import alibi_slopes
         >>> out = chunked_attention(q, kv, kv, causal=True, alibi_slopes=alibi_slopes(4),
         ...                         block_size=32)
         >>> out.shape
         torch.Size([1, 4, 100, 16])
     """
-    spec = make_spec(query, key, value, mask, causal=causal, window=window, scale=scale)
-    slopes = None
-    if alibi_slopes is not None:
-        h = query.shape[1]
-        if not isinstance(alibi_slopes, Tensor) or not alibi_slopes.is_floating_point():
-            raise TypeError(
-                f"alibi_slopes must be a floating tensor (H,), got {type(alibi_slopes).__name__}"
-                + (f" of dtype {alibi_slopes.dtype}" if isinstance(alibi_slopes, Tensor) else "")
-            )
-        if tuple(alibi_slopes.shape) != (h,):
-            raise ValueError(
-                f"alibi_slopes must have shape (H,) = ({h},), got {tuple(alibi_slopes.shape)}"
-            )
-        slopes = alibi_slopes.detach().to(device=query.device, dtype=_logit_dtype(query.dtype))
-    return _run(spec, slopes, block_size)
+    spec = make_spec(
+        query,
+        key,
+        value,
+        mask,
+        causal=causal,
+        window=window,
+        scale=scale,
+        alibi_slopes=alibi_slopes,
+    )
+    return _run(spec, block_size)
 
 
 def supports(spec: AttentionSpec) -> str | None:
@@ -511,4 +472,4 @@ def supports(spec: AttentionSpec) -> str | None:
 
 def chunked_backend(spec: AttentionSpec) -> AttentionResult:
     """Registry entry: :func:`chunked_attention` on a validated spec, default blocks."""
-    return AttentionResult(_run(spec, None, None), None)
+    return AttentionResult(_run(spec, None), None)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..masks import merge
 from ._spec import AttentionResult, AttentionSpec, _logit_dtype
 
 
@@ -26,8 +27,7 @@ def masked_softmax(logits: Tensor, allowed: Tensor | None) -> Tensor:
         >>> masked_softmax(torch.zeros(1, 2), torch.tensor([[False, False]]))
         tensor([[0., 0.]])
     """
-    if allowed is not None:
-        logits = logits.masked_fill(~allowed, float("-inf"))
+    logits = merge(allowed, logits)
     dead = torch.isneginf(logits).all(dim=-1, keepdim=True)  # rows with nothing to attend to
     # A row of only -inf would make softmax return NaN, and NaN poisons the backward pass even
     # behind a torch.where. Give such rows finite logits, then zero their probabilities.

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import masks as M
 from ..functional import attention, get_backend, make_spec
 from ..modules.attention import has_attention_observers, notify_attention_observers
 from ..modules.models import DecoderLM, Encoder, EncoderClassifier, TransformerConfig
@@ -137,12 +138,7 @@ def attention_forward(
         mask = _hf_float_mask(mask)
     bias = kwargs.get("position_bias")
     if bias is not None:  # T5-style relative bias: fold it into one additive mask
-        if mask is None:
-            mask = bias
-        elif mask.dtype == torch.bool:
-            mask = bias.masked_fill(~mask, float("-inf"))
-        else:
-            mask = bias + mask
+        mask = M.combine_masks(mask, bias)
     need_weights = _weights_requested(kwargs)
     if has_attention_observers():  # multihead.viz.capture_attention is recording
         notify_attention_observers(

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..cache import StaticKVCache
 from ..functional import AttentionSpec
 from ..functional.reference import attention_weights
+from ..masks import merge
 from ..modules.attention import MultiHeadAttention, add_attention_observer
 
 __all__ = [
@@ -236,13 +237,7 @@ def _slice_spec(spec: AttentionSpec, heads: list[int], rows: slice) -> Attention
         return m
 
     allowed, bias = cut(allowed), cut(bias)
-    mask: Tensor | None
-    if bias is None:
-        mask = allowed
-    elif allowed is None:
-        mask = bias
-    else:
-        mask = bias.masked_fill(~allowed, float("-inf"))
+    mask = merge(allowed, bias)
     return dataclasses.replace(
         spec,
         query=spec.query[:, heads][:, :, rows],  # (B, h, q, Dk)
