@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from multihead import MultiHeadAttention
-from multihead.modules.attention import add_attention_observer
 from multihead.modules.models import DecoderLM, TransformerConfig
+from multihead.modules.observers import add_attention_observer
 from multihead.positional import (
     LearnedPositionalEncoding,
     RotaryEmbedding,
@@ -222,14 +222,15 @@ def test_alibi_attention_matches_float64_reference(num_heads: int) -> None:
     torch.testing.assert_close(got.double(), _out(mha, out), atol=1e-5, rtol=0)
 
 
-def test_alibi_bias_is_never_materialized_per_batch_row() -> None:
-    shapes = []
-    handle = add_attention_observer(lambda module, spec: shapes.append(tuple(spec.mask.shape)))
+def test_alibi_travels_as_slopes_not_as_a_dense_bias() -> None:
+    seen = []
+    handle = add_attention_observer(lambda module, spec: seen.append(spec))
     try:
         MultiHeadAttention(16, 4, alibi=True)(torch.randn(5, 9, 16), causal=True)
     finally:
         handle.remove()
-    assert shapes == [(1, 4, 9, 9)]
+    assert seen[0].mask is None
+    torch.testing.assert_close(seen[0].alibi_slopes, alibi_slopes(4))
 
 
 # ------------------------------------------------------------------------------ additive kinds

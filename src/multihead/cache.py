@@ -34,10 +34,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["DecoderCache", "KVCache", "StaticKVCache"]
 
@@ -303,6 +307,15 @@ class KVCache:
         value[:, :, :stored] = self._value[:, :, :stored].index_select(0, indices)
         self._key, self._value = key, value
 
+    def clone(self) -> Self:
+        """An independent copy (buffers detached and copied): what updating it does never
+        reaches this cache. ``MultiHeadAttention.why_backend`` plans on a clone."""
+        other = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(other, name, value.detach().clone())
+        return other
+
     def reset(self) -> None:
         """Forget every token (the buffers are kept for reuse)."""
         self._stored = 0
@@ -351,6 +364,15 @@ class StaticKVCache:
         indices = indices.to(self.key.device)
         self.key = self.key.index_select(0, indices)
         self.value = self.value.index_select(0, indices)
+
+    def clone(self) -> Self:
+        """An independent copy (buffers detached and copied): what updating it does never
+        reaches this cache. ``MultiHeadAttention.why_backend`` plans on a clone."""
+        other = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(other, name, value.detach().clone())
+        return other
 
     def reset(self) -> None:
         """Forget the stored keys and values (a new input comes)."""

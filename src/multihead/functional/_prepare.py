@@ -47,8 +47,6 @@ def make_spec(
             f"query {tuple(query.shape)}"
         )
     mask = check_mask(mask, (b, h, nq, nk), query.device)
-    if mask is not None and mask.dtype != torch.bool:
-        mask = forbid_below_threshold(mask)
     if alibi_slopes is not None:
         alibi_slopes = check_alibi_slopes(alibi_slopes, h, query.device)
     check_scale(scale)
@@ -58,6 +56,41 @@ def make_spec(
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     if not isinstance(need_weights, bool):
         raise TypeError(f"need_weights must be a bool, got {type(need_weights).__name__}")
+    return build_spec(
+        query,
+        key,
+        value,
+        mask,
+        causal=causal,
+        window=window,
+        scale=scale,
+        score=score,
+        dropout_p=dropout_p,
+        need_weights=need_weights,
+        alibi_slopes=alibi_slopes,
+    )
+
+
+def build_spec(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    *,
+    causal: bool,
+    window: int | tuple[int, int] | None,
+    scale: float | None,
+    score: str,
+    dropout_p: float,
+    need_weights: bool,
+    alibi_slopes: Tensor | None,
+) -> AttentionSpec:
+    """:func:`make_spec` without its checks, for callers that validated every argument
+    already (``MultiHeadAttention`` checks its inputs once, at its own boundary). ``mask`` is
+    4-D or ``None``."""
+    if mask is not None and mask.dtype != torch.bool:
+        mask = forbid_below_threshold(mask)
+    dk = query.shape[-1]
     win = as_window(window, causal=causal)
     if score == "cosine":
         # Cosine similarity of unit vectors; the default inverse temperature sqrt(Dk) gives

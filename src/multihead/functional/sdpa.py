@@ -50,7 +50,8 @@ def sdpa_attention(spec: AttentionSpec) -> AttentionResult:
             k = k.repeat_interleave(h // hkv, dim=1)
             v = v.repeat_interleave(h // hkv, dim=1)
 
-    if spec.mask is None and spec.window is None and (not spec.causal or nq == nk):
+    plain = spec.mask is None and spec.window is None and spec.alibi_slopes is None
+    if plain and (not spec.causal or nq == nk):
         # Nothing can leave a row empty: the fused kernel needs no help.
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=spec.dropout_p, is_causal=spec.causal, scale=spec.scale, **kwargs

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 
 from .. import masks as M
 from ..functional import attention, get_backend, make_spec
-from ..modules.attention import has_attention_observers, notify_attention_observers
 from ..modules.models import DecoderLM, Encoder, EncoderClassifier, TransformerConfig
+from ..modules.observers import has_attention_observers, notify_attention_observers
 
 __all__ = ["NAME", "attention_forward", "convert", "register"]
 

@@ -1,6 +1,6 @@
 """Parameterized layers built on :mod:`multihead.functional`."""
 
-from .attention import MultiHeadAttention, add_attention_observer
+from .attention import MultiHeadAttention
 from .feedforward import FeedForward
 from .layers import DecoderLayer, EncoderLayer
 from .models import (
@@ -13,6 +13,7 @@ from .models import (
     ViTConfig,
     num_parameters,
 )
+from .observers import add_attention_observer
 
 __all__ = [
     "AttentionMaps",

@@ -11,67 +11,19 @@ with ``bias=True``, ``.bias``), in ``nn.Linear`` layout ``(out_features, in_feat
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks as M
 from ..cache import KVCache, StaticKVCache
-from ..functional import (
-    AttentionResult,
-    AttentionSpec,
-    attention,
-    get_backend,
-    make_spec,
-    select_backend,
-)
+from ..functional import AttentionResult, AttentionSpec, get_backend, select_backend
 from ..functional._checks import check_choice, check_dropout, check_mask
-from ..positional import RotaryEmbedding, alibi_bias, alibi_slopes, check_positions
+from ..functional._prepare import build_spec
+from ..positional import RotaryEmbedding, alibi_slopes, check_positions
+from .observers import add_attention_observer, has_attention_observers, notify_attention_observers
 
 __all__ = ["MultiHeadAttention", "add_attention_observer"]
-
-Observer = Callable[[nn.Module, AttentionSpec], None]
-_OBSERVERS: dict[int, Observer] = {}
-
-
-class ObserverHandle:
-    """Returned by :func:`add_attention_observer`; ``remove()`` unregisters the observer."""
-
-    def __init__(self, key: int) -> None:
-        self._key = key
-
-    def remove(self) -> None:
-        _OBSERVERS.pop(self._key, None)
-
-
-def add_attention_observer(fn: Observer) -> ObserverHandle:
-    """Call ``fn(module, spec)`` on every ``MultiHeadAttention`` forward, with the projected
-    q/k/v and masks as an :class:`~multihead.functional.AttentionSpec`.
-
-    Observers see the inputs of the kernel and must not modify them; the module's output is
-    computed exactly as without them. This is how attention capture (:mod:`multihead.viz`)
-    records weights without switching kernels.
-    """
-    key = id(fn)
-    while key in _OBSERVERS:
-        key += 1
-    _OBSERVERS[key] = fn
-    return ObserverHandle(key)
-
-
-def has_attention_observers() -> bool:
-    """Whether any observer is registered (so callers can skip building a spec)."""
-    return bool(_OBSERVERS)
-
-
-def notify_attention_observers(module: nn.Module, spec: AttentionSpec) -> None:
-    """Hand ``spec`` to every observer; for attention that runs our kernels outside a
-    ``MultiHeadAttention`` (Hugging Face modules through :mod:`multihead.interop`)."""
-    for observer in list(_OBSERVERS.values()):
-        observer(module, spec)
 
 
 def _plain_linear(module: nn.Module) -> bool:
@@ -268,6 +220,16 @@ class MultiHeadAttention(nn.Module):
                 f"{name} must be 3-D (B, N, {size_name}={size}), got shape {tuple(x.shape)}"
             )
 
+    def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+        self._check_input(query, "query", self.embed_dim, "embed_dim")
+        self._check_input(key, "key", self.kdim, "kdim")
+        self._check_input(value, "value", self.vdim, "vdim")
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
+            raise ValueError(
+                "query, key and value must share the batch size and key/value the length, got "
+                f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+            )
+
     def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Project inputs and split heads: ``q (B, H, Nq, Dk)``, ``k (B, Hkv, Nk, Dk)``,
         ``v (B, Hkv, Nk, Dv)``. One fused matrix product for self-attention under autograd."""
@@ -296,13 +258,24 @@ class MultiHeadAttention(nn.Module):
                 ],
                 dim=-1,
             )
-        else:
-            q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+            return self._heads(q, k, v)
+        k, v = self._project_kv(key, value)
+        return self._project_query(query), k, v
+
+    def _heads(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # (B, N, heads * D) -> (B, heads, N, D)
         q = q.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = v.unflatten(-1, (self.num_kv_heads, self.v_head_dim)).transpose(1, 2)
         return q, k, v
+
+    def _project_query(self, query: Tensor) -> Tensor:
+        return self.q_proj(query).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def _project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.k_proj(key).unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(value).unflatten(-1, (self.num_kv_heads, self.v_head_dim)).transpose(1, 2)
+        return k, v  # (B, Hkv, Nk, Dk), (B, Hkv, Nk, Dv)
 
     def build_mask(
         self,
@@ -312,7 +285,8 @@ class MultiHeadAttention(nn.Module):
         nq: int,
         nk: int,
     ) -> Tensor | None:
-        """Combine ``mask`` and ``key_padding_mask`` into one 4-D mask (or ``None``)."""
+        """Check ``mask`` and ``key_padding_mask`` and combine them into one 4-D mask (or
+        ``None``). Called before any cache changes, so a failing call leaves the cache as is."""
         if mask is not None:
             M.check_mask_dtype(mask, "mask")
             if mask.dim() == 3:
@@ -322,9 +296,7 @@ class MultiHeadAttention(nn.Module):
                         f"got shape {tuple(mask.shape)}"
                     )
                 mask = mask.unsqueeze(1)
-            # Shape-checked here (not only in the kernel) so a cache is never updated by a
-            # call that is going to fail.
-            mask = check_mask(mask, (batch, self.num_heads, nq, nk))
+            mask = check_mask(mask, (batch, self.num_heads, nq, nk), self.q_proj.weight.device)
         if key_padding_mask is not None:
             M.check_mask_dtype(key_padding_mask, "key_padding_mask")
             if key_padding_mask.shape != (batch, nk):
@@ -332,7 +304,9 @@ class MultiHeadAttention(nn.Module):
                     f"key_padding_mask must be (B, Nk) = {(batch, nk)}, "
                     f"got shape {tuple(key_padding_mask.shape)}"
                 )
-            key_padding_mask = M.key_padding_mask(key_padding_mask)
+            key_padding_mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, Nk)
+        if mask is None or key_padding_mask is None:
+            return mask if key_padding_mask is None else key_padding_mask
         return M.combine_masks(mask, key_padding_mask)
 
     def forward(
@@ -362,17 +336,8 @@ class MultiHeadAttention(nn.Module):
             positions: absolute positions ``(Nq,)`` or ``(B, Nq)`` of the query tokens, for
                 self-attention with ``rotary`` (default: counted from ``cache.length``).
         """
-        if (
-            cache is None
-            and positions is None
-            and window is None
-            and self.rotary is None
-            and self.alibi_slopes is None
-        ):
-            return self._forward_plain(
-                query, key, value, mask, key_padding_mask, causal, need_weights
-            )
-        return self._forward_general(
+        # 1) project, 2) positions (RoPE), 3) cache, 4) attend, 5) concat heads + W_O.
+        spec = self.attention_spec(
             query,
             key,
             value,
@@ -384,113 +349,28 @@ class MultiHeadAttention(nn.Module):
             cache,
             positions,
         )
-
-    def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
-        self._check_input(query, "query", self.embed_dim, "embed_dim")
-        self._check_input(key, "key", self.kdim, "kdim")
-        self._check_input(value, "value", self.vdim, "vdim")
-        if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
-            raise ValueError(
-                "query, key and value must share the batch size and key/value the length, got "
-                f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
-            )
-
-    def _forward_plain(
-        self,
-        query: Tensor,
-        key: Tensor | None,
-        value: Tensor | None,
-        mask: Tensor | None,
-        key_padding_mask: Tensor | None,
-        causal: bool,
-        need_weights: bool,
-    ) -> AttentionResult:
-        key = query if key is None else key
-        value = key if value is None else value
-        self._check_shapes(query, key, value)
-        b, nq, _ = query.shape
-        nk = key.shape[1]
-        full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
-
-        # 1) project and split heads, 2) attend, 3) concatenate heads, 4) output projection.
-        q, k, v = self.project(query, key, value)
-        return self._attend(q, k, v, full_mask, causal, None, need_weights)
-
-    def _attend(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        full_mask: Tensor | None,
-        causal: bool,
-        window: int | tuple[int, int] | None,
-        need_weights: bool,
-    ) -> AttentionResult:
-        if _OBSERVERS:
-            spec = make_spec(q, k, v, full_mask, causal=causal, window=window, score=self.score)
-            for observer in list(_OBSERVERS.values()):
-                observer(self, spec)
-        elif (
-            full_mask is None
-            and window is None
-            and not causal
-            and not need_weights
-            and self.score == "dot"
-            and (self.dropout == 0.0 or not self.training)
-        ):
-            # The decoding step (one query, no mask). q, k, v come from our own projections, so
-            # attention()'s argument checks cannot fail; skipping them halves the per-layer
-            # overhead at batch 1, where each step is otherwise a few tiny kernels.
-            spec = AttentionSpec(
-                query=q,
-                key=k,
-                value=v,
-                mask=None,
-                causal=False,
-                window=None,
-                scale=1.0 / math.sqrt(self.head_dim),  # as attention()'s default
-                dropout_p=0.0,
-                need_weights=False,
-            )
-            out = select_backend(spec, self.backend)[0].fn(spec).output
-            out = out.transpose(1, 2).flatten(2)  # (B, H, Nq, Dv) -> (B, Nq, H * Dv)
-            return AttentionResult(self.out_proj(out), None)
-        out, weights = attention(
-            q,
-            k,
-            v,
-            mask=full_mask,
-            causal=causal,
-            window=window,
-            score=self.score,
-            dropout_p=self.dropout if self.training else 0.0,
-            need_weights=need_weights,
-            backend=self.backend,
-        )
+        if has_attention_observers():
+            notify_attention_observers(self, spec)
+        out, weights = select_backend(spec, self.backend)[0].fn(spec)
         out = out.transpose(1, 2).flatten(2)  # (B, H, Nq, Dv) -> (B, Nq, H * Dv)
         return AttentionResult(self.out_proj(out), weights)
 
-    def _project_query(self, query: Tensor) -> Tensor:
-        return self.q_proj(query).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-
-    def _project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        k = self.k_proj(key).unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(value).unflatten(-1, (self.num_kv_heads, self.v_head_dim)).transpose(1, 2)
-        return k, v  # (B, Hkv, Nk, Dk), (B, Hkv, Nk, Dv)
-
-    def _forward_general(
+    def attention_spec(
         self,
         query: Tensor,
-        key: Tensor | None,
-        value: Tensor | None,
-        mask: Tensor | None,
-        key_padding_mask: Tensor | None,
-        causal: bool,
-        need_weights: bool,
-        window: int | tuple[int, int] | None,
-        cache: KVCache | StaticKVCache | None,
-        positions: Tensor | None,
-    ) -> AttentionResult:
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+        window: int | tuple[int, int] | None = None,
+        cache: KVCache | StaticKVCache | None = None,
+        positions: Tensor | None = None,
+    ) -> AttentionSpec:
+        """Everything :meth:`forward` does before the kernel: the call's
+        :class:`~multihead.functional.AttentionSpec` (projected, rotated, cached). Updates
+        ``cache`` as :meth:`forward` does; :meth:`why_backend` uses a copy."""
         self._check_input(query, "query", self.embed_dim, "embed_dim")
         self_attention = (key is None or key is query) and (value is None or value is query)
         b, nq, _ = query.shape
@@ -503,113 +383,142 @@ class MultiHeadAttention(nn.Module):
                     "the key order)"
                 )
             positions = check_positions(positions, b, nq)
-        rotary = self.rotary
 
         if isinstance(cache, StaticKVCache):
-            if rotary is not None or self.alibi_slopes is not None:
-                raise ValueError(
-                    "a StaticKVCache (cross-attention) cannot be used with rotary or alibi, "
-                    "which encode positions within one sequence"
-                )
-            q = self._project_query(query)
-            if cache.is_set:
-                k, v = cache.key, cache.value
-                assert k is not None and v is not None
-                if k.shape[0] != b:
-                    raise ValueError(
-                        f"query has batch size {b} but the StaticKVCache holds {k.shape[0]} "
-                        "rows; call cache.reorder(indices) when rows move (beam search)"
-                    )
-            else:
-                key = query if key is None else key
-                value = key if value is None else value
-                self._check_shapes(query, key, value)
-                k, v = self._project_kv(key, value)
-            nk = k.shape[2]
-            full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
-            if not cache.is_set:
-                cache.set(k, v)  # only once the call is known to be valid
-            return self._attend(q, k, v, full_mask, causal and nq > 1, window, need_weights)
-
-        if isinstance(cache, KVCache):
+            q, k, v, full_mask = self._cross_cached(
+                query, key, value, mask, key_padding_mask, cache
+            )
+        elif isinstance(cache, KVCache):
             if not self_attention:
                 raise ValueError(
                     "a KVCache caches self-attention: pass key=None and value=None (use a "
                     "StaticKVCache for cross-attention)"
                 )
-            offset = cache.length
-            total = offset + nq
-            # Checked before the cache changes, so that a failed call leaves it as it was.
-            if key_padding_mask is not None and (
-                not isinstance(key_padding_mask, Tensor) or key_padding_mask.shape != (b, total)
-            ):
-                got = (
-                    tuple(key_padding_mask.shape)
-                    if isinstance(key_padding_mask, Tensor)
-                    else type(key_padding_mask).__name__
-                )
-                raise ValueError(
-                    "with a KVCache, key_padding_mask covers every token seen: "
-                    f"(B, cache.length + Nq) = {(b, total)}, got {got}"
-                )
-            if cache.window is not None:
-                if window is not None and M.as_window(window, causal=True) != (cache.window, 0):
-                    raise ValueError(
-                        f"window={window!r} disagrees with the cache's window={cache.window}"
-                    )
-                # A single new query sees exactly the keys the cache returns.
-                window = (cache.window, 0) if nq > 1 else None
-            nk = cache.next_num_keys(nq)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask[:, total - nk :]
-            # Masks are checked before the cache changes, so that a failed call leaves it as
-            # it was (a retried step must not append its tokens twice).
-            full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
-            q, k, v = self.project(query, query, query)
-            if rotary is not None:
-                q, k = self._rotate(rotary, q, k, offset, positions)
-            k, v = cache.update(k, v)  # every key to attend to, the new ones last
-            assert k.shape[2] == nk, (k.shape, nk)
-            k_start = total - nk  # absolute position of the first key returned
+            q, k, v, full_mask, window = self._self_cached(
+                query, mask, key_padding_mask, causal, window, cache, positions
+            )
+        elif cache is not None:
+            raise TypeError(
+                f"cache must be a KVCache, a StaticKVCache or None, got {type(cache).__name__}"
+            )
         else:
             key = query if key is None else key
             value = key if value is None else value
             self._check_shapes(query, key, value)
+            full_mask = self.build_mask(mask, key_padding_mask, b, nq, key.shape[1])
             q, k, v = self.project(query, key, value)
-            nk = k.shape[2]
-            k_start = 0
-            offset = nk - nq  # bottom-right: the last query sits at the last key's position
-            if rotary is not None:
-                if self_attention:
-                    q, k = self._rotate(rotary, q, k, 0, positions)
-                else:
-                    if offset < 0:
-                        raise ValueError(
-                            f"rotary attention aligns queries bottom-right with the keys, so it "
-                            f"needs Nq <= Nk, got Nq={nq} and Nk={nk}"
-                        )
-                    cos, sin = rotary.cos_sin_range(0, nk, dtype=q.dtype, device=q.device)
-                    k = rotary.rotate(k, cos, sin)
-                    q = rotary.rotate(q, cos[offset:], sin[offset:])
-            full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
+            if self.rotary is not None:
+                q, k = self._rotate(q, k, 0, positions, self_attention)
+        return build_spec(
+            q,
+            k,
+            v,
+            full_mask,
+            # One query at the end sees every earlier key: the causal mask is a no-op.
+            causal=causal and nq > 1,
+            window=window,
+            scale=None,
+            score=self.score,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
+            alibi_slopes=self.alibi_slopes,
+        )
 
-        if self.alibi_slopes is not None:
-            q_pos = torch.arange(k_start + nk - nq, k_start + nk, device=q.device)
-            k_pos = torch.arange(k_start, k_start + nk, device=q.device)
-            # float32: in bf16 the bias -m|i-j| loses the difference between far positions
-            slopes = self.alibi_slopes.float()
-            bias = alibi_bias(slopes, q_pos, k_pos)[None]  # (1, H, Nq, Nk)
-            # Broadcast over B; only a padding mask (the kernel takes one mask) makes the
-            # combination (B, H, Nq, Nk).
-            full_mask = M.combine_masks(full_mask, bias)
-        # One query at the end sees every earlier key: the causal mask is a no-op.
-        return self._attend(q, k, v, full_mask, causal and nq > 1, window, need_weights)
+    def _cross_cached(
+        self,
+        query: Tensor,
+        key: Tensor | None,
+        value: Tensor | None,
+        mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        cache: StaticKVCache,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        if self.rotary is not None or self.alibi_slopes is not None:
+            raise ValueError(
+                "a StaticKVCache (cross-attention) cannot be used with rotary or alibi, "
+                "which encode positions within one sequence"
+            )
+        b, nq, _ = query.shape
+        if cache.is_set:
+            k, v = cache.key, cache.value
+            assert k is not None and v is not None
+            if k.shape[0] != b:
+                raise ValueError(
+                    f"query has batch size {b} but the StaticKVCache holds {k.shape[0]} "
+                    "rows; call cache.reorder(indices) when rows move (beam search)"
+                )
+        else:
+            key = query if key is None else key
+            value = key if value is None else value
+            self._check_shapes(query, key, value)
+            k, v = self._project_kv(key, value)
+        full_mask = self.build_mask(mask, key_padding_mask, b, nq, k.shape[2])
+        if not cache.is_set:
+            cache.set(k, v)  # only once the call is known to be valid
+        return self._project_query(query), k, v, full_mask
 
-    @staticmethod
+    def _self_cached(
+        self,
+        query: Tensor,
+        mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        window: int | tuple[int, int] | None,
+        cache: KVCache,
+        positions: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, int | tuple[int, int] | None]:
+        b, nq, _ = query.shape
+        offset = cache.length
+        total = offset + nq
+        # Checked before the cache changes, so that a failed call leaves it as it was.
+        if key_padding_mask is not None and (
+            not isinstance(key_padding_mask, Tensor) or key_padding_mask.shape != (b, total)
+        ):
+            got = (
+                tuple(key_padding_mask.shape)
+                if isinstance(key_padding_mask, Tensor)
+                else type(key_padding_mask).__name__
+            )
+            raise ValueError(
+                "with a KVCache, key_padding_mask covers every token seen: "
+                f"(B, cache.length + Nq) = {(b, total)}, got {got}"
+            )
+        if cache.window is not None:
+            if window is not None and M.as_window(window, causal=True) != (cache.window, 0):
+                raise ValueError(
+                    f"window={window!r} disagrees with the cache's window={cache.window}"
+                )
+            # A single new query sees exactly the keys the cache returns.
+            window = (cache.window, 0) if nq > 1 else None
+        nk = cache.next_num_keys(nq)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask[:, total - nk :]
+        # Masks are checked before the cache changes, so that a failed call leaves it as it
+        # was (a retried step must not append its tokens twice).
+        full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
+        q, k, v = self.project(query, query, query)
+        if self.rotary is not None:
+            q, k = self._rotate(q, k, offset, positions, True)
+        k, v = cache.update(k, v)  # every key to attend to, the new ones last
+        assert k.shape[2] == nk, (k.shape, nk)
+        return q, k, v, full_mask, window
+
     def _rotate(
-        rotary: RotaryEmbedding, q: Tensor, k: Tensor, offset: int, positions: Tensor | None
+        self, q: Tensor, k: Tensor, offset: int, positions: Tensor | None, same_tokens: bool
     ) -> tuple[Tensor, Tensor]:
-        """RoPE on the new queries and keys (same tokens), at ``positions`` or from ``offset``."""
+        """RoPE: on the new queries and keys of self-attention (same tokens) at ``positions``
+        or from ``offset``; for cross-attention, keys at ``0..Nk-1`` and queries bottom-right."""
+        rotary = self.rotary
+        assert rotary is not None
+        if not same_tokens:
+            nq, nk = q.shape[2], k.shape[2]
+            if nk < nq:
+                raise ValueError(
+                    f"rotary attention aligns queries bottom-right with the keys, so it "
+                    f"needs Nq <= Nk, got Nq={nq} and Nk={nk}"
+                )
+            cos, sin = rotary.cos_sin_range(0, nk, dtype=q.dtype, device=q.device)
+            return rotary.rotate(q, cos[nk - nq :], sin[nk - nq :]), rotary.rotate(k, cos, sin)
         if positions is None:
             cos, sin = rotary.cos_sin_range(offset, q.shape[2], dtype=q.dtype, device=q.device)
         else:
@@ -627,8 +536,14 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         causal: bool = False,
         need_weights: bool = False,
+        *,
+        window: int | tuple[int, int] | None = None,
+        cache: KVCache | StaticKVCache | None = None,
+        positions: Tensor | None = None,
     ) -> str:
-        """Which kernel a call with these arguments would use, and why the others were not.
+        """Which kernel :meth:`forward` with these arguments would use, and why the others
+        were not. Built by the same code as :meth:`forward` (a given cache is copied, not
+        changed), in the module's current train/eval mode.
 
         Example:
             >>> mha = MultiHeadAttention(16, 2)
@@ -636,15 +551,19 @@ class MultiHeadAttention(nn.Module):
             >>> why.split()[0], "sdpa: fused kernels do not return attention weights" in why
             ('math', True)
         """
-        key = query if key is None else key
-        value = key if value is None else value
-        b, nq, _ = query.shape
-        full_mask = self.build_mask(mask, key_padding_mask, b, nq, key.shape[1])
         with torch.no_grad():
-            q, k, v = self.project(query, key, value)
-        spec = make_spec(
-            q, k, v, full_mask, causal=causal, score=self.score, need_weights=need_weights
-        )
+            spec = self.attention_spec(
+                query,
+                key,
+                value,
+                mask,
+                key_padding_mask,
+                causal,
+                need_weights,
+                window,
+                None if cache is None else cache.clone(),
+                positions,
+            )
         chosen, skipped = select_backend(spec, self.backend)
         if not skipped:
             return chosen.name

@@ -26,7 +26,8 @@ from ..cache import StaticKVCache
 from ..functional import AttentionSpec
 from ..functional.reference import attention_weights
 from ..masks import merge
-from ..modules.attention import MultiHeadAttention, add_attention_observer
+from ..modules.attention import MultiHeadAttention
+from ..modules.observers import add_attention_observer
 
 __all__ = [
     "AttentionCall",
@@ -243,10 +244,11 @@ def _slice_spec(spec: AttentionSpec, heads: list[int], rows: slice) -> Attention
         query=spec.query[:, heads][:, :, rows],  # (B, h, q, Dk)
         key=spec.key[:, kv_heads],  # (B, h, Nk, Dk): one key head per kept query head
         value=spec.value[:, kv_heads],
-        mask=mask,
+        mask=mask,  # structure and ALiBi are folded in, for the kept rows and heads
         causal=False,
         window=None,
         dropout_p=0.0,
+        alibi_slopes=None,
     )
 
 
