@@ -45,6 +45,17 @@ if TYPE_CHECKING:
 
 __all__ = ["DecoderCache", "KVCache", "StaticKVCache"]
 
+
+def _clone(cache: Any) -> Any:
+    """A copy of ``cache`` with its tensors detached and copied. ``MultiHeadAttention``'s
+    ``why_backend`` plans a call on one, so asking never changes the real cache."""
+    other = copy.copy(cache)
+    for name, value in vars(cache).items():
+        if isinstance(value, Tensor):
+            setattr(other, name, value.detach().clone())
+    return other
+
+
 _MIN_CAPACITY = 16  # first allocation of a growing cache, so short prompts do not regrow often
 
 
@@ -308,13 +319,8 @@ class KVCache:
         self._key, self._value = key, value
 
     def clone(self) -> Self:
-        """An independent copy (buffers detached and copied): what updating it does never
-        reaches this cache. ``MultiHeadAttention.why_backend`` plans on a clone."""
-        other = copy.copy(self)
-        for name, value in vars(self).items():
-            if isinstance(value, Tensor):
-                setattr(other, name, value.detach().clone())
-        return other
+        """An independent copy: updating it never changes this cache (see :func:`_clone`)."""
+        return _clone(self)
 
     def reset(self) -> None:
         """Forget every token (the buffers are kept for reuse)."""
@@ -366,13 +372,8 @@ class StaticKVCache:
         self.value = self.value.index_select(0, indices)
 
     def clone(self) -> Self:
-        """An independent copy (buffers detached and copied): what updating it does never
-        reaches this cache. ``MultiHeadAttention.why_backend`` plans on a clone."""
-        other = copy.copy(self)
-        for name, value in vars(self).items():
-            if isinstance(value, Tensor):
-                setattr(other, name, value.detach().clone())
-        return other
+        """An independent copy: updating it never changes this cache (see :func:`_clone`)."""
+        return _clone(self)
 
     def reset(self) -> None:
         """Forget the stored keys and values (a new input comes)."""

@@ -27,42 +27,86 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ._validation import check_bool, check_int, check_padding_mask, check_token_ids
 from .cache import DecoderCache
-from .modules.models import DecoderLM, Seq2SeqTransformer, _check_ids, _check_padding_mask
 
-__all__ = ["beam_search", "generate_lm", "greedy_decode", "length_penalty_factor", "sample"]
+__all__ = [
+    "LanguageModel",
+    "Seq2SeqModel",
+    "beam_search",
+    "generate_lm",
+    "greedy_decode",
+    "length_penalty_factor",
+    "sample",
+]
+
+
+# ------------------------------------------------------------------------------ what a model needs
+
+
+@runtime_checkable
+class Seq2SeqModel(Protocol):
+    """What greedy decoding and beam search need of an encoder-decoder: encode the source once,
+    decode steps against it (with a cache from ``new_cache``), and a ``config`` with
+    ``vocab_size``, ``target_vocab_size``, ``pad_id``, ``positional`` and ``max_len``.
+    :class:`~multihead.Seq2SeqTransformer` is one."""
+
+    config: Any
+    training: bool
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def encode(self, src: Tensor, src_padding_mask: Tensor | None = None) -> Tensor: ...
+
+    def decode(self, tgt: Tensor, memory: Tensor, *args: Any, **kwargs: Any) -> Tensor: ...
+
+    def new_cache(self, *, max_len: int | None = None) -> DecoderCache: ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What sampling needs of a decoder-only LM: ``model(ids, cache=...)`` returns next-token
+    logits ``(B, N, V)``, ``new_cache`` makes the cache, and ``config`` has ``vocab_size``,
+    ``pad_id``, ``positional`` and ``max_len``. :class:`~multihead.DecoderLM` is one."""
+
+    config: Any
+    training: bool
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def __call__(self, ids: Tensor, *args: Any, **kwargs: Any) -> Tensor: ...
+
+    def new_cache(self, *, max_len: int | None = None) -> DecoderCache: ...
 
 
 # ------------------------------------------------------------------------------ checks
 
 
-def _check_model(model: Any, cls: type) -> None:
-    if not isinstance(model, cls):
-        raise TypeError(f"model must be a {cls.__name__}, got {type(model).__name__}")
+def _check_model(model: Any, kind: type) -> None:
+    # An encoder-decoder is callable and makes caches too: a language model has no encode.
+    fits = isinstance(model, kind) and (kind is Seq2SeqModel or not isinstance(model, Seq2SeqModel))
+    if not fits:
+        what = (
+            "an encoder-decoder (encode, decode, new_cache, config), e.g. Seq2SeqTransformer"
+            if kind is Seq2SeqModel
+            else "a decoder-only language model (forward, new_cache, config), e.g. DecoderLM"
+        )
+        raise TypeError(f"model must be {what}, got {type(model).__name__}")
 
 
 def _check_token_id(value: Any, name: str, vocab_size: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not 0 <= value < vocab_size:
+    check_int(value, name, minimum=0)
+    if value >= vocab_size:
         raise ValueError(f"{name} must be in [0, {vocab_size}), got {value}")
-    return value
+    return int(value)
 
 
-def _check_count(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_positions(model: Seq2SeqTransformer | DecoderLM, length: int, what: str) -> None:
+def _check_positions(model: Seq2SeqModel | LanguageModel, length: int, what: str) -> None:
     config = model.config
     if config.positional == "learned" and length > config.max_len:
         raise ValueError(
@@ -70,19 +114,13 @@ def _check_positions(model: Seq2SeqTransformer | DecoderLM, length: int, what: s
         )
 
 
-def _check_flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
 @contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
+def _evaluating(model: Seq2SeqModel | LanguageModel) -> Iterator[None]:
     """No autograd (inference mode: no version counters or views to track) and no dropout; the
     model's train/eval mode is restored afterwards. Results are cloned outside the block, so
     callers get ordinary tensors."""
     was_training = model.training
-    model.eval()
+    model.train(False)
     try:
         with torch.inference_mode():
             yield
@@ -117,7 +155,7 @@ class _Seq2SeqStepper:
 
     def __init__(
         self,
-        model: Seq2SeqTransformer,
+        model: Seq2SeqModel,
         memory: Tensor,
         memory_mask: Tensor | None,
         cache: DecoderCache | None = None,
@@ -147,7 +185,7 @@ class _Seq2SeqStepper:
 class _LMStepper:
     """Decoder-only steps: the prompt and everything generated is the context."""
 
-    def __init__(self, model: DecoderLM, cache: DecoderCache | None = None):
+    def __init__(self, model: LanguageModel, cache: DecoderCache | None = None):
         self.model = model
         self.cache = cache
         self.fed = 0
@@ -165,7 +203,7 @@ class _LMStepper:
 
 
 def _seq2seq_stepper(
-    model: Seq2SeqTransformer, src: Tensor, src_padding_mask: Tensor | None, cache_len: int | None
+    model: Seq2SeqModel, src: Tensor, src_padding_mask: Tensor | None, cache_len: int | None
 ) -> _Seq2SeqStepper:
     memory = model.encode(src, src_padding_mask)
     cache = None
@@ -177,13 +215,13 @@ def _seq2seq_stepper(
 def _check_seq2seq_args(
     model: Any, src: Any, src_padding_mask: Any, bos_id: Any, eos_id: Any, max_len: Any
 ) -> None:
-    _check_model(model, Seq2SeqTransformer)
+    _check_model(model, Seq2SeqModel)
     vocab = model.config.target_vocab_size
-    _check_ids(src, "src", model.config.vocab_size)
-    _check_padding_mask(src_padding_mask, "src_padding_mask", tuple(src.shape))
+    check_token_ids(src, "src", model.config.vocab_size)
+    check_padding_mask(src_padding_mask, "src_padding_mask", tuple(src.shape))
     _check_token_id(bos_id, "bos_id", vocab)
     _check_token_id(eos_id, "eos_id", vocab)
-    _check_count(max_len, "max_len", 1)
+    check_int(max_len, "max_len", minimum=1)
     # The last step feeds BOS and max_len - 1 tokens.
     _check_positions(model, max_len, f"max_len={max_len}")
 
@@ -200,7 +238,7 @@ def _forbid_pad(logits: Tensor, pad_id: int, eos_id: int) -> Tensor:
 
 
 def greedy_decode(
-    model: Seq2SeqTransformer,
+    model: Seq2SeqModel,
     src: Tensor,
     src_padding_mask: Tensor | None = None,
     *,
@@ -236,7 +274,7 @@ def greedy_decode(
         torch.int64
     """
     _check_seq2seq_args(model, src, src_padding_mask, bos_id, eos_id, max_len)
-    _check_flag(use_cache, "use_cache")
+    check_bool(use_cache, "use_cache")
     pad_id = model.config.pad_id
     b = src.shape[0]
     with _evaluating(model):
@@ -272,7 +310,7 @@ def length_penalty_factor(length: Tensor, alpha: float) -> Tensor:
 
 
 def beam_search(
-    model: Seq2SeqTransformer,
+    model: Seq2SeqModel,
     src: Tensor,
     src_padding_mask: Tensor | None = None,
     *,
@@ -305,10 +343,10 @@ def beam_search(
         1
     """
     _check_seq2seq_args(model, src, src_padding_mask, bos_id, eos_id, max_len)
-    k = _check_count(beam_size, "beam_size", 1)
+    k = check_int(beam_size, "beam_size", minimum=1)
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
         raise TypeError(f"length_penalty must be a float, got {type(length_penalty).__name__}")
-    _check_flag(use_cache, "use_cache")
+    check_bool(use_cache, "use_cache")
     pad_id = model.config.pad_id
     b, device = src.shape[0], src.device
     with _evaluating(model):
@@ -373,7 +411,7 @@ def _filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Te
 
 
 def sample(
-    model: DecoderLM,
+    model: LanguageModel,
     prompt: Tensor,
     *,
     max_new_tokens: int,
@@ -430,7 +468,7 @@ def sample(
 
 
 def generate_lm(
-    model: DecoderLM,
+    model: LanguageModel,
     prompt: Tensor,
     *,
     max_new_tokens: int,
@@ -455,20 +493,20 @@ def generate_lm(
         ...                                 use_cache=False))
         True
     """
-    _check_model(model, DecoderLM)
+    _check_model(model, LanguageModel)
     vocab = model.config.vocab_size
-    _check_ids(prompt, "prompt", vocab)
+    check_token_ids(prompt, "prompt", vocab)
     if prompt.shape[1] < 1:
         raise ValueError(f"prompt must hold at least one token, got shape {tuple(prompt.shape)}")
-    _check_count(max_new_tokens, "max_new_tokens", 0)
-    _check_flag(do_sample, "do_sample")
-    _check_flag(use_cache, "use_cache")
+    check_int(max_new_tokens, "max_new_tokens", minimum=0)
+    check_bool(do_sample, "do_sample")
+    check_bool(use_cache, "use_cache")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if top_k is not None:
-        _check_count(top_k, "top_k", 1)
+        check_int(top_k, "top_k", minimum=1)
     if top_p is not None:
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
             raise TypeError(f"top_p must be a float or None, got {type(top_p).__name__}")
@@ -487,7 +525,7 @@ def generate_lm(
     with _evaluating(model):
         cache = (
             model.new_cache(max_len=max(total - 1, n))
-            if use_cache and _takes_cache(model.forward)
+            if use_cache and _takes_cache(getattr(model, "forward", model))
             else None
         )
         stepper: _Stepper = _LMStepper(model, cache)

@@ -1,17 +1,9 @@
-"""The worked example of multi-head attention, every step printed and checked.
+"""The articles' worked example of multi-head attention, computed two ways and compared.
 
-The default input is the articles' example: X = [[1, 2], [3, 4]] (two tokens, d_model = 2),
-W_Q = W_K = I, W_V = [[0, 1], [1, 0]], W_O = I, shown with one head and with two heads.
-Every number is computed by the library (``MultiHeadAttention`` and the attention kernel) and
-cross-checked against plain float64 arithmetic written out separately; a disagreement larger
-than 1e-9 is an error.
-
-Matrices follow the articles' row-vector convention: Q = X W_Q (so ``nn.Linear`` holds W_Q^T).
-
-Example:
-    multihead explain
-    multihead explain --heads 2 --causal
-    multihead explain --x "1,0,1;0,2,0;1,1,1" --wv "0,1,0;1,0,0;0,0,1" --heads 1 3 --json
+:func:`worked_example` runs the library (``MultiHeadAttention`` and the attention kernel) and
+plain float64 arithmetic written out separately on the same matrices (row-vector convention:
+Q = X W_Q, so ``nn.Linear`` holds W_Q^T) and raises if they disagree by more than 1e-9;
+:func:`render` prints the steps. The command line is :mod:`multihead.commands.explain`.
 """
 
 from __future__ import annotations

@@ -27,8 +27,12 @@ Example:
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 from torch import Tensor
+
+from ._validation import check_mask_dtype
 
 __all__ = [
     "as_window",
@@ -171,22 +175,6 @@ def key_padding_mask(mask: Tensor) -> Tensor:
     return mask[:, None, None, :]
 
 
-def check_mask_dtype(mask: Tensor, name: str = "mask") -> None:
-    """Raise ``TypeError`` unless ``mask`` is a bool or floating tensor."""
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
-    if mask.dtype != torch.bool and not mask.is_floating_point():
-        hint = (
-            " (for lengths use multihead.masks.padding_mask(lengths))"
-            if not mask.is_complex()
-            else ""
-        )
-        raise TypeError(
-            f"{name} must be bool (True = may attend) or floating (additive bias), "
-            f"got dtype {mask.dtype}{hint}"
-        )
-
-
 def to_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Convert a mask to an additive float bias (bool ``False`` becomes ``-inf``)."""
     check_mask_dtype(mask)
@@ -195,6 +183,12 @@ def to_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return mask.to(dtype)
 
 
+@overload
+def merge(allowed: Tensor | None, bias: Tensor) -> Tensor: ...
+@overload
+def merge(allowed: Tensor | None, bias: None) -> Tensor | None: ...
+@overload
+def merge(allowed: Tensor | None, bias: Tensor | None) -> Tensor | None: ...
 def merge(allowed: Tensor | None, bias: Tensor | None) -> Tensor | None:
     """One mask from a bool part (``True`` = may attend) and an additive part, by broadcasting:
     the bias with ``-inf`` where ``allowed`` is False. Unchecked: callers validated both.

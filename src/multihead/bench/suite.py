@@ -24,20 +24,19 @@ Example:
 
 from __future__ import annotations
 
-import io
-import json
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..functional import attention, backend_names, get_backend
+from ..functional import attention, get_backend
 from . import harness
+from .config import DTYPES, MODES, PEERS, BenchConfig, with_overrides
+from .report import BenchReport, CaseResult, plot_report, write_report
 
 __all__ = [
     "DTYPES",
@@ -48,127 +47,18 @@ __all__ = [
     "CaseResult",
     "memory_probe",
     "naive_attention",
+    "plot_report",
     "predicted_bytes",
     "run_suite",
+    "with_overrides",
     "write_report",
 ]
 
-PEERS = ("torch-sdpa", "naive")
-MODES = ("fwd", "fwdbwd")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_LENGTHS = tuple(2**p for p in range(8, 17))  # 256 ... 65,536
-# Backends the efficient-kernel module registers; if any is missing we ask it to register.
-EFFICIENT_BACKENDS = ("chunked", "local", "linear", "lowrank")
 # Implementations that hold (B, H, N, N) tensors; every other one is O(N) in memory.
 QUADRATIC_MEMORY = {"naive": (2, 3), "math": (3, 5)}  # live N x N copies: (fwd, fwd+bwd)
 # How time grows with N where the registry's `exact` flag does not tell: "local" is exact for
 # its window but costs O(N·W). Otherwise exact backends are O(N²) and approximate ones O(N).
 TIME_EXPONENT = {"local": 1}
-
-
-# ------------------------------------------------------------------------------ configuration
-
-
-def _check_positive_int(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class BenchConfig:
-    """What ``multihead bench`` sweeps; shared by the Python API and the command line.
-
-    Example:
-        >>> BenchConfig(lengths=(256, 512), backends=("sdpa",), modes=("fwd",)).lengths
-        (256, 512)
-    """
-
-    lengths: tuple[int, ...] = DEFAULT_LENGTHS  # sequence lengths N (Nq = Nk), ascending
-    backends: tuple[str, ...] | None = None  # None: every registered backend
-    peers: tuple[str, ...] = PEERS  # measured beside ours, in the same process
-    modes: tuple[str, ...] = MODES  # "fwd" (no autograd) and/or "fwdbwd"
-    causal: tuple[bool, ...] = (False, True)
-    window: int = 256  # the "local" backend's window; every other backend attends to all keys
-    batch: int = 1  # long-sequence shapes: one sequence, 8 heads of 64, as in the issue
-    heads: int = 8
-    head_dim: int = 64
-    dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
-    memory: bool = False  # peak RSS per case in a fresh process: accurate but ~2 s per case
-    max_memory_gb: float | None = None  # None: 60% of the memory available at start
-    case_budget_s: float = 5.0  # per case; longer predicted calls are skipped with a note
-    repeat: int = 5  # at most this many timed runs per case, fewer if the budget runs out
-    threads: int | None = None  # torch intra-op threads while timing; None: torch's default
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
-        lengths = tuple(self.lengths)
-        if not lengths:
-            raise ValueError(f"{owner}.lengths must name at least one length, got ()")
-        for n in lengths:
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{owner}.lengths must be positive ints, got {n!r}")
-        object.__setattr__(self, "lengths", tuple(sorted(set(lengths))))
-        if self.backends is not None:
-            object.__setattr__(self, "backends", tuple(self.backends))
-        for name, allowed in (("peers", PEERS), ("modes", MODES)):
-            values = tuple(getattr(self, name))
-            unknown = [v for v in values if v not in allowed]
-            if unknown:
-                raise ValueError(f"{owner}.{name} must be among {allowed}, got {unknown}")
-            object.__setattr__(self, name, values)
-        if not self.modes:
-            raise ValueError(f"{owner}.modes must name at least one of {MODES}, got ()")
-        causal = tuple(self.causal)
-        if not causal or not all(isinstance(c, bool) for c in causal):
-            raise ValueError(f"{owner}.causal must be a non-empty tuple of bools, got {causal!r}")
-        object.__setattr__(self, "causal", causal)
-        for name in ("window", "batch", "heads", "head_dim", "repeat"):
-            _check_positive_int(owner, name, getattr(self, name))
-        if self.threads is not None:
-            _check_positive_int(owner, "threads", self.threads)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"{owner}.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.memory, bool):
-            raise TypeError(f"{owner}.memory must be a bool, got {type(self.memory).__name__}")
-        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
-            raise ValueError(f"{owner}.max_memory_gb must be > 0, got {self.max_memory_gb!r}")
-        if not self.case_budget_s > 0:
-            raise ValueError(f"{owner}.case_budget_s must be > 0, got {self.case_budget_s!r}")
-
-    @classmethod
-    def quick(cls, **overrides: Any) -> BenchConfig:
-        """A tiny sweep (seconds): two short lengths, small heads, every implementation, one
-        thread (tiny matrices gain nothing from more and suffer most on a busy machine)."""
-        settings: dict[str, Any] = dict(
-            lengths=(64, 128),
-            heads=2,
-            head_dim=16,
-            window=16,
-            repeat=2,
-            case_budget_s=0.5,
-            threads=1,
-        )
-        settings.update(overrides)
-        return cls(**settings)
-
-    def resolved_backends(self) -> tuple[str, ...]:
-        """The backends this sweep times; unknown names are a ``ValueError`` listing the
-        registered ones."""
-        registered = backend_names()
-        if self.backends is None:
-            return tuple(registered)
-        unknown = [b for b in self.backends if b not in registered]
-        if unknown:
-            raise ValueError(
-                f"backends must be among the registered {registered}, got unknown {unknown}"
-            )
-        return self.backends
-
-    def memory_budget_bytes(self) -> float:
-        if self.max_memory_gb is not None:
-            return self.max_memory_gb * 2**30
-        return 0.6 * harness.available_memory_bytes()
 
 
 # ------------------------------------------------------------------------------ one case
@@ -292,141 +182,6 @@ def predicted_bytes(
     if impl not in PEERS and (causal or impl == "local"):
         quadratic += 2.0 * n * n
     return linear + quadratic
-
-
-# ------------------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True, kw_only=True)
-class CaseResult:
-    """One measured (or skipped) case. Times in ms, memory in MiB; ``None`` when not measured,
-    with the reason in ``note``."""
-
-    impl: str
-    kind: str  # "ours" (a registered backend) or "peer"
-    exact: bool
-    n: int
-    mode: str
-    causal: bool
-    median_ms: float | None
-    repeat: int
-    gflops: float | None  # dense-equivalent, see harness.attention_flops
-    peak_mib: float | None
-    predicted_gib: float
-    note: str = ""
-
-
-@dataclass(frozen=True, kw_only=True)
-class BenchReport:
-    """Everything one sweep measured, with the machine and conventions it was measured under."""
-
-    config: BenchConfig
-    machine: str
-    matmul_gflops: float  # float32 2048 x 2048 matmul on this machine, at the start
-    flop_convention: str
-    results: tuple[CaseResult, ...]
-    notes: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values (what ``--json`` prints and ``bench.json`` holds)."""
-        return {
-            "config": {f.name: getattr(self.config, f.name) for f in fields(self.config)},
-            "machine": self.machine,
-            "matmul_gflops": self.matmul_gflops,
-            "flop_convention": self.flop_convention,
-            "results": [asdict(r) for r in self.results],
-            "notes": list(self.notes),
-        }
-
-    def groups(self) -> list[tuple[str, bool]]:
-        """The ``(mode, causal)`` groups in sweep order."""
-        seen: dict[tuple[str, bool], None] = {}
-        for r in self.results:
-            seen.setdefault((r.mode, r.causal), None)
-        return list(seen)
-
-    def impls(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for r in self.results:
-            seen.setdefault(r.impl, None)
-        return list(seen)
-
-    def to_markdown(self) -> str:
-        """Per (mode, causal) group: time (with the ratio to ``torch-sdpa``), achieved GFLOP/s
-        (with the share of the matmul rate), peak memory when measured, and skip notes."""
-        c = self.config
-        lines = [
-            f"{self.machine}",
-            "",
-            f"B={c.batch}, H={c.heads}, D={c.head_dim}, {c.dtype}, local window {c.window}; "
-            f"float32 2048x2048 matmul: {self.matmul_gflops:.1f} GFLOP/s. "
-            f"FLOPs: {self.flop_convention}",
-            "",
-            "Cells: median ms (time / torch-sdpa at the same N; < 1 is faster than PyTorch); "
-            "GFLOP/s (% of the matmul rate); peak MiB (memory / torch-sdpa).",
-        ]
-        lines += [f"- {note}" for note in self.notes]
-        impls = self.impls()
-        for mode, causal in self.groups():
-            rows = [r for r in self.results if r.mode == mode and r.causal == causal]
-            title = f"{'forward + backward' if mode == 'fwdbwd' else 'forward'}, " + (
-                "causal" if causal else "not causal"
-            )
-            lines += ["", f"### {title}", ""]
-            lines.append(self._pivot(rows, impls, "time"))
-            lines += ["", self._pivot(rows, impls, "gflops")]
-            if any(r.peak_mib is not None for r in rows):
-                lines += ["", self._pivot(rows, impls, "memory")]
-            skipped = _collapse_notes(rows, impls)
-            if skipped:
-                lines += [""] + [f"- {s}" for s in skipped]
-        return "\n".join(lines) + "\n"
-
-    def _pivot(self, rows: list[CaseResult], impls: list[str], what: str) -> str:
-        by = {(r.n, r.impl): r for r in rows}
-        header = {"time": "N \\ ms", "gflops": "N \\ GFLOP/s", "memory": "N \\ peak MiB"}[what]
-        table = []
-        for n in sorted({r.n for r in rows}):
-            ref = by.get((n, "torch-sdpa"))
-            cells: list[object] = [n]
-            for impl in impls:
-                r = by.get((n, impl))
-                cells.append(_cell(r, ref, what, self.matmul_gflops))
-            table.append(cells)
-        return harness.markdown_table([header, *impls], table)
-
-
-def _cell(r: CaseResult | None, ref: CaseResult | None, what: str, peak: float) -> str:
-    if r is None:
-        return ""
-    if what == "time":
-        if r.median_ms is None:
-            return "skip"
-        ratio = ""
-        if ref is not None and ref.median_ms and r.impl != "torch-sdpa":
-            ratio = f" ({r.median_ms / ref.median_ms:.2f}x)"
-        return f"{r.median_ms:.3g}{ratio}"
-    if what == "gflops":
-        if r.gflops is None:
-            return "skip"
-        return f"{r.gflops:.3g} ({100 * r.gflops / peak:.0f}%)"
-    if r.peak_mib is None:
-        return "skip" if r.median_ms is None else "n/a"
-    ratio = ""
-    if ref is not None and ref.peak_mib and r.impl != "torch-sdpa":
-        ratio = f" ({r.peak_mib / ref.peak_mib:.2f}x)"
-    return f"{r.peak_mib:.0f}{ratio}"
-
-
-def _collapse_notes(rows: Iterable[CaseResult], impls: Sequence[str]) -> list[str]:
-    """One line per implementation: the lengths it was skipped at and the first reason."""
-    out = []
-    for impl in impls:
-        noted = [r for r in rows if r.impl == impl and r.note]
-        if noted:
-            ns = ", ".join(str(r.n) for r in noted)
-            out.append(f"{impl} at N = {ns}: {noted[0].note}")
-    return out
 
 
 # ------------------------------------------------------------------------------ the sweep
@@ -634,71 +389,3 @@ def _run_case(
         peak_mib=peak_mib,
         note=note,
     )
-
-
-# ------------------------------------------------------------------------------ output
-
-
-def plot_report(report: BenchReport) -> bytes:
-    """PNG bytes: log-log time vs N (top) and peak memory vs N (bottom), one column per
-    (mode, causal) group; peers dashed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    groups = report.groups()
-    fig = Figure(figsize=(4.2 * len(groups), 7.0))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, len(groups), squeeze=False)
-    measured_memory = any(r.peak_mib is not None for r in report.results)
-    # One colour per implementation in every panel, whichever ones a panel has points for.
-    colors = {impl: f"C{i % 10}" for i, impl in enumerate(report.impls())}
-    for col, (mode, causal) in enumerate(groups):
-        rows = [r for r in report.results if r.mode == mode and r.causal == causal]
-        title = f"{'fwd+bwd' if mode == 'fwdbwd' else 'fwd'}, {'causal' if causal else 'full'}"
-        for row, attr, label in ((0, "median_ms", "median ms"), (1, "peak_mib", "peak MiB")):
-            ax = axes[row][col]
-            if row == 1 and not measured_memory:
-                ax.text(0.5, 0.5, "memory not measured\n(run with --memory)", ha="center")
-                ax.set_axis_off()
-                continue
-            for impl in report.impls():
-                pts = [(r.n, getattr(r, attr)) for r in rows if r.impl == impl]
-                pts = [(x, y) for x, y in pts if y is not None and y > 0]
-                if pts:
-                    xs, ys = zip(*pts, strict=True)
-                    style = "--" if impl in PEERS else "-"
-                    ax.plot(xs, ys, style, color=colors[impl], marker="o", ms=3, label=impl)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("sequence length N")
-            ax.set_ylabel(label)
-            ax.set_title(title)
-            ax.grid(True, which="both", alpha=0.3)
-            if ax.get_lines():
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
-def write_report(report: BenchReport, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``bench.md``, ``bench.json`` and ``bench.png`` into ``out_dir`` (each atomically);
-    return their paths by kind."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / "bench.md", "json": out / "bench.json", "png": out / "bench.png"}
-    harness.write_atomic(paths["md"], "# multihead bench\n\n" + report.to_markdown())
-    harness.write_atomic(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
-    harness.write_atomic(paths["png"], plot_report(report))
-    return paths
-
-
-def with_overrides(config: BenchConfig, **overrides: Any) -> BenchConfig:
-    """``config`` with every override that is not ``None`` applied.
-
-    Example:
-        >>> with_overrides(BenchConfig.quick(), batch=2, heads=None).batch
-        2
-    """
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

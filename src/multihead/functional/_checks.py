@@ -1,4 +1,7 @@
-"""Validation of attention inputs, with messages that name the argument and show the shapes."""
+"""Validation of attention inputs, with messages that name the argument and show the shapes.
+
+Scalar checks come from :mod:`multihead._validation` (one wording for the package).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-from ..masks import check_mask_dtype
+from .._validation import check_choice, check_mask_dtype, check_probability
 
 _LAYOUT = {
     "query": "(B, H, Nq, Dk)",
@@ -112,18 +115,6 @@ def check_scale(scale: float | None) -> None:
         raise ValueError(f"scale must be finite, got {scale}")
 
 
-def check_dropout(p: float, name: str = "dropout_p") -> None:
-    if isinstance(p, bool) or not isinstance(p, Real):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(p).__name__}")
-    if not 0.0 <= float(p) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {p}")
-
-
-def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
 def check_alibi_slopes(slopes: object, num_heads: int, device: torch.device) -> Tensor:
     """Check ALiBi slopes against ``(H,)`` and return them on ``device`` (never trained)."""
     if not isinstance(slopes, Tensor) or not slopes.is_floating_point():
@@ -134,3 +125,18 @@ def check_alibi_slopes(slopes: object, num_heads: int, device: torch.device) -> 
             f"alibi_slopes must have shape (H,) = ({num_heads},), got {tuple(slopes.shape)}"
         )
     return slopes.detach().to(device)
+
+
+def check_dropout(p: object, name: str = "dropout_p") -> float:
+    """A dropout probability in ``[0, 1)``."""
+    return check_probability(p, name)
+
+
+__all__ = [
+    "check_alibi_slopes",
+    "check_choice",
+    "check_dropout",
+    "check_mask",
+    "check_qkv",
+    "check_scale",
+]

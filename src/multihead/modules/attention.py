@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks as M
+from .._validation import check_bool, check_choice, check_int, check_probability
 from ..cache import KVCache, StaticKVCache
 from ..functional import AttentionResult, AttentionSpec, get_backend, select_backend
-from ..functional._checks import check_choice, check_dropout, check_mask
+from ..functional._checks import check_mask
 from ..functional._prepare import build_spec
 from ..positional import RotaryEmbedding, alibi_slopes, check_positions
+from . import torch_convert
 from .observers import add_attention_observer, has_attention_observers, notify_attention_observers
 
 __all__ = ["MultiHeadAttention", "add_attention_observer"]
@@ -34,14 +36,6 @@ def _plain_linear(module: nn.Module) -> bool:
         and not nn.modules.module._global_forward_hooks
         and not nn.modules.module._global_forward_pre_hooks
     )
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class MultiHeadAttention(nn.Module):
@@ -126,8 +120,8 @@ class MultiHeadAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        embed_dim = _positive_int(embed_dim, "embed_dim")
-        num_heads = _positive_int(num_heads, "num_heads")
+        embed_dim = check_int(embed_dim, "embed_dim")
+        num_heads = check_int(num_heads, "num_heads")
         if head_dim is None:
             if embed_dim % num_heads != 0:
                 raise ValueError(
@@ -135,22 +129,21 @@ class MultiHeadAttention(nn.Module):
                     "unless head_dim is given"
                 )
             head_dim = embed_dim // num_heads
-        head_dim = _positive_int(head_dim, "head_dim")
-        v_head_dim = _positive_int(head_dim if v_head_dim is None else v_head_dim, "v_head_dim")
-        num_kv_heads = _positive_int(
+        head_dim = check_int(head_dim, "head_dim")
+        v_head_dim = check_int(head_dim if v_head_dim is None else v_head_dim, "v_head_dim")
+        num_kv_heads = check_int(
             num_heads if num_kv_heads is None else num_kv_heads, "num_kv_heads"
         )
         if num_heads % num_kv_heads != 0:
             raise ValueError(
                 f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}"
             )
-        check_dropout(dropout, "dropout")
+        check_probability(dropout, "dropout")
         check_choice(score, "score", ("dot", "cosine"))
         if backend != "auto":
             get_backend(backend)  # fail at construction, not on the first call
-        for flag_name, flag in (("rotary", rotary), ("alibi", alibi)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{flag_name} must be a bool, got {type(flag).__name__}")
+        check_bool(rotary, "rotary")
+        check_bool(alibi, "alibi")
         if rotary and alibi:
             raise ValueError(
                 "rotary=True and alibi=True cannot be combined: both encode relative positions"
@@ -159,8 +152,8 @@ class MultiHeadAttention(nn.Module):
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
-        self.kdim = _positive_int(embed_dim if kdim is None else kdim, "kdim")
-        self.vdim = _positive_int(embed_dim if vdim is None else vdim, "vdim")
+        self.kdim = check_int(embed_dim if kdim is None else kdim, "kdim")
+        self.vdim = check_int(embed_dim if vdim is None else vdim, "vdim")
         self.head_dim = head_dim
         self.v_head_dim = v_head_dim
         self.dropout = float(dropout)
@@ -585,42 +578,7 @@ class MultiHeadAttention(nn.Module):
             >>> torch_mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
             >>> mha = MultiHeadAttention.from_torch(torch_mha)
         """
-        if not isinstance(module, nn.MultiheadAttention):
-            raise TypeError(
-                f"module must be a torch.nn.MultiheadAttention, got {type(module).__name__}"
-            )
-        if module.bias_k is not None or module.bias_v is not None:
-            raise ValueError("add_bias_kv=True is not supported by multihead.MultiHeadAttention")
-        if module.add_zero_attn:
-            raise ValueError("add_zero_attn=True is not supported by multihead.MultiHeadAttention")
-        e = module.embed_dim
-        ref = module.out_proj.weight
-        mha = cls(
-            e,
-            module.num_heads,
-            kdim=module.kdim,
-            vdim=module.vdim,
-            bias=module.in_proj_bias is not None,
-            dropout=module.dropout,
-            device=ref.device,
-            dtype=ref.dtype,
-        )
-        with torch.no_grad():
-            if module._qkv_same_embed_dim:
-                wq, wk, wv = module.in_proj_weight.chunk(3)
-            else:
-                wq, wk, wv = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
-            for proj, w in ((mha.q_proj, wq), (mha.k_proj, wk), (mha.v_proj, wv)):
-                proj.weight.copy_(w)
-            mha.out_proj.weight.copy_(module.out_proj.weight)
-            if module.in_proj_bias is not None:
-                for proj, bias in zip(
-                    (mha.q_proj, mha.k_proj, mha.v_proj), module.in_proj_bias.chunk(3), strict=True
-                ):
-                    proj.bias.copy_(bias)
-                mha.out_proj.bias.copy_(module.out_proj.bias)
-        mha.train(module.training)
-        return mha
+        return torch_convert.from_torch(cls, module)
 
     def to_torch(self) -> nn.MultiheadAttention:
         """A ``torch.nn.MultiheadAttention(batch_first=True)`` with the same weights.
@@ -628,44 +586,4 @@ class MultiHeadAttention(nn.Module):
         Raises ``ValueError`` for options torch cannot represent (grouped-query heads, head sizes
         other than ``E // H``, ``v_head_dim != head_dim``, cosine scores).
         """
-        problems = []
-        if self.num_kv_heads != self.num_heads:
-            problems.append(f"num_kv_heads={self.num_kv_heads} != num_heads={self.num_heads}")
-        if self.head_dim * self.num_heads != self.embed_dim:
-            problems.append(f"head_dim={self.head_dim} is not embed_dim // num_heads")
-        if self.v_head_dim != self.head_dim:
-            problems.append(f"v_head_dim={self.v_head_dim} != head_dim={self.head_dim}")
-        if self.score != "dot":
-            problems.append(f"score={self.score!r}")
-        if problems:
-            raise ValueError(
-                "cannot convert to torch.nn.MultiheadAttention: " + "; ".join(problems)
-            )
-        ref = self.out_proj.weight
-        module = nn.MultiheadAttention(
-            self.embed_dim,
-            self.num_heads,
-            dropout=self.dropout,
-            bias=self.bias,
-            kdim=self.kdim,
-            vdim=self.vdim,
-            batch_first=True,
-            device=ref.device,
-            dtype=ref.dtype,
-        )
-        with torch.no_grad():
-            weights = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
-            if module._qkv_same_embed_dim:
-                module.in_proj_weight.copy_(torch.cat(weights))
-            else:
-                module.q_proj_weight.copy_(weights[0])
-                module.k_proj_weight.copy_(weights[1])
-                module.v_proj_weight.copy_(weights[2])
-            module.out_proj.weight.copy_(self.out_proj.weight)
-            if self.bias:
-                module.in_proj_bias.copy_(
-                    torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-                )
-                module.out_proj.bias.copy_(self.out_proj.bias)
-        module.train(self.training)
-        return module
+        return torch_convert.to_torch(self)

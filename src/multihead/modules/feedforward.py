@@ -20,14 +20,13 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional._checks import check_choice, check_dropout
+from .._validation import check_choice, check_int, check_probability
+from ..config import ACTIVATIONS, FFN_KINDS
 
 __all__ = ["ACTIVATIONS", "FFN_KINDS", "FeedForward", "activation_fn"]
 
 # "gelu_tanh" is the tanh approximation of GELU (Hendrycks & Gimpel, 2016, Sec. 2) that GPT-2
 # was trained with ("gelu_new" in Hugging Face); "silu" (x * sigmoid(x)) is LLaMA's, in "gated".
-ACTIVATIONS = ("gelu", "relu", "gelu_tanh", "silu")
-FFN_KINDS = ("mlp", "gated")
 
 _ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
@@ -47,12 +46,6 @@ def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
     """
     check_choice(name, "activation", ACTIVATIONS)
     return _ACTIVATION_FNS[name]
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class FeedForward(nn.Module):
@@ -98,9 +91,9 @@ class FeedForward(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        d_model = _positive_int(d_model, "d_model")
-        d_ff = _positive_int(d_ff, "d_ff")
-        check_dropout(dropout, "dropout")
+        d_model = check_int(d_model, "d_model")
+        d_ff = check_int(d_ff, "d_ff")
+        check_probability(dropout, "dropout")
         check_choice(activation, "activation", ACTIVATIONS)
         check_choice(kind, "kind", FFN_KINDS)
         if not isinstance(bias, bool):

@@ -33,14 +33,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .._validation import check_bool, check_choice, check_probability
 from ..cache import KVCache, StaticKVCache
-from ..functional._checks import check_choice, check_dropout
+from ..config import NORMS
 from .attention import MultiHeadAttention
 from .feedforward import FeedForward
 
 __all__ = ["NORMS", "DecoderLayer", "EncoderLayer", "make_norm"]
-
-NORMS = ("layernorm", "rmsnorm")
 
 
 def make_norm(kind: str, d_model: int, eps: float = 1e-5) -> nn.Module:
@@ -72,7 +71,54 @@ def _attention(
 
 
 class _Residual(nn.Module):
-    dropout: nn.Dropout
+    """What both layers build: self-attention, cross-attention when the class asks for it, a
+    feed-forward network, the norms and the residual dropout (in the order that fixes how a
+    seed initialises them)."""
+
+    cross_attention = False
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        *,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        norm_first: bool = True,
+        activation: str = "gelu",
+        num_kv_heads: int | None = None,
+        bias: bool = True,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-5,
+        ffn: str = "mlp",
+        rotary: bool = False,
+        rope_base: float = 10000.0,
+        alibi: bool = False,
+    ) -> None:
+        super().__init__()
+        check_probability(dropout, "dropout")
+        check_bool(norm_first, "norm_first")
+        self.norm_first = norm_first
+        self.self_attn = _attention(
+            d_model,
+            num_heads,
+            num_kv_heads,
+            attn_dropout,
+            bias,
+            rotary=rotary,
+            rope_base=rope_base,
+            alibi=alibi,
+        )
+        if self.cross_attention:
+            # Relative positions are a property of one sequence: cross-attention has none.
+            self.cross_attn = _attention(d_model, num_heads, num_kv_heads, attn_dropout, bias)
+        self.feed_forward = FeedForward(d_model, d_ff, dropout, activation, kind=ffn, bias=bias)
+        self.norm1 = make_norm(norm, d_model, norm_eps)
+        self.norm2 = make_norm(norm, d_model, norm_eps)
+        if self.cross_attention:
+            self.norm3 = make_norm(norm, d_model, norm_eps)
+        self.dropout = nn.Dropout(dropout)
 
     def _drop(self, x: Tensor) -> Tensor:
         # Calling the module in evaluation mode costs as much as the add it guards, once per
@@ -110,45 +156,6 @@ class EncoderLayer(_Residual):
         >>> y.shape, w.shape
         (torch.Size([2, 5, 32]), torch.Size([2, 4, 5, 5]))
     """
-
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        *,
-        dropout: float = 0.1,
-        attn_dropout: float = 0.0,
-        norm_first: bool = True,
-        activation: str = "gelu",
-        num_kv_heads: int | None = None,
-        bias: bool = True,
-        norm: str = "layernorm",
-        norm_eps: float = 1e-5,
-        ffn: str = "mlp",
-        rotary: bool = False,
-        rope_base: float = 10000.0,
-        alibi: bool = False,
-    ) -> None:
-        super().__init__()
-        check_dropout(dropout, "dropout")
-        if not isinstance(norm_first, bool):
-            raise TypeError(f"norm_first must be a bool, got {type(norm_first).__name__}")
-        self.norm_first = norm_first
-        self.self_attn = _attention(
-            d_model,
-            num_heads,
-            num_kv_heads,
-            attn_dropout,
-            bias,
-            rotary=rotary,
-            rope_base=rope_base,
-            alibi=alibi,
-        )
-        self.feed_forward = FeedForward(d_model, d_ff, dropout, activation, kind=ffn, bias=bias)
-        self.norm1 = make_norm(norm, d_model, norm_eps)
-        self.norm2 = make_norm(norm, d_model, norm_eps)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(
         self,
@@ -211,47 +218,7 @@ class DecoderLayer(_Residual):
         (torch.Size([2, 3, 32]), torch.Size([2, 4, 3, 3]), torch.Size([2, 4, 3, 7]))
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        *,
-        dropout: float = 0.1,
-        attn_dropout: float = 0.0,
-        norm_first: bool = True,
-        activation: str = "gelu",
-        num_kv_heads: int | None = None,
-        bias: bool = True,
-        norm: str = "layernorm",
-        norm_eps: float = 1e-5,
-        ffn: str = "mlp",
-        rotary: bool = False,
-        rope_base: float = 10000.0,
-        alibi: bool = False,
-    ) -> None:
-        super().__init__()
-        check_dropout(dropout, "dropout")
-        if not isinstance(norm_first, bool):
-            raise TypeError(f"norm_first must be a bool, got {type(norm_first).__name__}")
-        self.norm_first = norm_first
-        self.self_attn = _attention(
-            d_model,
-            num_heads,
-            num_kv_heads,
-            attn_dropout,
-            bias,
-            rotary=rotary,
-            rope_base=rope_base,
-            alibi=alibi,
-        )
-        # Relative positions are a property of one sequence: cross-attention has none.
-        self.cross_attn = _attention(d_model, num_heads, num_kv_heads, attn_dropout, bias)
-        self.feed_forward = FeedForward(d_model, d_ff, dropout, activation, kind=ffn, bias=bias)
-        self.norm1 = make_norm(norm, d_model, norm_eps)
-        self.norm2 = make_norm(norm, d_model, norm_eps)
-        self.norm3 = make_norm(norm, d_model, norm_eps)
-        self.dropout = nn.Dropout(dropout)
+    cross_attention = True  # _Residual.__init__ adds cross_attn and norm3
 
     def forward(
         self,

@@ -57,27 +57,30 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from numbers import Real
-from typing import Any, NamedTuple, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_padding_mask, check_token_ids
 from ..cache import DecoderCache
-from ..positional import (
-    ADDITIVE_KINDS,
-    POSITIONAL_KINDS,
-    AdditivePositionalEncoding,
-    LearnedPositionalEncoding,
-    build_positional,
-    check_positions,
+from ..config import TransformerConfig, ViTConfig
+from ..decoding import generate_lm
+from ..positional import LearnedPositionalEncoding
+from .layers import EncoderLayer
+from .stacks import (
+    Decoder,
+    DecoderOutput,
+    Encoder,
+    EncoderOutput,
+    check_config,
+    check_memory,
+    final_norm,
+    masked_mean,
+    new_embedding,
+    new_head,
 )
-from .feedforward import ACTIVATIONS, FFN_KINDS
-from .layers import NORMS, DecoderLayer, EncoderLayer, make_norm
 
 __all__ = [
     "AttentionMaps",
@@ -94,255 +97,6 @@ __all__ = [
     "num_parameters",
 ]
 
-# ------------------------------------------------------------------------------ configs
-
-_Config = TypeVar("_Config")
-
-
-def _check_int(owner: str, name: str, value: Any, minimum: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        kind = "an int or None" if optional else "an int"
-        raise TypeError(f"{owner}.{name} must be {kind}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
-
-
-def _check_probability(config: Any, name: str) -> None:
-    value = getattr(config, name)
-    owner = type(config).__name__
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{owner}.{name} must be a float in [0, 1), got {type(value).__name__}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{owner}.{name} must be in [0, 1), got {value}")
-    # JSON writes 0.0 as 0.0 but people write 0: store a float either way.
-    object.__setattr__(config, name, float(value))
-
-
-def _check_positive_float(config: Any, name: str, *, minimum_exclusive: float = 0.0) -> None:
-    value = getattr(config, name)
-    owner = type(config).__name__
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{owner}.{name} must be a float, got {type(value).__name__} {value!r}")
-    if not float(value) > minimum_exclusive:
-        raise ValueError(f"{owner}.{name} must be > {minimum_exclusive}, got {value}")
-    object.__setattr__(config, name, float(value))  # JSON may give an int
-
-
-def _check_bool(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{owner}.{name} must be a bool, got {type(value).__name__} {value!r}")
-
-
-def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
-
-
-def _check_heads(owner: str, d_model: int, num_heads: int, num_kv_heads: int | None) -> None:
-    if d_model % num_heads != 0:
-        raise ValueError(f"{owner}.d_model={d_model} must be divisible by num_heads={num_heads}")
-    if num_kv_heads is not None and num_heads % num_kv_heads != 0:
-        raise ValueError(
-            f"{owner}.num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}"
-        )
-
-
-def _config_to_dict(config: Any) -> dict[str, Any]:
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-
-
-def _config_from_dict(cls: type[_Config], data: Mapping[str, Any]) -> _Config:
-    if not isinstance(data, Mapping):
-        raise TypeError(f"d must be a mapping of field names, got {type(data).__name__}")
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    names = {f.name for f in fields}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(
-            f"unknown {cls.__name__} fields {unknown}; expected fields are {sorted(names)}"
-        )
-    required = [
-        f.name
-        for f in fields
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    missing = [name for name in required if name not in data]
-    if missing:
-        raise ValueError(f"d is missing the required {cls.__name__} fields {missing}")
-    return cls(**data)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TransformerConfig:
-    """Everything that shapes a token Transformer; shared by every token model here.
-
-    Checked on construction (``TypeError``/``ValueError`` naming the field). ``to_dict`` gives
-    plain JSON values for checkpoints; ``from_dict`` reads them back.
-
-    Example:
-        >>> config = TransformerConfig(vocab_size=100, d_model=64, num_heads=4)
-        >>> TransformerConfig.from_dict(config.to_dict()) == config
-        True
-    """
-
-    vocab_size: int  # source vocabulary (the only one for DecoderLM / EncoderClassifier)
-    tgt_vocab_size: int | None = None  # None: the target shares the source vocabulary
-    d_model: int = 128  # small enough to train on a CPU in minutes
-    num_heads: int = 4  # head size d_model / num_heads = 32
-    num_kv_heads: int | None = None  # None: num_heads (plain multi-head); 1: multi-query
-    num_encoder_layers: int = 2
-    num_decoder_layers: int = 2  # also the depth of DecoderLM
-    d_ff: int = 512  # 4 * d_model, the paper's ratio (2048 / 512)
-    dropout: float = 0.1  # the paper's P_drop for the base model
-    attn_dropout: float = 0.0  # dropout on attention probabilities; off, as in most recent models
-    max_len: int = 512  # positions: a hard limit for "learned", a table size for "sinusoidal"
-    # "sinusoidal" | "learned" (added to the embeddings) | "rope" | "alibi" (inside
-    # self-attention; relative, so no length limit) | "none"
-    positional: str = "sinusoidal"
-    rope_base: float = 10000.0  # RoPE's wavelength base (Su et al., 2021; LLaMA-1/2's value)
-    norm_first: bool = True  # pre-norm: stable without warm-up; False gives the paper's post-norm
-    # "gelu" | "relu" (the paper's) | "gelu_tanh" (GPT-2's approximate GELU) | "silu" (LLaMA's)
-    activation: str = "gelu"
-    ffn: str = "mlp"  # "mlp" | "gated": down(act(gate(x)) * up(x)), LLaMA's with "silu"
-    norm: str = "layernorm"  # "layernorm" | "rmsnorm" (LLaMA)
-    norm_eps: float = 1e-5  # torch's and GPT-2's LayerNorm epsilon; BERT uses 1e-12
-    bias: bool = True  # biases in attention projections and the feed-forward (LLaMA: none)
-    # None: a final norm after the last layer iff pre-norm (whose residual stream is never
-    # normalized otherwise); True/False force it.
-    final_norm: bool | None = None
-    embed_scale: bool = True  # multiply token embeddings by sqrt(d_model) (Sec. 3.4); GPT-2/BERT
-    # do not
-    embedding_norm: bool = False  # a norm right after embeddings + positions (BERT)
-    type_vocab_size: int = 0  # > 0: BERT's token-type (segment) embeddings; type 0 by default
-    tie_embeddings: bool = True  # one matrix for input and output embeddings (Sec. 3.4)
-    pad_id: int = 0  # the id decoding writes after EOS
-    num_classes: int | None = None  # EncoderClassifier only
-
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
-        _check_int(owner, "vocab_size", self.vocab_size, 1)
-        _check_int(owner, "tgt_vocab_size", self.tgt_vocab_size, 1, optional=True)
-        _check_int(owner, "d_model", self.d_model, 1)
-        _check_int(owner, "num_heads", self.num_heads, 1)
-        _check_int(owner, "num_kv_heads", self.num_kv_heads, 1, optional=True)
-        _check_heads(owner, self.d_model, self.num_heads, self.num_kv_heads)
-        _check_int(owner, "num_encoder_layers", self.num_encoder_layers, 0)
-        _check_int(owner, "num_decoder_layers", self.num_decoder_layers, 0)
-        _check_int(owner, "d_ff", self.d_ff, 1)
-        _check_probability(self, "dropout")
-        _check_probability(self, "attn_dropout")
-        _check_int(owner, "max_len", self.max_len, 1)
-        _check_choice(owner, "positional", self.positional, POSITIONAL_KINDS)
-        _check_positive_float(self, "rope_base", minimum_exclusive=1.0)
-        if self.positional == "rope" and (self.d_model // self.num_heads) % 2:
-            raise ValueError(
-                f"{owner}.positional='rope' needs an even head size d_model / num_heads, got "
-                f"{self.d_model} / {self.num_heads} = {self.d_model // self.num_heads}"
-            )
-        _check_bool(owner, "norm_first", self.norm_first)
-        _check_choice(owner, "activation", self.activation, ACTIVATIONS)
-        _check_choice(owner, "ffn", self.ffn, FFN_KINDS)
-        _check_choice(owner, "norm", self.norm, NORMS)
-        _check_positive_float(self, "norm_eps")
-        _check_bool(owner, "bias", self.bias)
-        if self.final_norm is not None:
-            _check_bool(owner, "final_norm", self.final_norm)
-        _check_bool(owner, "embed_scale", self.embed_scale)
-        _check_bool(owner, "embedding_norm", self.embedding_norm)
-        _check_int(owner, "type_vocab_size", self.type_vocab_size, 0)
-        _check_bool(owner, "tie_embeddings", self.tie_embeddings)
-        _check_int(owner, "pad_id", self.pad_id, 0)
-        smallest = min(self.vocab_size, self.target_vocab_size)
-        if self.pad_id >= smallest:
-            raise ValueError(
-                f"{owner}.pad_id={self.pad_id} must be a valid id in every vocabulary "
-                f"(vocab_size={self.vocab_size}, tgt_vocab_size={self.tgt_vocab_size})"
-            )
-        _check_int(owner, "num_classes", self.num_classes, 1, optional=True)
-
-    @property
-    def target_vocab_size(self) -> int:
-        """The target vocabulary size: ``tgt_vocab_size``, or ``vocab_size`` when shared."""
-        return self.vocab_size if self.tgt_vocab_size is None else self.tgt_vocab_size
-
-    @property
-    def shared_vocab(self) -> bool:
-        """Whether source and target use one vocabulary (``tgt_vocab_size`` is None)."""
-        return self.tgt_vocab_size is None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-serialisable dict."""
-        return _config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TransformerConfig:
-        """Rebuild a config from :meth:`to_dict`'s output; unknown keys are a ``ValueError``."""
-        return _config_from_dict(cls, d)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ViTConfig:
-    """A small Vision Transformer (Dosovitskiy et al., 2021) for square images.
-
-    Example:
-        >>> ViTConfig(image_size=8, patch_size=2).num_patches
-        16
-    """
-
-    image_size: int = 8  # side of the square input image (the 8x8 scikit-learn digits)
-    patch_size: int = 2  # side of a square patch; must divide image_size
-    in_channels: int = 1  # grayscale
-    num_classes: int = 10
-    d_model: int = 64
-    num_heads: int = 4
-    num_kv_heads: int | None = None  # None: num_heads
-    num_layers: int = 2
-    d_ff: int = 128  # 2 * d_model: the task is tiny
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    norm_first: bool = True  # ViT is pre-norm
-    activation: str = "gelu"  # ViT's
-
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
-        _check_int(owner, "image_size", self.image_size, 1)
-        _check_int(owner, "patch_size", self.patch_size, 1)
-        if self.image_size % self.patch_size != 0:
-            raise ValueError(
-                f"{owner}.patch_size={self.patch_size} must divide image_size={self.image_size}"
-            )
-        _check_int(owner, "in_channels", self.in_channels, 1)
-        _check_int(owner, "num_classes", self.num_classes, 1)
-        _check_int(owner, "d_model", self.d_model, 1)
-        _check_int(owner, "num_heads", self.num_heads, 1)
-        _check_int(owner, "num_kv_heads", self.num_kv_heads, 1, optional=True)
-        _check_heads(owner, self.d_model, self.num_heads, self.num_kv_heads)
-        _check_int(owner, "num_layers", self.num_layers, 0)
-        _check_int(owner, "d_ff", self.d_ff, 1)
-        _check_probability(self, "dropout")
-        _check_probability(self, "attn_dropout")
-        _check_bool(owner, "norm_first", self.norm_first)
-        _check_choice(owner, "activation", self.activation, ACTIVATIONS)
-
-    @property
-    def num_patches(self) -> int:
-        """Patches per image, ``(image_size / patch_size) ** 2``."""
-        return (self.image_size // self.patch_size) ** 2
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-serialisable dict."""
-        return _config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ViTConfig:
-        """Rebuild a config from :meth:`to_dict`'s output; unknown keys are a ``ValueError``."""
-        return _config_from_dict(cls, d)
-
-
-# ------------------------------------------------------------------------------ outputs
-
 
 @dataclass(frozen=True, kw_only=True)
 class AttentionMaps:
@@ -355,415 +109,6 @@ class AttentionMaps:
     encoder_self: tuple[Tensor, ...] = ()  # (B, H, Ns, Ns) per encoder layer
     decoder_self: tuple[Tensor, ...] = ()  # (B, H, Nt, Nt) per decoder layer, causal
     decoder_cross: tuple[Tensor, ...] = ()  # (B, H, Nt, Ns) per decoder layer
-
-
-class EncoderOutput(NamedTuple):
-    """What :class:`Encoder` returns: ``hidden (B, N, E)`` and, when asked, per-layer weights."""
-
-    hidden: Tensor
-    weights: tuple[Tensor, ...]
-
-
-class DecoderOutput(NamedTuple):
-    """What :class:`Decoder` returns: ``hidden (B, Nt, E)`` and, when asked, per-layer weights."""
-
-    hidden: Tensor
-    self_weights: tuple[Tensor, ...]
-    cross_weights: tuple[Tensor, ...]
-
-
-# ------------------------------------------------------------------------------ checks
-
-
-def _check_ids(ids: Any, name: str, vocab_size: int) -> None:
-    if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor of token ids, got dtype {ids.dtype}")
-    if ids.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (B, N), got shape {tuple(ids.shape)}")
-    if ids.numel() and not torch.compiler.is_compiling():  # range check needs host values
-        low, high = (int(v) for v in torch.aminmax(ids))
-        if low < 0 or high >= vocab_size:
-            raise ValueError(
-                f"{name} must hold ids in [0, {vocab_size}), got min {low} and max {high}"
-            )
-
-
-def _check_padding_mask(mask: Any, name: str, shape: tuple[int, ...]) -> None:
-    if mask is None:
-        return
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        what = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f"{name} must be a bool tensor (True = real token) or None, got {what}")
-    if tuple(mask.shape) != shape:
-        raise ValueError(f"{name} must be (B, N) = {shape}, got shape {tuple(mask.shape)}")
-
-
-def _check_config(config: Any, cls: type) -> None:
-    if not isinstance(config, cls):
-        raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
-
-
-def _new_embedding(num_embeddings: int, d_model: int) -> nn.Embedding:
-    embedding = nn.Embedding(num_embeddings, d_model)
-    # std 0.02 as GPT-2/BERT; the sqrt(d_model) scale applied on lookup brings tokens to about
-    # the amplitude of the positional encodings.
-    nn.init.normal_(embedding.weight, std=0.02)
-    return embedding
-
-
-def _new_head(d_model: int, out_features: int, *, bias: bool) -> nn.Linear:
-    head = nn.Linear(d_model, out_features, bias=bias)
-    nn.init.normal_(head.weight, std=0.02)
-    if head.bias is not None:
-        nn.init.zeros_(head.bias)
-    return head
-
-
-def _final_norm(config: TransformerConfig | ViTConfig) -> nn.Module:
-    # A pre-norm stack's residual stream is never normalized inside the layers.
-    if isinstance(config, TransformerConfig):
-        wanted = config.norm_first if config.final_norm is None else config.final_norm
-        return make_norm(config.norm, config.d_model, config.norm_eps) if wanted else nn.Identity()
-    return nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
-
-
-def _layer_options(config: TransformerConfig) -> dict[str, Any]:
-    """The keyword arguments of EncoderLayer/DecoderLayer that a config decides."""
-    return {
-        "dropout": config.dropout,
-        "attn_dropout": config.attn_dropout,
-        "norm_first": config.norm_first,
-        "activation": config.activation,
-        "num_kv_heads": config.num_kv_heads,
-        "bias": config.bias,
-        "norm": config.norm,
-        "norm_eps": config.norm_eps,
-        "ffn": config.ffn,
-        "rotary": config.positional == "rope",
-        "rope_base": config.rope_base,
-        "alibi": config.positional == "alibi",
-    }
-
-
-def _check_cache(cache: Any, num_layers: int, *, cross: bool) -> None:
-    if not isinstance(cache, DecoderCache):
-        raise TypeError(
-            f"cache must be a multihead.cache.DecoderCache (model.new_cache()), got "
-            f"{type(cache).__name__}"
-        )
-    if len(cache) != num_layers:
-        raise ValueError(f"cache has {len(cache)} layers but the model has {num_layers}")
-    if cross and cache.cross_attn is None:
-        raise ValueError(
-            "an encoder-decoder needs cross-attention caches: make the cache with "
-            "model.new_cache() (DecoderCache(..., cross=True))"
-        )
-
-
-class _Embedder(nn.Module):
-    """Token embedding, positions, token types, optional norm and dropout: the stem shared by
-    :class:`Encoder` and :class:`Decoder`. Attribute names are ``state_dict`` keys."""
-
-    positional: AdditivePositionalEncoding | None
-    token_type: nn.Embedding | None
-    embedding_norm: nn.Module | None
-
-    def _init_stem(self, config: TransformerConfig, embedding: nn.Embedding) -> None:
-        self.embedding = embedding
-        # Sec. 3.4: "we multiply those weights by sqrt(d_model)" (unless the config says not).
-        self.embed_scale = math.sqrt(config.d_model) if config.embed_scale else 1.0
-        self.positional = (
-            build_positional(config.positional, config.d_model, config.max_len)
-            if config.positional in ADDITIVE_KINDS
-            else None
-        )
-        self.token_type = (
-            _new_embedding(config.type_vocab_size, config.d_model)
-            if config.type_vocab_size > 0
-            else None
-        )
-        self.embedding_norm = (
-            make_norm(config.norm, config.d_model, config.norm_eps)
-            if config.embedding_norm
-            else None
-        )
-        self.dropout = nn.Dropout(config.dropout)
-
-    def embed(
-        self,
-        ids: Tensor,
-        offset: int = 0,
-        *,
-        positions: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
-        """``ids (B, N)`` -> ``(B, N, E)``: token embeddings (times ``sqrt(d_model)`` when
-        ``config.embed_scale``), plus positions (additive kinds), plus token-type embeddings
-        (when ``config.type_vocab_size > 0``; type 0 when ``token_type_ids`` is None), then the
-        embedding norm (``config.embedding_norm``) and dropout.
-
-        ``offset`` is the position of the first id (incremental decoding); ``positions``
-        ``(N,)`` or ``(B, N)`` gives every id's position instead (e.g. left padding). Rotary
-        and ALiBi positions are applied inside attention, not here.
-        """
-        x = self.embedding(ids)  # (B, N, E)
-        if self.embed_scale != 1.0:
-            x = x * self.embed_scale
-        if self.positional is not None:
-            x = self.positional(x, offset, positions=positions)
-        if self.token_type is not None:
-            if token_type_ids is None:
-                x = x + self.token_type.weight[0]
-            else:
-                _check_ids(token_type_ids, "token_type_ids", self.token_type.num_embeddings)
-                if token_type_ids.shape != ids.shape:
-                    raise ValueError(
-                        f"token_type_ids must have the shape of the ids {tuple(ids.shape)}, got "
-                        f"{tuple(token_type_ids.shape)}"
-                    )
-                x = x + self.token_type(token_type_ids)
-        elif token_type_ids is not None:
-            raise ValueError("token_type_ids given but config.type_vocab_size is 0")
-        if self.embedding_norm is not None:
-            x = self.embedding_norm(x)
-        return self.dropout(x)
-
-    def _prepare(
-        self,
-        ids: Tensor,
-        padding_mask: Tensor | None,
-        cache: DecoderCache | None,
-        positions: Tensor | None,
-        *,
-        cross: bool,
-        mask_name: str,
-    ) -> tuple[int, Tensor | None]:
-        """Check the cache and positions; return ``(offset, positions for attention)``."""
-        config: TransformerConfig = self.config  # type: ignore[assignment]
-        b, n = ids.shape
-        offset = 0
-        if cache is not None:
-            _check_cache(cache, len(self.layers), cross=cross)  # type: ignore[arg-type]
-            cache.check_room(n)
-            offset = cache.length
-        _check_padding_mask(padding_mask, mask_name, (b, offset + n))
-        if positions is not None:
-            if config.positional == "alibi":
-                raise ValueError(
-                    "positions is not supported with positional='alibi' (ALiBi reads distances "
-                    "from the key order)"
-                )
-            positions = check_positions(positions, b, n)
-        return offset, positions if config.positional == "rope" else None
-
-
-def _masked_mean(hidden: Tensor, padding_mask: Tensor | None) -> Tensor:
-    """Mean of ``hidden (B, N, E)`` over real positions -> ``(B, E)``; zeros for no real one."""
-    if padding_mask is None:
-        return hidden.mean(dim=1)
-    real = padding_mask.unsqueeze(-1)  # (B, N, 1)
-    # masked_fill rather than a product, so that whatever sits at padded positions cannot leak.
-    total = hidden.masked_fill(~real, 0.0).sum(dim=1)  # (B, E)
-    count = real.sum(dim=1).clamp(min=1).to(hidden.dtype)  # (B, 1)
-    return total / count
-
-
-# ------------------------------------------------------------------------------ stacks
-
-
-class Encoder(_Embedder):
-    """Token embedding (times ``sqrt(d_model)`` unless ``config.embed_scale=False``), positions,
-    dropout, encoder layers and, for pre-norm, a final norm.
-
-    Args:
-        config: the model's :class:`TransformerConfig`.
-        embedding: an ``nn.Embedding`` to share (weight tying); default a new
-            ``(vocab_size, d_model)`` one.
-        num_layers: depth (default ``config.num_encoder_layers``).
-        causal: each position attends only to itself and earlier ones (a decoder-only LM).
-
-    Shapes: ``ids (B, N)``, ``padding_mask (B, N)`` -> ``hidden (B, N, E)``.
-
-    Example:
-        >>> enc = Encoder(TransformerConfig(vocab_size=10, d_model=16, num_heads=2, d_ff=32))
-        >>> hidden, weights = enc(torch.randint(0, 10, (2, 4)), need_weights=True)
-        >>> hidden.shape, len(weights), weights[0].shape
-        (torch.Size([2, 4, 16]), 2, torch.Size([2, 2, 4, 4]))
-    """
-
-    def __init__(
-        self,
-        config: TransformerConfig,
-        *,
-        embedding: nn.Embedding | None = None,
-        num_layers: int | None = None,
-        causal: bool = False,
-    ) -> None:
-        super().__init__()
-        _check_config(config, TransformerConfig)
-        self.config = config
-        self.causal = causal
-        if embedding is None:
-            embedding = _new_embedding(config.vocab_size, config.d_model)
-        elif not isinstance(embedding, nn.Embedding) or embedding.embedding_dim != config.d_model:
-            raise ValueError(f"embedding must be an nn.Embedding of size d_model={config.d_model}")
-        self._init_stem(config, embedding)
-        depth = config.num_encoder_layers if num_layers is None else num_layers
-        _check_int("Encoder", "num_layers", depth, 0)
-        options = _layer_options(config)
-        self.layers = nn.ModuleList(
-            EncoderLayer(config.d_model, config.num_heads, config.d_ff, **options)
-            for _ in range(depth)
-        )
-        self.norm = _final_norm(config)
-
-    def run(
-        self,
-        ids: Tensor,
-        padding_mask: Tensor | None,
-        need_weights: bool,
-        *,
-        cache: DecoderCache | None = None,
-        positions: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
-    ) -> EncoderOutput:
-        """:meth:`forward` without the id checks, for callers that have checked already.
-
-        With ``cache`` (causal stacks: incremental decoding) ``ids`` are the new tokens only,
-        placed after the ``cache.length`` cached ones; ``padding_mask`` then covers every token
-        so far, ``(B, cache.length + N)``.
-        """
-        offset, attn_positions = self._prepare(
-            ids, padding_mask, cache, positions, cross=False, mask_name="padding_mask"
-        )
-        x = self.embed(ids, offset, positions=positions, token_type_ids=token_type_ids)
-        weights = []
-        for i, layer in enumerate(self.layers):
-            x, w = layer(
-                x,
-                padding_mask,
-                causal=self.causal,
-                need_weights=need_weights,
-                cache=None if cache is None else cache.self_attn[i],
-                positions=attn_positions,
-            )
-            if w is not None:
-                weights.append(w)
-        if cache is not None:
-            cache.advance(ids.shape[1])
-        return EncoderOutput(self.norm(x), tuple(weights))
-
-    def forward(
-        self,
-        ids: Tensor,
-        padding_mask: Tensor | None = None,
-        *,
-        need_weights: bool = False,
-        token_type_ids: Tensor | None = None,
-    ) -> EncoderOutput:
-        _check_ids(ids, "ids", self.embedding.num_embeddings)
-        return self.run(ids, padding_mask, need_weights, token_type_ids=token_type_ids)
-
-
-class Decoder(_Embedder):
-    """Target embedding, positions, dropout, decoder layers (causal self-attention,
-    cross-attention, feed-forward) and, for pre-norm, a final norm. Returns hidden states;
-    the output projection belongs to :class:`Seq2SeqTransformer`.
-
-    Shapes: ``tgt (B, Nt)``, ``memory (B, Ns, E)`` -> ``hidden (B, Nt, E)``.
-
-    Example:
-        >>> dec = Decoder(TransformerConfig(vocab_size=10, d_model=16, num_heads=2, d_ff=32))
-        >>> dec(torch.randint(0, 10, (2, 3)), torch.randn(2, 5, 16)).hidden.shape
-        torch.Size([2, 3, 16])
-    """
-
-    def __init__(self, config: TransformerConfig, *, embedding: nn.Embedding | None = None) -> None:
-        super().__init__()
-        _check_config(config, TransformerConfig)
-        self.config = config
-        if embedding is None:
-            embedding = _new_embedding(config.target_vocab_size, config.d_model)
-        elif not isinstance(embedding, nn.Embedding) or embedding.embedding_dim != config.d_model:
-            raise ValueError(f"embedding must be an nn.Embedding of size d_model={config.d_model}")
-        self._init_stem(config, embedding)
-        options = _layer_options(config)
-        self.layers = nn.ModuleList(
-            DecoderLayer(config.d_model, config.num_heads, config.d_ff, **options)
-            for _ in range(config.num_decoder_layers)
-        )
-        self.norm = _final_norm(config)
-
-    def run(
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        tgt_padding_mask: Tensor | None,
-        memory_padding_mask: Tensor | None,
-        need_weights: bool,
-        *,
-        cache: DecoderCache | None = None,
-        positions: Tensor | None = None,
-    ) -> DecoderOutput:
-        """:meth:`forward` without the id and memory checks, for callers that have checked.
-
-        With ``cache`` ``tgt`` holds the new tokens only and ``tgt_padding_mask`` covers every
-        target token so far; the memory is projected for cross-attention on the first call and
-        reused afterwards.
-        """
-        offset, attn_positions = self._prepare(
-            tgt, tgt_padding_mask, cache, positions, cross=True, mask_name="tgt_padding_mask"
-        )
-        x = self.embed(tgt, offset, positions=positions)
-        self_weights, cross_weights = [], []
-        for i, layer in enumerate(self.layers):
-            x, sw, cw = layer(
-                x,
-                memory,
-                tgt_padding_mask=tgt_padding_mask,
-                memory_padding_mask=memory_padding_mask,
-                need_weights=need_weights,
-                cache=None if cache is None else cache.self_attn[i],
-                cross_cache=None
-                if cache is None or cache.cross_attn is None
-                else cache.cross_attn[i],
-                positions=attn_positions,
-            )
-            if sw is not None and cw is not None:
-                self_weights.append(sw)
-                cross_weights.append(cw)
-        if cache is not None:
-            cache.advance(tgt.shape[1])
-        return DecoderOutput(self.norm(x), tuple(self_weights), tuple(cross_weights))
-
-    def forward(
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        *,
-        tgt_padding_mask: Tensor | None = None,
-        memory_padding_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> DecoderOutput:
-        _check_ids(tgt, "tgt", self.embedding.num_embeddings)
-        _check_memory(memory, memory_padding_mask, tgt.shape[0], self.config.d_model)
-        return self.run(tgt, memory, tgt_padding_mask, memory_padding_mask, need_weights)
-
-
-def _check_memory(memory: Any, memory_padding_mask: Any, batch: int, d_model: int) -> None:
-    if not isinstance(memory, Tensor):
-        raise TypeError(f"memory must be a torch.Tensor, got {type(memory).__name__}")
-    if memory.dim() != 3 or memory.shape[0] != batch or memory.shape[2] != d_model:
-        raise ValueError(
-            f"memory must be (B={batch}, Ns, E={d_model}) (the output of encode), "
-            f"got shape {tuple(memory.shape)}"
-        )
-    _check_padding_mask(memory_padding_mask, "memory_padding_mask", tuple(memory.shape[:2]))
-
-
-# ------------------------------------------------------------------------------ models
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -789,24 +134,24 @@ class Seq2SeqTransformer(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        _check_config(config, TransformerConfig)
+        check_config(config, TransformerConfig)
         self.config = config
-        tgt_embedding = _new_embedding(config.target_vocab_size, config.d_model)
+        tgt_embedding = new_embedding(config.target_vocab_size, config.d_model)
         if config.tie_embeddings and config.shared_vocab:
             src_embedding = tgt_embedding
         else:
-            src_embedding = _new_embedding(config.vocab_size, config.d_model)
+            src_embedding = new_embedding(config.vocab_size, config.d_model)
         self.encoder = Encoder(config, embedding=src_embedding)
         self.decoder = Decoder(config, embedding=tgt_embedding)
-        self.lm_head = _new_head(config.d_model, config.target_vocab_size, bias=False)
+        self.lm_head = new_head(config.d_model, config.target_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = tgt_embedding.weight
 
     def _encode(
         self, src: Tensor, src_padding_mask: Tensor | None, need_weights: bool
     ) -> EncoderOutput:
-        _check_ids(src, "src", self.config.vocab_size)
-        _check_padding_mask(src_padding_mask, "src_padding_mask", tuple(src.shape))
+        check_token_ids(src, "src", self.config.vocab_size)
+        check_padding_mask(src_padding_mask, "src_padding_mask", tuple(src.shape))
         return self.encoder.run(src, src_padding_mask, need_weights)
 
     def _decode(
@@ -819,8 +164,8 @@ class Seq2SeqTransformer(nn.Module):
         cache: DecoderCache | None = None,
         positions: Tensor | None = None,
     ) -> DecoderOutput:
-        _check_ids(tgt, "tgt", self.config.target_vocab_size)
-        _check_memory(memory, memory_padding_mask, tgt.shape[0], self.config.d_model)
+        check_token_ids(tgt, "tgt", self.config.target_vocab_size)
+        check_memory(memory, memory_padding_mask, tgt.shape[0], self.config.d_model)
         return self.decoder.run(
             tgt,
             memory,
@@ -929,7 +274,7 @@ class DecoderLM(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        _check_config(config, TransformerConfig)
+        check_config(config, TransformerConfig)
         if config.tgt_vocab_size not in (None, config.vocab_size):
             raise ValueError(
                 "DecoderLM has one vocabulary (vocab_size); got a different "
@@ -937,7 +282,7 @@ class DecoderLM(nn.Module):
             )
         self.config = config
         self.decoder = Encoder(config, num_layers=config.num_decoder_layers, causal=True)
-        self.lm_head = _new_head(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = new_head(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.decoder.embedding.weight
 
@@ -949,7 +294,7 @@ class DecoderLM(nn.Module):
         cache: DecoderCache | None = None,
         positions: Tensor | None = None,
     ) -> EncoderOutput:
-        _check_ids(ids, "ids", self.config.vocab_size)
+        check_token_ids(ids, "ids", self.config.vocab_size)
         return self.decoder.run(ids, padding_mask, need_weights, cache=cache, positions=positions)
 
     def new_cache(self, *, max_len: int | None = None, window: int | None = None) -> DecoderCache:
@@ -1018,8 +363,6 @@ class DecoderLM(nn.Module):
             >>> lm.generate(torch.tensor([[1, 2, 3]]), 5).shape
             torch.Size([1, 8])
         """
-        from ..decoding import generate_lm  # decoding builds on this module
-
         return generate_lm(
             self,
             input_ids,
@@ -1053,13 +396,13 @@ class EncoderClassifier(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        _check_config(config, TransformerConfig)
+        check_config(config, TransformerConfig)
         if config.num_classes is None:
             raise ValueError("EncoderClassifier needs config.num_classes, got None")
         self.config = config
         self.encoder = Encoder(config)
         self.dropout = nn.Dropout(config.dropout)
-        self.head = _new_head(config.d_model, config.num_classes, bias=True)
+        self.head = new_head(config.d_model, config.num_classes, bias=True)
 
     def _run(
         self,
@@ -1068,7 +411,7 @@ class EncoderClassifier(nn.Module):
         need_weights: bool,
         token_type_ids: Tensor | None = None,
     ) -> EncoderOutput:
-        _check_ids(ids, "ids", self.config.vocab_size)
+        check_token_ids(ids, "ids", self.config.vocab_size)
         return self.encoder.run(ids, padding_mask, need_weights, token_type_ids=token_type_ids)
 
     def embed(
@@ -1093,7 +436,7 @@ class EncoderClassifier(nn.Module):
         """Class logits ``(B, C)``. ``token_type_ids (B, N)``: segment ids (BERT), when
         ``config.type_vocab_size > 0``."""
         hidden = self._run(ids, padding_mask, False, token_type_ids).hidden
-        return self.head(self.dropout(_masked_mean(hidden, padding_mask)))
+        return self.head(self.dropout(masked_mean(hidden, padding_mask)))
 
     def attention_maps(self, ids: Tensor, padding_mask: Tensor | None = None) -> AttentionMaps:
         """Per-layer self-attention weights, in ``AttentionMaps.encoder_self``."""
@@ -1118,7 +461,7 @@ class ViTClassifier(nn.Module):
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        _check_config(config, ViTConfig)
+        check_config(config, ViTConfig)
         self.config = config
         d = config.d_model
         self.patch_embed = nn.Conv2d(
@@ -1128,20 +471,11 @@ class ViTClassifier(nn.Module):
         self.positional = LearnedPositionalEncoding(d, config.num_patches + 1)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(
-                d,
-                config.num_heads,
-                config.d_ff,
-                dropout=config.dropout,
-                attn_dropout=config.attn_dropout,
-                norm_first=config.norm_first,
-                activation=config.activation,
-                num_kv_heads=config.num_kv_heads,
-            )
+            EncoderLayer(d, config.num_heads, config.d_ff, **config.layer_options())
             for _ in range(config.num_layers)
         )
-        self.norm = _final_norm(config)
-        self.head = _new_head(d, config.num_classes, bias=True)
+        self.norm = final_norm(config)
+        self.head = new_head(d, config.num_classes, bias=True)
         # The patch convolution is a linear map of the flattened patch: initialise it as one.
         weight = self.patch_embed.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))

@@ -24,7 +24,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -57,7 +56,7 @@ from multihead.tasks import (
     SequenceTask,
     SequenceTaskConfig,
 )
-from multihead.train.checkpoint import CheckpointError, load_checkpoint
+from multihead.train.checkpoint import TrainedModel, load_trained
 from multihead.train.loop import StepOutput, TrainConfig
 
 __all__ = [
@@ -577,76 +576,6 @@ def get_recipe(
     # max_len bounds positions; the longest source or target of these tasks is under 64.
     config = TransformerConfig(vocab_size=len(task.vocab), max_len=64, **cfg)
     return Seq2SeqRecipe(name, task, config, max_output_len=max_output_len)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainedModel:
-    """A model rebuilt from a checkpoint, in eval mode, with what it was trained on."""
-
-    model: nn.Module
-    kind: str
-    task: str
-    vocab: CharVocab | None
-    checkpoint: Mapping[str, Any]
-    path: str
-
-    @property
-    def step(self) -> int:
-        """Updates the model was trained for."""
-        return int(self.checkpoint["step"])
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The last validation metrics recorded in the checkpoint."""
-        return dict(self.checkpoint.get("metrics") or {})
-
-
-def load_trained(path: str | os.PathLike[str]) -> TrainedModel:
-    """Rebuild the model saved at ``path`` (weights, config, vocabulary), in eval mode on the CPU.
-
-    Example:
-        >>> import tempfile
-        >>> from multihead.train.loop import train
-        >>> recipe = get_recipe("copy", d_model=16, layers=1)
-        >>> out = tempfile.mkdtemp()
-        >>> _ = train(recipe.build_model(), recipe,
-        ...           TrainConfig(steps=1, batch_size=2, out_dir=out, progress=False, device="cpu"))
-        >>> load_trained(f"{out}/checkpoint.pt").kind
-        'seq2seq'
-    """
-    ckpt = load_checkpoint(path)
-    kind = ckpt.get("model_kind")
-    try:
-        if kind in ("seq2seq", "lm"):
-            config = TransformerConfig.from_dict(ckpt["model_config"])
-            model: nn.Module = (
-                Seq2SeqTransformer(config) if kind == "seq2seq" else DecoderLM(config)
-            )
-        elif kind == "vit":
-            model = ViTClassifier(ViTConfig.from_dict(ckpt["model_config"]))
-        else:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} has unknown model kind {kind!r}; expected "
-                "'seq2seq', 'lm' or 'vit'"
-            )
-        model.load_state_dict(ckpt["model"])
-        vocab = CharVocab.from_dict(ckpt["vocab"]) if ckpt.get("vocab") is not None else None
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not describe a model this multihead can rebuild: "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        ) from exc
-    model.eval()
-    return TrainedModel(
-        model=model,
-        kind=str(kind),
-        task=str(ckpt.get("task")),
-        vocab=vocab,
-        checkpoint=ckpt,
-        path=str(Path(path)),
-    )
 
 
 def parse_iso_date(text: str) -> datetime.date | None:

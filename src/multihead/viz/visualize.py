@@ -1,19 +1,8 @@
-"""Draw what a trained model attends to: heatmaps (PNG, SVG) and an interactive HTML page.
+"""What ``multihead visualize`` computes: load a checkpoint, run one input through it with
+attention captured, and write the heatmap grids, the HTML view and per-head statistics.
 
-Loads a checkpoint, decodes the text greedily (sequence-to-sequence models) or reads it
-(language models), captures every attention head of every layer on that pass, and writes
-
-  attention_grid.png / .svg   one heatmap per layer and head, tokens on both axes
-  attention.html              one offline page: pick layer and head, hover tokens, compare heads
-  attention_stats.md          per-head statistics (entropy, distance, previous/diagonal...)
-
-Decoder rows are labelled by the character each step writes, decoder keys by the character
-each step reads (so the row "2" of cross-attention shows where the model looked to write "2").
-
-Example:
-  multihead demo                                  # trains the date model (runs/demo/)
-  multihead visualize --text "Nov 22, 2026"       # writes runs/demo/attention/...
-  multihead visualize --checkpoint runs/reverse/checkpoint.pt --text 31415 --out /tmp/att --json
+:func:`visualize` is the library entry point; the command line is
+:mod:`multihead.commands.visualize`.
 """
 
 from __future__ import annotations
