@@ -88,7 +88,11 @@ def check_float(
 
 def check_probability(value: Any, name: str) -> float:
     """A dropout-style probability in ``[0, 1)``, as ``float``."""
-    return check_float(value, name, at_least=0.0, below=1.0)
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a float in [0, 1), got {_got(value)}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
 
 
 def check_bool(value: Any, name: str) -> bool:
