@@ -95,8 +95,9 @@ RECIPE_DEFAULTS: Mapping[str, RecipeDefaults] = MappingProxyType(
     {
         "dates": RecipeDefaults(
             # Two encoder layers find the day, month and year; one decoder layer copies them in
-            # ISO order. d_model 64 reaches 99.5% in about as many steps as 128 at a third of
-            # the compute. No dropout: the stream of fresh samples never repeats.
+            # ISO order. The widened task (16 form families, 7 languages, years 1000-2999)
+            # trains at this size: it reached 99.6% validation exact match after 1,250 steps
+            # and 99.8% after 1,500 (seed 0). No dropout: fresh samples never repeat.
             model=_frozen(
                 d_model=64,
                 num_heads=4,
@@ -106,18 +107,20 @@ RECIPE_DEFAULTS: Mapping[str, RecipeDefaults] = MappingProxyType(
                 dropout=0.0,
             ),
             train=TrainConfig(
-                # Seeds 0-2 reached 99.5% validation exact match after 500 steps.
-                steps=600,
+                # The cosine schedule spans 2,000 steps; the target stops the run at ~1,500.
+                steps=2000,
                 batch_size=128,
                 lr=5e-3,
-                warmup=60,
+                warmup=100,
                 # At a constant-ish rate exact match hovers near 98%; decaying to a small floor
                 # over the run settles the last digits.
                 schedule="cosine",
                 min_lr_ratio=0.05,
                 label_smoothing=0.1,
-                eval_every=100,
-                target=0.995,
+                eval_every=250,
+                # 99.8% on 500 validation dates is at most one miss; the verifier turns the
+                # rest of the model's misses into refusals, never into wrong dates.
+                target=0.998,
             ),
         ),
         **{
