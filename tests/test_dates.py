@@ -510,3 +510,10 @@ def test_demo_trains_reports_families_and_keeps_a_user_copy(
     for bad in (["--target", "2"], ["--test-size", "0"], ["--seed", "-1"]):
         code, _, err = run_cli(["demo", *bad], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1, bad
+
+
+def test_visualize_reads_a_date_as_the_translator_does(checkpoint: Path, tmp_path: Path) -> None:
+    from multihead.viz.visualize import visualize
+
+    result = visualize(checkpoint, text="Sunday,  22 NOVEMBER 2026", out_dir=tmp_path)
+    assert result.text == "sunday, 22 november 2026"
