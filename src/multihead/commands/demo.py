@@ -46,7 +46,7 @@ from multihead.commands.translate import safe_checkpoint_reason
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer, TransformerConfig, num_parameters
 from multihead.tasks import BOS, FAMILIES, CharVocab, DatesTask
-from multihead.tasks.date_reading import model_source, read_date, shorten
+from multihead.tasks.date_reading import ORDER_MARKS, model_source, read_date, shorten
 from multihead.train.checkpoint import CheckpointError, copy_checkpoint, user_checkpoint_path
 from multihead.train.dates import score_dates, translate_dates
 from multihead.train.distributed import DistInfo
@@ -245,17 +245,16 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{safe_checkpoint_reason(exc)}; pass --fresh to train a new one"
             ) from exc
-        if (
-            trained.kind != "seq2seq"
-            or trained.task != "dates"
-            or trained.vocab is None
-            or "\x11" not in trained.vocab  # an older, narrower date translator
-        ):
+        if trained.kind != "seq2seq" or trained.task != "dates" or trained.vocab is None:
             raise CommandError(
                 f"{str(ckpt_path)!r} holds a {trained.task!r} model, not the date translator; "
                 f"pass --fresh to train one or --out to use another folder"
             )
-        if _unfinished(trained, args.steps):
+        if ORDER_MARKS["dmy"] not in trained.vocab:
+            # A translator from an older multihead that knows fewer forms: replace it.
+            say(f"{ckpt_path} is an older, narrower date translator; training a new one")
+            trained = None
+        elif _unfinished(trained, args.steps):
             # An interrupted run (Ctrl-C saves a checkpoint): continue it where it stopped.
             recipe.model_config = TransformerConfig.from_dict(trained.checkpoint["model_config"])
             saved = TrainConfig.from_dict(trained.checkpoint["train_config"])

@@ -47,6 +47,7 @@ from multihead.tasks.date_reading import (
     FIRST_YEAR,
     LAST_YEAR,
     MAX_INPUT_LENGTH,
+    ORDER_MARKS,
     ORDERS,
     shorten,
 )
@@ -152,10 +153,10 @@ def load_translator(checkpoint: str | None) -> TrainedModel:
             f"{str(path)!r} holds a {trained.task!r} model, not the date translator from "
             f"`multihead demo` or `multihead train dates`"
         )
-    if "\x11" not in trained.vocab:
+    if ORDER_MARKS["dmy"] not in trained.vocab:
         raise CommandError(
             f"{str(path)!r} is a date translator from an older multihead that knows fewer "
-            f"forms; retrain it with `multihead demo --fresh`"
+            f"forms; `multihead demo` trains a new one"
         )
     return trained
 
