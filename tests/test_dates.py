@@ -294,12 +294,12 @@ def tiny_model():  # type: ignore[no-untyped-def]
     return recipe.build_model(seed=0).eval(), recipe.vocab
 
 
-def test_confidence_is_the_product_of_step_probabilities(tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_confidence_is_the_least_step_probability(tiny_model) -> None:  # type: ignore[no-untyped-def]
     model, vocab = tiny_model
     sources = ["22.11.26", "le 1er mai 1999"]
     got = decode_with_confidence(model, vocab, sources)
     for source, (answer, confidence) in zip(sources, got, strict=True):
-        # Reference: plain step-by-step greedy decoding on the whole prefix, float64 product.
+        # Reference: plain step-by-step greedy decoding on the whole prefix, in float64.
         src = torch.tensor([vocab.encode(source)])
         memory = model.encode(src)
         tokens, prob = [1], 1.0
@@ -308,8 +308,8 @@ def test_confidence_is_the_product_of_step_probabilities(tiny_model) -> None:  #
                 p = model.decode(torch.tensor([tokens]), memory)[0, -1].double().softmax(-1)
                 p[0] = 0  # greedy never emits PAD
                 nxt = int(p.argmax())
-                prob *= float(model.decode(torch.tensor([tokens]), memory)[0, -1].double()
-                              .softmax(-1)[nxt])  # fmt: skip
+                prob = min(prob, float(model.decode(torch.tensor([tokens]), memory)[0, -1]
+                                       .double().softmax(-1)[nxt]))  # fmt: skip
                 tokens.append(nxt)
                 if nxt == 2:
                     break

@@ -24,7 +24,7 @@ Example:
     multihead demo
     echo "Nov 22, 2026" | multihead translate
     multihead translate "le 1er mai 1999" "22.11.26" "03/04/2001" --order dmy
-    multihead translate --json --min-confidence 0.9 < dates.txt > iso.jsonl
+    multihead translate --json --min-confidence 0.5 < dates.txt > iso.jsonl
 """
 
 from __future__ import annotations

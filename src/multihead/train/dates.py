@@ -46,8 +46,8 @@ REFUSE = "REFUSE"
 class DateResult:
     """One line's result: ``output`` (ISO) or ``error`` (the reason it was refused).
 
-    ``confidence`` is the model's probability of its whole answer (the product of the greedy
-    tokens' probabilities), or ``None`` when the model did not run.
+    ``confidence`` is the model's probability of the least certain character of its answer
+    (EOS included), or ``None`` when the model did not run.
     """
 
     input: str
@@ -64,9 +64,13 @@ def decode_with_confidence(
     *,
     beam_size: int = 1,
 ) -> list[tuple[str, float]]:
-    """Decode ``sources`` (model inputs) and return ``(answer, probability of the answer)``.
+    """Decode ``sources`` (model inputs) and return ``(answer, confidence)``.
 
-    The probability is recomputed in one teacher-forced pass over the decoded tokens, so it is
+    The confidence is the smallest probability the model gave to one of the answer's tokens
+    (EOS included): the weakest character decides, and it does not shrink with the answer's
+    length as the product of all probabilities would. Training with label smoothing 0.1 caps a
+    token's probability near 0.9, so a sure answer scores about 0.9, and an unsure one far less.
+    The probabilities come from one teacher-forced pass over the decoded tokens, so they are
     the same for greedy and beam answers.
 
     Example:
@@ -95,7 +99,7 @@ def decode_with_confidence(
         log_probs = model(src, tgt_in, mask).float().log_softmax(-1)  # (B, T, V)
         chosen = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
         # Positions after EOS hold PAD: they are not part of the answer.
-        confidence = chosen.masked_fill(tokens == PAD, 0.0).sum(-1).exp()  # (B,)
+        confidence = chosen.masked_fill(tokens == PAD, 0.0).min(-1).values.exp()  # (B,)
     finally:
         model.train(was_training)
     answers = [vocab.decode(row) for row in tokens]
