@@ -517,3 +517,18 @@ def test_visualize_reads_a_date_as_the_translator_does(checkpoint: Path, tmp_pat
 
     result = visualize(checkpoint, text="Sunday,  22 NOVEMBER 2026", out_dir=tmp_path)
     assert result.text == "sunday, 22 november 2026"
+
+
+def test_progress_bar_only_for_big_inputs(tmp_path: Path) -> None:
+    from multihead.commands.translate import _progress
+
+    big, small = tmp_path / "big.txt", tmp_path / "small.txt"
+    big.write_bytes(b"2026-11-22\n" * 200_000)  # 2.2 MB
+    small.write_bytes(b"2026-11-22\n" * 10)
+    with big.open("rb") as f:
+        bar = _progress(f, disabled=False)
+        assert bar is not None and bar.total == big.stat().st_size
+        bar.close()
+        assert _progress(f, disabled=True) is None
+    with small.open("rb") as f:
+        assert _progress(f, disabled=False) is None
