@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from multihead.cli import main
 from multihead.commands import _common
@@ -171,6 +173,15 @@ def test_pivot(text: str, pivot: int, expected: str) -> None:
 def test_bad_lines_are_refused_with_a_reason(text: str, needle: str) -> None:
     reading = read_date(text)
     assert reading.date is None and reading.error is not None and needle in reading.error
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80) | st.from_regex(r"[0-9./\- ]{1,14}", fullmatch=True))
+def test_reader_never_raises_on_any_text(text: str) -> None:
+    reading = read_date(text)
+    assert (reading.date is None) != (reading.error is None)
+    if reading.date is not None:
+        assert verify_answer(reading, reading.date.isoformat()) == reading.date
 
 
 def test_check_line_and_normalize() -> None:
