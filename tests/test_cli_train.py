@@ -1,8 +1,7 @@
-"""`multihead demo / train / translate / generate` end to end, on tiny settings."""
+"""`multihead train / generate` end to end, on tiny settings (demo, translate: test_dates.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from multihead.cli import main
-from multihead.train import load_checkpoint, read_metrics
+from multihead.train import load_checkpoint
 
 MULTIHEAD = Path(sys.executable).with_name("multihead")
 TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--no-progress"]
@@ -36,48 +35,6 @@ def text_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code = main(["train", "text", "--steps", "2", "--block-size", "16", "--out", str(out), *TINY])
     assert code == 0
     return out / "checkpoint.pt"
-
-
-# ------------------------------------------------------------------ demo
-
-
-def test_demo_trains_then_reuses(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)  # the default --out (runs/demo) lands in the temporary folder
-    code, out, _ = run_cli(["demo", "--steps", "2", "--test-size", "22", "--json"], capsys)
-    assert code == 0
-    first = json.loads(out)
-    assert first["trained"] is True and first["steps"] == 2
-    assert first["test_total"] == 22 and 0.0 <= first["test_exact_match"] <= 1.0
-    assert set(first["per_form"]) and first["tokens_per_s"] > 0
-    demo = tmp_path / "runs" / "demo"
-    for name in ("checkpoint.pt", "metrics.jsonl", "loss.png", "attention.png"):
-        assert (demo / name).stat().st_size > 0, name
-    assert any(r["split"] == "valid" for r in read_metrics(demo / "metrics.jsonl"))
-
-    code, out, _ = run_cli(["demo", "--test-size", "11", "--json"], capsys)
-    second = json.loads(out)
-    assert code == 0 and second["trained"] is False and second["steps"] == 2
-    assert load_checkpoint(demo / "checkpoint.pt")["step"] == 2  # reused, not retrained
-
-    # More steps than the checkpoint ran and no target reached: an unfinished run, continued.
-    code, out, _ = run_cli(["demo", "--steps", "3", "--test-size", "11", "--json"], capsys)
-    assert code == 0 and json.loads(out)["trained"] is True
-    assert load_checkpoint(demo / "checkpoint.pt")["step"] == 3
-
-    code, out, _ = run_cli(["demo", "--steps", "1", "--fresh", "--test-size", "11"], capsys)
-    assert code == 0 and "held-out test" in out
-    assert load_checkpoint(demo / "checkpoint.pt")["step"] == 1
-
-
-def test_demo_with_corrupted_checkpoint_suggests_fresh(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    (tmp_path / "checkpoint.pt").write_bytes(b"\x00" * 100)
-    code, _, err = run_cli(["demo", "--out", str(tmp_path)], capsys)
-    assert_one_line_error(code, err)
-    assert "--fresh" in err
 
 
 # ------------------------------------------------------------------ train
@@ -134,9 +91,6 @@ def test_train_bad_input(
     assert needle in err
 
 
-# ------------------------------------------------------------------ translate
-
-
 @pytest.fixture(scope="module")
 def dates_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dates")
@@ -144,78 +98,6 @@ def dates_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         main(["train", "dates", "--steps", "1", "--out", str(out), "--eval-every", "0", *TINY]) == 0
     )
     return out / "checkpoint.pt"
-
-
-def test_translate_reads_stdin_and_writes_one_line_per_input(
-    dates_checkpoint: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A one-step model cannot translate yet; stand in for the model to test the plumbing.
-    import multihead.commands.translate as translate
-
-    answers = {"Nov 22, 2026": "2026-11-22", "le 1er mai 1999": "1999-05-01"}
-    monkeypatch.setattr(
-        translate, "translate_texts", lambda model, vocab, texts, **kw: [answers[t] for t in texts]
-    )
-    monkeypatch.setattr(sys, "stdin", io.StringIO("Nov 22, 2026\n  le 1er mai 1999  \n"))
-    code, out, _ = run_cli(["translate", "--checkpoint", str(dates_checkpoint)], capsys)
-    assert code == 0 and out.splitlines() == ["2026-11-22", "1999-05-01"]
-    code, out, _ = run_cli(
-        ["translate", "--checkpoint", str(dates_checkpoint), "--json", "Nov 22, 2026"], capsys
-    )
-    assert code == 0 and json.loads(out) == {"input": "Nov 22, 2026", "output": "2026-11-22"}
-
-
-def test_translate_runs_the_real_model(
-    dates_checkpoint: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # An untrained model answers nonsense; the command must then refuse, never crash.
-    for beam in ("1", "3"):
-        code, out, err = run_cli(
-            ["translate", "--checkpoint", str(dates_checkpoint), "--beam", beam, "22.11.26"],
-            capsys,
-        )
-        if code == 0:
-            assert len(out.splitlines()) == 1
-        else:
-            assert_one_line_error(code, err)
-
-
-@pytest.mark.parametrize(
-    ("stdin", "needle"),
-    [
-        ("Nov 22, 2026\n\n", "line 2 is empty"),
-        ("hello world\n", "no digits"),
-        ("<html>1</html>\n", "appear in no date form"),
-        ("", "no input"),
-    ],
-)
-def test_translate_refuses_non_dates(
-    stdin: str,
-    needle: str,
-    dates_checkpoint: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code, out, err = run_cli(["translate", "--checkpoint", str(dates_checkpoint)], capsys)
-    assert_one_line_error(code, err)
-    assert needle in err and out == ""
-
-
-def test_translate_without_checkpoint_points_to_demo(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(["translate", "Nov 22, 2026"], capsys)
-    assert_one_line_error(code, err)
-    assert "multihead demo" in err
-
-
-def test_translate_refuses_a_language_model(
-    text_checkpoint: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, _, err = run_cli(["translate", "--checkpoint", str(text_checkpoint), "1.2.26"], capsys)
-    assert_one_line_error(code, err)
 
 
 # ------------------------------------------------------------------ generate

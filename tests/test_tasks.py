@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ast
-import datetime
 import json
-import random
 import re
 import sys
 from pathlib import Path
@@ -18,12 +16,7 @@ from hypothesis import strategies as st
 import multihead.tasks as tasks_pkg
 from multihead.tasks import (
     BOS,
-    CASES,
-    DATE_FORMS,
     EOS,
-    MAX_SOURCE_LENGTH,
-    MAX_TARGET_LENGTH,
-    NUMERIC_FORMS,
     PAD,
     TASK_NAMES,
     UNK,
@@ -35,267 +28,9 @@ from multihead.tasks import (
     SequenceTaskConfig,
     dates_vocab,
     encode_pairs,
-    format_date,
     get_task,
     python_docs_text,
 )
-from multihead.tasks.dates import FIRST_DATE, LAST_DATE, NUM_DAYS
-
-D = datetime.date
-
-# --------------------------------------------------------------------------------------------
-# An independent reader of every written form, so targets are checked against the source text
-# rather than against the code that produced both.
-
-_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_MONTH_TABLES = (
-    "january february march april may june july august september october november december",
-    "jan feb mar apr may jun jul aug sep oct nov dec",
-    "janvier février mars avril mai juin juillet août septembre octobre novembre décembre",
-    "januar februar märz april mai juni juli august september oktober november dezember",
-    "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre diciembre",
-)
-_MONTHS: dict[str, int] = {}
-for _table in _MONTH_TABLES:
-    for _number, _name in enumerate(_table.split(), start=1):
-        assert _MONTHS.setdefault(_name, _number) == _number  # shared names agree (mai, april)
-
-
-def read_date(text: str) -> tuple[datetime.date, str | None]:
-    """The date a source string names, and its weekday name if it has one."""
-    t = text.lower()
-    if m := re.fullmatch(r"(\d{1,2})/(\d{1,2})/(\d{4})", t):
-        return D(int(m[3]), int(m[2]), int(m[1])), None
-    if m := re.fullmatch(r"(\d{4})/(\d{1,2})/(\d{1,2})", t):
-        return D(int(m[1]), int(m[2]), int(m[3])), None
-    if m := re.fullmatch(r"(\d{1,2})\.(\d{1,2})\.(\d{2})", t):
-        yy = int(m[3])
-        return D(1900 + yy if yy >= 50 else 2000 + yy, int(m[2]), int(m[1])), None
-    weekday = None
-    if m := re.fullmatch(r"([a-z]+), (.+)", t):
-        weekday, t = m[1], m[2]
-    tokens = [tok.rstrip(".,") for tok in t.split(" ") if tok not in ("le", "de")]
-    assert len(tokens) == 3, text
-    day = month = year = None
-    for tok in tokens:
-        if tok in _MONTHS:
-            month = _MONTHS[tok]
-        elif re.fullmatch(r"\d{4}", tok):
-            year = int(tok)
-        elif m := re.fullmatch(r"([1-9]\d?)(er)?", tok):
-            day = int(m[1])
-        else:
-            raise AssertionError(f"unexpected token {tok!r} in {text!r}")
-    assert None not in (day, month, year), text
-    return D(year, month, day), weekday  # type: ignore[arg-type]
-
-
-def every_day(year: int) -> list[datetime.date]:
-    start = D(year, 1, 1)
-    return [start + datetime.timedelta(days=i) for i in range((D(year + 1, 1, 1) - start).days)]
-
-
-# --------------------------------------------------------------------------------------------
-# Dates: rendering
-
-
-@pytest.mark.parametrize(
-    ("d", "form", "case", "zero_pad", "expected"),
-    [
-        (D(2026, 11, 22), "day_month_year", "as_is", None, "22 November 2026"),
-        (D(2026, 11, 22), "month_day_year", "as_is", None, "November 22, 2026"),
-        (D(2026, 11, 22), "month_abbr_day_year", "as_is", None, "Nov 22, 2026"),
-        (D(2026, 11, 22), "day_month_abbr_year", "as_is", None, "22 Nov 2026"),
-        (D(2026, 11, 22), "weekday_day_month_year", "as_is", None, "Sunday, 22 November 2026"),
-        (D(2026, 11, 22), "dmy_slash", "as_is", None, "22/11/2026"),
-        (D(2026, 11, 22), "dmy_dot_short_year", "as_is", None, "22.11.26"),
-        (D(2026, 11, 22), "ymd_slash", "as_is", None, "2026/11/22"),
-        (D(2026, 11, 22), "french", "as_is", None, "le 22 novembre 2026"),
-        (D(2026, 11, 22), "german", "as_is", None, "22. November 2026"),
-        (D(2026, 11, 22), "spanish", "as_is", None, "22 de noviembre de 2026"),
-        # Spelled-month forms never pad the day; numeric forms pad both fields or neither.
-        (D(2026, 11, 2), "day_month_year", "as_is", None, "2 November 2026"),
-        (D(2026, 11, 2), "month_abbr_day_year", "as_is", None, "Nov 2, 2026"),
-        (D(2026, 11, 2), "dmy_slash", "as_is", True, "02/11/2026"),
-        (D(2026, 11, 2), "dmy_slash", "as_is", False, "2/11/2026"),
-        (D(2026, 3, 2), "dmy_dot_short_year", "as_is", True, "02.03.26"),
-        (D(2026, 3, 2), "dmy_dot_short_year", "as_is", False, "2.3.26"),
-        (D(2026, 3, 2), "ymd_slash", "as_is", None, "2026/03/02"),
-        (D(2026, 3, 2), "ymd_slash", "as_is", False, "2026/3/2"),
-        # Two-digit years: 50-99 are 19xx, 00-49 are 20xx.
-        (D(1950, 1, 1), "dmy_dot_short_year", "as_is", None, "01.01.50"),
-        (D(2049, 12, 31), "dmy_dot_short_year", "as_is", None, "31.12.49"),
-        (D(1999, 12, 31), "dmy_dot_short_year", "as_is", None, "31.12.99"),
-        (D(2000, 1, 1), "dmy_dot_short_year", "as_is", None, "01.01.00"),
-        (D(2005, 7, 9), "dmy_dot_short_year", "as_is", False, "9.7.05"),
-        # True weekdays.
-        (D(2000, 1, 1), "weekday_day_month_year", "as_is", None, "Saturday, 1 January 2000"),
-        (D(1969, 7, 20), "weekday_day_month_year", "as_is", None, "Sunday, 20 July 1969"),
-        (D(2024, 2, 29), "weekday_day_month_year", "as_is", None, "Thursday, 29 February 2024"),
-        (D(2049, 12, 31), "weekday_day_month_year", "as_is", None, "Friday, 31 December 2049"),
-        # Accents and the French "1er".
-        (D(2026, 2, 14), "french", "as_is", None, "le 14 février 2026"),
-        (D(1999, 8, 15), "french", "as_is", None, "le 15 août 1999"),
-        (D(1999, 8, 15), "french", "upper", None, "LE 15 AOÛT 1999"),
-        (D(2031, 12, 25), "french", "as_is", None, "le 25 décembre 2031"),
-        (D(2026, 5, 1), "french", "as_is", None, "le 1er mai 2026"),
-        (D(2026, 5, 1), "french", "title", None, "Le 1er Mai 2026"),
-        (D(2026, 5, 1), "french", "upper", None, "LE 1ER MAI 2026"),
-        (D(2026, 3, 5), "german", "as_is", None, "5. März 2026"),
-        (D(2026, 3, 5), "german", "upper", None, "5. MÄRZ 2026"),
-        (D(2026, 3, 5), "german", "lower", None, "5. märz 2026"),
-        (D(2026, 10, 3), "german", "as_is", None, "3. Oktober 2026"),
-        (D(2026, 3, 5), "spanish", "as_is", None, "5 de marzo de 2026"),
-        (D(2026, 3, 5), "spanish", "title", None, "5 De Marzo De 2026"),
-        (D(2026, 9, 30), "spanish", "upper", None, "30 DE SEPTIEMBRE DE 2026"),
-        # Cases.
-        (D(2026, 11, 22), "month_abbr_day_year", "lower", None, "nov 22, 2026"),
-        (D(2026, 11, 22), "month_abbr_day_year", "upper", None, "NOV 22, 2026"),
-        (D(2026, 11, 22), "month_abbr_day_year", "title", None, "Nov 22, 2026"),
-        (D(2026, 11, 22), "weekday_day_month_year", "upper", None, "SUNDAY, 22 NOVEMBER 2026"),
-        (D(2026, 11, 22), "french", "title", None, "Le 22 Novembre 2026"),
-    ],
-)
-def test_format_date_hand_checked(d, form, case, zero_pad, expected):
-    assert format_date(d, form, case, zero_pad=zero_pad) == expected
-
-
-def test_weekday_is_true_weekday_over_random_dates():
-    rng = random.Random(0)
-    for _ in range(3000):
-        d = FIRST_DATE + datetime.timedelta(days=rng.randrange(NUM_DAYS))
-        name = format_date(d, "weekday_day_month_year").split(",")[0]
-        assert name.lower() == _WEEKDAYS[d.weekday()]
-
-
-@pytest.mark.parametrize("form", DATE_FORMS)
-def test_case_variants_are_case_maps_of_as_written(form):
-    rng = random.Random(1)
-    for _ in range(50):
-        d = FIRST_DATE + datetime.timedelta(days=rng.randrange(NUM_DAYS))
-        base = format_date(d, form)
-        assert format_date(d, form, "lower") == base.lower()
-        assert format_date(d, form, "upper") == base.upper()
-        title = format_date(d, form, "title")
-        assert title.lower() == base.lower()
-        for word in title.split(" "):
-            assert word[:1] == word[:1].upper() and word[1:] == word[1:].lower()
-
-
-def test_every_rendering_of_a_leap_year_is_short_readable_and_in_vocab():
-    vocab = dates_vocab()
-    longest = 0
-    for d in every_day(2024):
-        for form in DATE_FORMS:
-            for case in CASES:
-                for zero_pad in (True, False) if form in NUMERIC_FORMS else (None,):
-                    text = format_date(d, form, case, zero_pad=zero_pad)
-                    longest = max(longest, len(text))
-                    assert UNK not in vocab.encode(text)
-                    assert read_date(text)[0] == d
-    assert longest == MAX_SOURCE_LENGTH <= 32
-    assert len(D(2026, 11, 22).isoformat()) + 2 == MAX_TARGET_LENGTH
-
-
-def test_calendar_has_36525_days():
-    assert (LAST_DATE - FIRST_DATE).days + 1 == NUM_DAYS == 36525
-
-
-# --------------------------------------------------------------------------------------------
-# Dates: sampling, splits, batches
-
-
-@pytest.fixture(scope="module")
-def dates_task() -> DatesTask:
-    return DatesTask(DatesConfig(seed=0))
-
-
-@pytest.mark.parametrize("split", ["train", "valid", "test"])
-def test_targets_are_the_iso_date_the_source_names(dates_task, split):
-    days = set(dates_task.split_dates(split))
-    for source, target in dates_task.sample(2000, split, rng_seed=5):
-        d = datetime.date.fromisoformat(target)
-        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", target)
-        assert d in days
-        named, weekday = read_date(source)
-        assert named == d, source
-        if weekday is not None:
-            assert weekday == _WEEKDAYS[d.weekday()], source
-        assert len(source) <= MAX_SOURCE_LENGTH
-
-
-def test_samples_cover_every_form_case_and_padding(dates_task):
-    pairs = dates_task.sample(4000, "train", rng_seed=0)
-    sources = [s for s, _ in pairs]
-    assert any(s.isupper() for s in sources) and any(s.islower() for s in sources)
-    assert any(re.match(r"[A-Z][a-z]+ \d", s) for s in sources)  # as written / title
-    assert any(re.fullmatch(r"0\d/\d+/\d{4}", s) for s in sources)  # padded day
-    assert any(re.fullmatch(r"[1-9]/\d+/\d{4}", s) for s in sources)  # unpadded day
-    assert any(re.fullmatch(r"\d+\.\d+\.\d\d", s) for s in sources)
-    assert any(s.lower().startswith("le ") for s in sources)
-    assert any(" de " in s.lower() for s in sources)
-    assert any(re.fullmatch(r"\d+\. \S+ \d{4}", s) for s in sources)
-    assert any(re.fullmatch(r"[A-Za-z]+, .*", s) for s in sources)
-
-
-def test_splits_partition_the_calendar(dates_task):
-    train, valid, test = (set(dates_task.split_dates(s)) for s in ("train", "valid", "test"))
-    assert not train & valid and not train & test and not valid & test
-    assert len(train) + len(valid) + len(test) == NUM_DAYS
-    assert len(valid) == len(test) == round(NUM_DAYS * 0.05)
-    assert min(train | valid | test) == FIRST_DATE and max(train | valid | test) == LAST_DATE
-
-
-def test_held_out_source_strings_never_appear_in_training(dates_task):
-    train = {s for s, _ in dates_task.sample(30000, "train", rng_seed=0)}
-    valid = {s for s, _ in dates_task.sample(5000, "valid", rng_seed=0)}
-    test = {s for s, _ in dates_task.sample(5000, "test", rng_seed=0)}
-    assert not train & valid and not train & test and not valid & test
-
-
-def test_dates_are_deterministic_by_seed():
-    a, b, c = DatesTask(DatesConfig(seed=3)), DatesTask(DatesConfig(seed=3)), DatesTask()
-    assert a.split_dates("valid") == b.split_dates("valid") != c.split_dates("valid")
-    assert a.sample(50, "test", rng_seed=2) == b.sample(50, "test", rng_seed=2)
-    assert a.sample(50, "test", rng_seed=2) != a.sample(50, "test", rng_seed=3)
-    assert a.sample(50, "train") != c.sample(50, "train")
-    for x, y in zip(a.make_dataset(16, "valid"), b.make_dataset(16, "valid"), strict=True):
-        assert torch.equal(x, y)
-
-
-def test_make_dataset_is_first_batch_and_batches_continue(dates_task):
-    first, second = dates_task.batches(8, "train", num_batches=2, rng_seed=4)
-    same = dates_task.make_dataset(8, "train", rng_seed=4)
-    for x, y in zip(first, same, strict=True):
-        assert torch.equal(x, y)
-    assert not torch.equal(first.tgt, second.tgt)
-    assert list(dates_task.batches(8, num_batches=0)) == []
-
-
-def test_dates_batch_layout(dates_task):
-    pairs = dates_task.sample(64, "valid", rng_seed=1)
-    src, src_lengths, tgt = dates_task.encode(pairs)
-    assert src.dtype == src_lengths.dtype == tgt.dtype == torch.long
-    assert src.shape == (64, max(len(s) for s, _ in pairs))
-    assert tgt.shape == (64, MAX_TARGET_LENGTH)
-    assert src_lengths.tolist() == [len(s) for s, _ in pairs]
-    assert (tgt[:, 0] == BOS).all() and (tgt[:, -1] == EOS).all()
-    positions = torch.arange(src.shape[1])
-    assert ((src == PAD) == (positions >= src_lengths[:, None])).all()
-    for row_src, row_tgt, (source, target) in zip(src, tgt, pairs, strict=True):
-        assert dates_task.vocab.decode(row_src) == source
-        assert dates_task.vocab.decode(row_tgt) == target
-
-
-def test_config_subsets_restrict_sampling():
-    only = DatesTask(DatesConfig(forms=["dmy_slash"], cases=("upper",), zero_pad_probability=1.0))
-    assert only.config.forms == ("dmy_slash",)  # a list is stored as a tuple
-    assert all(re.fullmatch(r"\d\d/\d\d/\d{4}", s) for s, _ in only.sample(200))
-    never = DatesTask(DatesConfig(forms=("ymd_slash",), zero_pad_probability=0.0))
-    assert not any(re.search(r"/0", s) for s, _ in never.sample(200))
-    german = DatesTask(DatesConfig(forms=("german",), cases=("lower",)))
-    assert all(re.fullmatch(r"\d+\. [a-zä]+ \d{4}", s) for s, _ in german.sample(200))
-
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary
@@ -516,34 +251,6 @@ def test_get_task_builds_every_task(name):
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: format_date("2026-11-22", "dmy_slash"), TypeError, "d must be"),
-        (lambda: format_date(D(2026, 1, 1), "iso"), ValueError, "form must be one of"),
-        (lambda: format_date(D(2026, 1, 1), "german", "camel"), ValueError, "case must be"),
-        (lambda: format_date(D(2026, 1, 1), "german", zero_pad=True), ValueError, "zero_pad"),
-        (lambda: format_date(D(2026, 1, 1), "dmy_slash", zero_pad=1), TypeError, "zero_pad"),
-        (lambda: format_date(D(1949, 12, 31), "dmy_dot_short_year"), ValueError, "got year 1949"),
-        (lambda: DatesConfig(seed=-1), ValueError, "seed must be >= 0, got -1"),
-        (lambda: DatesConfig(seed=True), TypeError, "seed must be an int"),
-        (lambda: DatesConfig(heldout_fraction=0.0), ValueError, "heldout_fraction"),
-        (lambda: DatesConfig(heldout_fraction=1.5), ValueError, r"heldout_fraction .* got 1\.5"),
-        (lambda: DatesConfig(heldout_fraction=1e-6), ValueError, "heldout_fraction"),
-        (lambda: DatesConfig(heldout_fraction="0.1"), TypeError, "heldout_fraction"),
-        (lambda: DatesConfig(zero_pad_probability=2.0), ValueError, "zero_pad_probability"),
-        (lambda: DatesConfig(forms=("nope",)), ValueError, r"forms .* \['nope'\]"),
-        (lambda: DatesConfig(forms=()), ValueError, "forms must name"),
-        (lambda: DatesConfig(forms="german"), TypeError, "forms"),
-        (lambda: DatesConfig(forms=("german", "german")), ValueError, "forms must not repeat"),
-        (lambda: DatesConfig(cases=("shout",)), ValueError, "cases"),
-        (lambda: DatesConfig(0), TypeError, "positional"),
-        (lambda: DatesTask({"seed": 0}), TypeError, "config must be a DatesConfig"),
-        (lambda: DatesTask().sample(0), ValueError, "n must be >= 1, got 0"),
-        (lambda: DatesTask().sample(2, "dev"), ValueError, "split must be one of .* 'dev'"),
-        (lambda: DatesTask().sample(2, "train", rng_seed=-1), ValueError, "rng_seed"),
-        (lambda: DatesTask().sample(2.0), TypeError, "n must be an int"),
-        (lambda: DatesTask().batches(0), ValueError, "batch_size"),
-        (lambda: DatesTask().batches(2, num_batches=-1), ValueError, "num_batches"),
-        (lambda: DatesTask().batches(2, "dev"), ValueError, "split"),
-        (lambda: DatesTask().encode([]), ValueError, "pairs"),
         (lambda: SequenceTaskConfig(kind="add"), ValueError, "kind must be one of"),
         (lambda: SequenceTaskConfig(min_len=0), ValueError, "min_len must be >= 1"),
         (lambda: SequenceTaskConfig(max_len=0), ValueError, "max_len must be >= 1"),

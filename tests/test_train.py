@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from multihead.commands.translate import check_source, check_translation
 from multihead.modules.models import DecoderLM, TransformerConfig
-from multihead.tasks import SequenceTask, SequenceTaskConfig, dates_vocab
+from multihead.tasks import SequenceTask, SequenceTaskConfig
 from multihead.train import (
     CheckpointError,
     TrainConfig,
@@ -33,7 +32,7 @@ from multihead.train import (
 )
 from multihead.train.checkpoint import previous_path
 from multihead.train.plots import plot_cross_attention, plot_loss_curve
-from multihead.train.recipes import Seq2SeqRecipe, balanced_date_pairs, parse_iso_date
+from multihead.train.recipes import Seq2SeqRecipe
 
 # ------------------------------------------------------------------ helpers
 
@@ -348,32 +347,7 @@ def test_unknown_task_lists_valid_ones() -> None:
         get_recipe("translate")
 
 
-# ------------------------------------------------------------------ dates helpers and plots
-
-
-def test_balanced_pairs_cover_every_form_and_are_held_out() -> None:
-    from multihead.tasks import DATE_FORMS, DatesTask
-
-    pairs = balanced_date_pairs(33)
-    assert len(pairs) == 33
-    test_days = set(DatesTask().split_dates("test"))
-    assert all(parse_iso_date(iso) in test_days for _, iso in pairs)
-    assert len(DATE_FORMS) == 11  # 3 of each
-
-
-def test_translation_checks() -> None:
-    vocab = dates_vocab()
-    assert check_source(" Nov 22, 2026 ", vocab, "line 1") == "Nov 22, 2026"
-    for bad, reason in [("", "empty"), ("   ", "empty"), ("hello", "no digits"), ("@1", "@")]:
-        with pytest.raises(ValueError, match=reason):
-            check_source(bad, vocab, "line 1")
-    with pytest.raises(ValueError, match="longer"):
-        check_source("1" * 40, vocab, "line 1")
-    assert check_translation("22.11.26", "2026-11-22", "x").isoformat() == "2026-11-22"
-    with pytest.raises(ValueError, match="not a date"):
-        check_translation("22.11.26", "2026-02-30", "x")  # not a calendar day
-    with pytest.raises(ValueError, match="does not match"):
-        check_translation("hello 5", "2005-11-22", "x")  # day and year not in the text
+# ------------------------------------------------------------------ plots
 
 
 def test_plots_write_png(tmp_path: Path) -> None:

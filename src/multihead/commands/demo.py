@@ -1,13 +1,16 @@
 """Train the date translator from scratch and show what it learned.
 
-A small encoder-decoder Transformer learns to turn dates written in 11 forms, 4 languages and
-4 letter cases ("Nov 22, 2026", "le 1er mai 1999", "22.11.26", ...) into ISO dates, from
-character ids alone. Training stops as soon as the validation exact match reaches the target
-(a few minutes on a laptop CPU). Then the demo prints sample translations, the exact match on
-1,000 held-out test dates (days never seen in training, every form equally often) and the
-training throughput, and writes into --out:
+A small encoder-decoder Transformer learns to turn dates as people write them (ISO, numeric
+day-first and month-first, month names in English, French, German, Spanish, Italian, Portuguese
+and Dutch, ordinals, weekdays, two-digit years: "Nov 22, 2026", "le 1er mai 1999", "22.11.26",
+"2026-11-22T10:30Z", ...) into ISO dates, from characters alone. Training stops as soon as the
+validation exact match reaches the target. Then the demo prints sample translations, the exact
+match on held-out test dates (days never seen in training) per form family, with silently
+wrong answers and refusals counted apart, and writes into --out:
 
-  checkpoint.pt   the model (used by `multihead translate`)
+  checkpoint.pt   the model (used by `multihead translate`; a copy also goes to the per-user
+                  folder $MULTIHEAD_HOME, default ~/.local/share/multihead, so `translate`
+                  finds it from any folder)
   metrics.jsonl   one JSON object per log / evaluation step
   loss.png        the loss curve with the validation exact match
   attention.png   cross-attention of the last decoder layer for one input: the mean over
@@ -16,8 +19,8 @@ training throughput, and writes into --out:
 
 A second run reuses the checkpoint (evaluates and prints again) unless --fresh is given; if
 the first run was interrupted (Ctrl-C saves a checkpoint), the second continues its training.
-On a machine busy with other work, --threads 1 can train several times faster than torch's
-default of one thread per core, which then wait on each other.
+By default torch gets as many threads as the load average leaves cores free, so a busy
+machine does not make the threads wait on each other; --threads overrides it.
 
 Example:
     multihead demo
@@ -29,21 +32,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from multihead.commands._common import set_threads
-from multihead.commands.translate import check_source
+from multihead.commands._common import auto_threads, set_threads
+from multihead.commands.translate import safe_checkpoint_reason
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer, TransformerConfig, num_parameters
-from multihead.tasks import BOS, DATE_FORMS, CharVocab
-from multihead.train.checkpoint import CheckpointError
+from multihead.tasks import BOS, FAMILIES, CharVocab, DatesTask
+from multihead.tasks.date_reading import ORDER_MARKS, model_source, read_date, shorten
+from multihead.train.checkpoint import CheckpointError, copy_checkpoint, user_checkpoint_path
+from multihead.train.dates import score_dates, translate_dates
 from multihead.train.distributed import DistInfo
 from multihead.train.loop import (
     CHECKPOINT_NAME,
@@ -58,7 +63,6 @@ from multihead.train.recipes import (
     RECIPE_DEFAULTS,
     Seq2SeqRecipe,
     TrainedModel,
-    balanced_date_pairs,
     get_recipe,
     load_trained,
     translate_texts,
@@ -72,17 +76,21 @@ ATTENTION_PLOT_NAME = "attention.png"
 TEST_SIZE = 1000
 # Longest form with a weekday: the heatmap shows the model skipping it.
 DEFAULT_EXAMPLE = "Sunday, 22 November 2026"
-# One per kind of difficulty: abbreviations, French "1er", two-digit years, upper case,
-# a weekday to skip, German, no zero padding, lower case. Misses are shown, not hidden.
+# One per kind of difficulty: abbreviations, French "1er", two-digit years, month-first,
+# upper case, a weekday to skip, German, ISO with a time, Portuguese ordinals, an old year,
+# and an ambiguous date that must be refused. Misses are shown, not hidden.
 SAMPLES: tuple[tuple[str, str], ...] = (
     ("Nov 22, 2026", "2026-11-22"),
     ("le 1er mai 1999", "1999-05-01"),
     ("22.11.26", "2026-11-22"),
+    ("11/22/2026", "2026-11-22"),
     ("3 DE MARZO DE 2001", "2001-03-03"),
     ("Tuesday, 14 July 1953", "1953-07-14"),
     ("7. Dezember 2049", "2049-12-07"),
-    ("2031/2/9", "2031-02-09"),
-    ("31 dec 1999", "1999-12-31"),
+    ("2026-11-22T10:30:00Z", "2026-11-22"),
+    ("1º de maio de 1822", "1822-05-01"),
+    ("the 3rd of May 2011", "2011-05-03"),
+    ("03/04/2001", "refused: ambiguous"),
 )
 
 
@@ -114,7 +122,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="CPU threads for torch (default: torch's choice); on a busy machine 1 can be faster",
+        help="CPU threads for torch (default: the cores the load average leaves free)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout only")
 
@@ -125,7 +133,8 @@ def cross_attention_figure(
     """Translate ``text`` and draw the last decoder layer's cross-attention for it.
 
     Rows are the output tokens being produced (the translation, then ``<eos>``); columns the
-    source characters. Returns the translation and the PNG's path.
+    characters the model reads (the normalised text: lower case, single spaces). Returns the
+    model's raw translation and the PNG's path.
 
     Example:
         >>> import tempfile
@@ -135,8 +144,9 @@ def cross_attention_figure(
         >>> p.name
         'a.png'
     """
-    output = translate_texts(model, vocab, [text], max_len=max_len)[0]
-    src = torch.tensor([vocab.encode(text)])  # (1, Ns)
+    source = model_source(text)
+    output = translate_texts(model, vocab, [source], max_len=max_len)[0]
+    src = torch.tensor([vocab.encode(source)])  # (1, Ns)
     tgt = torch.tensor([[BOS, *vocab.encode(output)]])  # (1, Nt): BOS + the model's own output
     model.eval()
     with torch.no_grad():
@@ -144,46 +154,37 @@ def cross_attention_figure(
     weights = maps.decoder_cross[-1][0]  # (H, Nt, Ns)
     figure = plot_cross_attention(
         weights,
-        list(text),
+        list(source),
         [*output, "<eos>"],
         path,
-        title=f"cross-attention, last decoder layer: {text!r} -> {output!r}",
+        title=f"cross-attention, last decoder layer: {source!r} -> {output!r}",
     )
     return output, figure
 
 
-def _evaluate(
-    model: Seq2SeqTransformer, vocab: CharVocab, *, max_len: int, size: int
-) -> dict[str, Any]:
-    pairs = balanced_date_pairs(size, split="test", seed=0)
+def _evaluate(model: Seq2SeqTransformer, vocab: CharVocab, *, size: int) -> dict[str, Any]:
+    """Verified translations of ``size`` held-out test dates, every family equally often."""
+    samples = DatesTask().sample_full(size, "test", balanced=True)
+    items = [(s.text, s.target, s.family, s.order) for s in samples]
+
+    def translate(texts: list[str], order: str | None) -> list[str | None]:
+        return [r.output for r in translate_dates(model, vocab, texts, order=order)]
+
     started = time.perf_counter()
-    outputs = translate_texts(model, vocab, [s for s, _ in pairs], max_len=max_len)
+    score = score_dates(items, translate)
     seconds = time.perf_counter() - started
-    per_form: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    per = size // len(DATE_FORMS)
-    # balanced_date_pairs lists forms in DATE_FORMS order, the first size % 11 one longer.
-    bounds, start = [], 0
-    for i, form in enumerate(DATE_FORMS):
-        count = per + (1 if i < size % len(DATE_FORMS) else 0)
-        bounds.append((form, start, start + count))
-        start += count
-    for form, lo, hi in bounds:
-        for (_, expected), output in zip(pairs[lo:hi], outputs[lo:hi], strict=True):
-            per_form[form][0] += output == expected
-            per_form[form][1] += 1
-    correct = sum(c for c, _ in per_form.values())
-    errors = [
-        {"input": s, "expected": e, "output": o}
-        for (s, e), o in zip(pairs, outputs, strict=True)
-        if o != e
-    ]
     return {
-        "test_exact_match": correct / len(pairs),
-        "test_correct": correct,
-        "test_total": len(pairs),
-        "per_form": {form: c / n for form, (c, n) in per_form.items() if n},
-        "errors": errors[:10],
-        "translations_per_s": len(pairs) / seconds,
+        "test_exact_match": score.exact / score.total,
+        "test_correct": score.exact,
+        "test_wrong": score.wrong,
+        "test_refused": score.refused,
+        "test_total": score.total,
+        "per_family": {
+            family: {"exact": c[0] / sum(c), "wrong": c[1], "refused": c[2], "n": sum(c)}
+            for family, c in score.by_family.items()
+        },
+        "errors": [{"input": t, "expected": e, "output": o} for t, e, o in score.misses[:10]],
+        "translations_per_s": score.total / seconds,
     }
 
 
@@ -199,15 +200,31 @@ def _unfinished(trained: TrainedModel, steps: int | None) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead demo``; returns the exit status."""
     began = time.perf_counter()
-    if args.test_size < 1:
-        raise CommandError(f"--test-size must be >= 1, got {args.test_size}")
-    set_threads(args.threads)
+    # Inline range checks; the shared numeric-option helper of commands/_common.py can take
+    # these over once it lands.
+    if not 1 <= args.test_size <= 1_000_000:
+        raise CommandError(f"--test-size must be in [1, 1000000], got {args.test_size}")
+    if not 0.0 < args.target <= 1.0:  # also rejects nan
+        raise CommandError(f"--target must be in (0, 1], got {args.target}")
+    if args.steps is not None and not 1 <= args.steps <= 10_000_000:
+        raise CommandError(f"--steps must be in [1, 10000000], got {args.steps}")
+    if args.seed < 0:
+        raise CommandError(f"--seed must be >= 0, got {args.seed}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise CommandError(f"--threads must be in [1, 1024], got {args.threads}")
+    threads = args.threads if args.threads is not None else auto_threads()
+    set_threads(threads)
     out = Path(args.out)
     ckpt_path = out / CHECKPOINT_NAME
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     recipe = get_recipe("dates", task_seed=0)
     assert isinstance(recipe, Seq2SeqRecipe)
-    example = check_source(args.example, recipe.vocab, "--example")
+    example_reading = read_date(args.example)
+    if example_reading.date is None:
+        raise CommandError(
+            f"--example {shorten(args.example)} is not a date: {example_reading.error}"
+        )
+    example = args.example
     # Validation on 500 dates: at 99.5% that is at most 2 misses, and it is quick to run.
     recipe.eval_size = max(1, min(500, args.test_size // 2))
     config = with_train_overrides(
@@ -225,13 +242,19 @@ def run(args: argparse.Namespace) -> int:
         try:
             trained = load_trained(ckpt_path)
         except CheckpointError as exc:
-            raise CommandError(f"{exc}; pass --fresh to train a new one") from exc
+            raise CommandError(
+                f"{safe_checkpoint_reason(exc)}; pass --fresh to train a new one"
+            ) from exc
         if trained.kind != "seq2seq" or trained.task != "dates" or trained.vocab is None:
             raise CommandError(
                 f"{str(ckpt_path)!r} holds a {trained.task!r} model, not the date translator; "
                 f"pass --fresh to train one or --out to use another folder"
             )
-        if _unfinished(trained, args.steps):
+        if ORDER_MARKS["dmy"] not in trained.vocab:
+            # A translator from an older multihead that knows fewer forms: replace it.
+            say(f"{ckpt_path} is an older, narrower date translator; training a new one")
+            trained = None
+        elif _unfinished(trained, args.steps):
             # An interrupted run (Ctrl-C saves a checkpoint): continue it where it stopped.
             recipe.model_config = TransformerConfig.from_dict(trained.checkpoint["model_config"])
             saved = TrainConfig.from_dict(trained.checkpoint["train_config"])
@@ -252,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
                 f"training the date translator: Seq2SeqTransformer, "
                 f"{num_parameters(model):,} parameters, up to {config.steps} steps of "
                 f"{config.batch_size} dates, stopping at {config.target:.1%} validation "
-                f"exact match"
+                f"exact match, {threads} thread{'s' if threads > 1 else ''} "
+                f"(load {_load():.1f} on {os.cpu_count()} cores)"
             )
         try:
             result = train(model, recipe, config, resume_from=resume_from, dist_info=DistInfo())
@@ -284,11 +308,19 @@ def run(args: argparse.Namespace) -> int:
 
     model.eval()
     max_len = recipe.max_output_len
-    evaluation = _evaluate(model, vocab, max_len=max_len, size=args.test_size)
-    outputs = translate_texts(model, vocab, [text for text, _ in SAMPLES], max_len=max_len)
+    user_copy = _keep_user_copy(ckpt_path, trained_now, say)
+    evaluation = _evaluate(model, vocab, size=args.test_size)
+    results = translate_dates(model, vocab, [text for text, _ in SAMPLES])
     samples = [
-        {"input": text, "output": output, "expected": expected, "correct": output == expected}
-        for (text, expected), output in zip(SAMPLES, outputs, strict=True)
+        {
+            "input": text,
+            "output": r.output,
+            "error": r.error,
+            "expected": expected,
+            "correct": r.output == expected
+            or (r.output is None and expected.startswith("refused")),
+        }
+        for (text, expected), r in zip(SAMPLES, results, strict=True)
     ]
     example_output, attention = cross_attention_figure(
         model, vocab, example, out / ATTENTION_PLOT_NAME, max_len=max_len
@@ -296,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - began
     files = {
         "checkpoint": str(ckpt_path),
+        "user_copy": None if user_copy is None else str(user_copy),
         "metrics": str(out / METRICS_NAME),
         "loss_plot": str(out / LOSS_PLOT_NAME),
         "attention_plot": str(attention),
@@ -304,6 +337,8 @@ def run(args: argparse.Namespace) -> int:
         summary = {
             "trained": trained_now,
             **train_info,
+            "threads": threads,
+            "load_average": _load(),
             "wall_seconds": wall,
             **evaluation,
             "samples": samples,
@@ -322,28 +357,61 @@ def run(args: argparse.Namespace) -> int:
     print()
     width = max(len(text) for text, _ in SAMPLES)
     for s in samples:
+        shown = s["output"] or f"refused: {s['error']}"
         mark = "" if s["correct"] else f"   miss, expected {s['expected']}"
-        print(f"  {s['input']:<{width}}  ->  {s['output']}{mark}")
+        print(f"  {s['input']:<{width}}  ->  {shown}{mark}")
     print()
-    ok, total = evaluation["test_correct"], evaluation["test_total"]
-    print(
-        f"held-out test: {ok}/{total} exact ({evaluation['test_exact_match']:.1%}) "
-        f"over all {len(DATE_FORMS)} forms, greedy decoding"
-    )
-    worst = min(evaluation["per_form"].items(), key=lambda kv: kv[1])
-    if worst[1] < 1.0:
-        print(f"  weakest form: {worst[0]} ({worst[1]:.1%})")
-    for e in evaluation["errors"][:3]:
-        print(f"  miss: {e['input']!r} -> {e['output']!r} (expected {e['expected']})")
+    _print_evaluation(evaluation)
     if train_info.get("tokens_per_s"):
         print(f"training throughput: {train_info['tokens_per_s']:,.0f} tokens/s (CPU)")
-    print(f"total time: {wall:.1f} s")
+    print(f"total time: {wall:.1f} s ({threads} thread{'s' * (threads > 1)}, load {_load():.1f})")
     print(
         f"wrote {out}/: {CHECKPOINT_NAME}, {METRICS_NAME}, {LOSS_PLOT_NAME}, "
         f"{ATTENTION_PLOT_NAME} (cross-attention of the last decoder layer for "
         f"{example!r}: head mean, then each head)"
     )
-    where = "" if out == Path(DEFAULT_OUT) else f" --checkpoint {ckpt_path}"
+    if user_copy is not None:
+        print(f"copied the checkpoint to {user_copy} (`multihead translate` finds it anywhere)")
+    where = "" if out == Path(DEFAULT_OUT) or user_copy else f" --checkpoint {ckpt_path}"
     print(f'next: echo "Nov 22, 2026" | multihead translate{where}')
     sys.stdout.flush()
     return 0
+
+
+def _print_evaluation(evaluation: dict[str, Any]) -> None:
+    ok, total = evaluation["test_correct"], evaluation["test_total"]
+    print(
+        f"held-out test: {ok}/{total} exact ({evaluation['test_exact_match']:.2%}), "
+        f"{evaluation['test_wrong']} silently wrong, {evaluation['test_refused']} refused, "
+        f"over {len(FAMILIES)} form families (greedy, verified)"
+    )
+    cells = [
+        f"{family} {stats['exact']:.0%}" + (f" ({stats['wrong']} wrong)" if stats["wrong"] else "")
+        for family, stats in evaluation["per_family"].items()
+    ]
+    for i in range(0, len(cells), 6):
+        print("  " + ", ".join(cells[i : i + 6]))
+    for e in evaluation["errors"][:3]:
+        print(f"  miss: {e['input']!r} -> {e['output']} (expected {e['expected']})")
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def _keep_user_copy(ckpt_path: Path, trained_now: bool, say: Any) -> Path | None:
+    """Copy a newly trained checkpoint to the per-user folder (a failure only warns)."""
+    target = user_checkpoint_path()
+    if not trained_now and target.is_file():
+        return target
+    try:
+        return copy_checkpoint(ckpt_path, target)
+    except OSError as exc:
+        print(
+            f"multihead demo: warning: could not copy the checkpoint to {target}: {exc}",
+            file=sys.stderr,
+        )
+        return None

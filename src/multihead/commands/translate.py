@@ -1,184 +1,303 @@
-"""Translate written dates into ISO dates (YYYY-MM-DD) with a trained date translator.
+"""Translate written dates into ISO dates (YYYY-MM-DD) with the trained date translator.
 
-Give dates as arguments, or one per line on standard input; one ISO date is printed per input,
-in order. The default checkpoint is the one `multihead demo` writes.
+Give dates as arguments, or one per line on standard input. One line comes out per line in,
+in order; a refused line gives an empty line (with --json: an "error" field) and its reason
+on stderr with its line number. Blank lines pass through as blank lines. Exit status: 0 when
+every line was translated, 1 when any line was refused, 2 for usage errors.
 
-An input is refused (one error line, exit status 2, nothing printed) when it is empty, holds
-characters no date form uses, is longer than any date form, has no digits, or when the model's
-answer is not a real calendar date or disagrees with the numbers written in the input (its
-day and its year, or the year's last two digits, must appear there). The model itself would
-always answer something; these checks are what lets `translate` say "that is not a date".
+Forms: ISO 8601 (2026-11-22, 2026-11-22T10:30:00Z), 20261122, 2026.11.22, 2026/11/22; numeric
+day-first or month-first with / . - or spaces and 2- or 4-digit years; month names, full or
+abbreviated, in English, French, German, Spanish, Italian, Portuguese and Dutch; ordinals
+(22nd, the 3rd of May, 1er, 1º, 3.); weekday prefixes; apostrophe years ('26); any case.
+Years 1000-2999 with four digits; two-digit years name a year in [--pivot, --pivot + 99]
+(default 1950-2049). Inputs up to 64 characters. See docs/dates.md.
+
+Every answer comes from the model and is printed only when a deterministic reader finds the
+same day, month and year written in the line and the date exists. A numeric date whose two
+first numbers could each be the day (03/04/2001) is refused, naming both readings, unless
+--order says how to read it; 11/22/2026 reads on its own.
+
+The checkpoint is --checkpoint, else ./runs/demo/checkpoint.pt, else the copy `multihead demo`
+keeps in $MULTIHEAD_HOME (default: $XDG_DATA_HOME/multihead or ~/.local/share/multihead).
 
 Example:
     multihead demo
     echo "Nov 22, 2026" | multihead translate
-    multihead translate "le 1er mai 1999" "22.11.26"
-    multihead translate --beam 4 --checkpoint runs/demo/checkpoint.pt < dates.txt
+    multihead translate "le 1er mai 1999" "22.11.26" "03/04/2001" --order dmy
+    multihead translate --json --min-confidence 0.5 < dates.txt > iso.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import re
+import os
+import stat
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator
+from typing import IO
 
+from tqdm import tqdm
+
+from multihead.commands._common import auto_threads, set_threads
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer
-from multihead.tasks import MAX_SOURCE_LENGTH, MAX_TARGET_LENGTH, CharVocab
-from multihead.train.checkpoint import CheckpointError
-from multihead.train.recipes import load_trained, parse_iso_date, translate_texts
+from multihead.tasks.date_reading import (
+    DEFAULT_PIVOT,
+    FIRST_YEAR,
+    LAST_YEAR,
+    MAX_INPUT_LENGTH,
+    ORDER_MARKS,
+    ORDERS,
+    shorten,
+)
+from multihead.train.checkpoint import CheckpointError, find_checkpoint
+from multihead.train.dates import DateResult, translate_dates
+from multihead.train.recipes import TrainedModel, load_trained
 
-__all__ = [
-    "DEFAULT_CHECKPOINT",
-    "check_source",
-    "check_translation",
-    "configure",
-    "run",
-    "translate_dates",
-]
+__all__ = ["configure", "load_translator", "run", "safe_checkpoint_reason"]
 
-DEFAULT_CHECKPOINT = "runs/demo/checkpoint.pt"
+BATCH_LINES = 512
+# Inputs over this size (bytes, when stdin is a file) get a progress bar from the start;
+# piped input gets one once it has run for a few seconds.
+_BIG_INPUT = 1 << 20
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``multihead translate``."""
     parser.add_argument("text", nargs="*", metavar="TEXT", help="dates (default: read stdin)")
     parser.add_argument(
-        "--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}"
+        "--checkpoint",
+        metavar="PATH",
+        help="default: ./runs/demo/checkpoint.pt, then the per-user copy from `multihead demo`",
+    )
+    parser.add_argument(
+        "--order",
+        choices=ORDERS,
+        help="read ambiguous numeric dates day-first (dmy) or month-first (mdy); "
+        "default: refuse them",
+    )
+    parser.add_argument(
+        "--pivot",
+        type=int,
+        default=DEFAULT_PIVOT,
+        metavar="YEAR",
+        help=f"two-digit years name a year in [YEAR, YEAR + 99] (default {DEFAULT_PIVOT})",
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="refuse answers the model gives with probability below P (0-1, default 0)",
     )
     parser.add_argument("--beam", type=int, default=1, metavar="N", help="beam size (1: greedy)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per input")
-
-
-def check_source(text: str, vocab: CharVocab, where: str) -> str:
-    """``text`` stripped, or a ValueError saying why it cannot be a date.
-
-    Example:
-        >>> from multihead.tasks import dates_vocab
-        >>> check_source("  22.11.26 ", dates_vocab(), "input 1")
-        '22.11.26'
-    """
-    stripped = text.strip()
-    if not stripped:
-        raise ValueError(f"{where} is empty; give one date per line")
-    unknown = sorted({ch for ch in stripped if ch not in vocab})
-    if unknown:
-        raise ValueError(
-            f"{where} {stripped!r} is not a date: characters {''.join(unknown)!r} appear in "
-            f"no date form"
-        )
-    if len(stripped) > MAX_SOURCE_LENGTH:
-        raise ValueError(
-            f"{where} {stripped!r} is not a date: {len(stripped)} characters, longer than any "
-            f"date form ({MAX_SOURCE_LENGTH})"
-        )
-    if not any(ch.isdigit() for ch in stripped):
-        raise ValueError(f"{where} {stripped!r} is not a date: it has no digits")
-    return stripped
-
-
-def check_translation(source: str, output: str, where: str) -> datetime.date:
-    """The model's ``output`` as a date, or a ValueError when it cannot be trusted.
-
-    The output must be a valid ISO date whose day and year (or the year's last two digits)
-    are among the numbers written in ``source``.
-
-    Example:
-        >>> check_translation("Nov 22, 2026", "2026-11-22", "input 1")
-        datetime.date(2026, 11, 22)
-    """
-    date = parse_iso_date(output)
-    if date is None:
-        raise ValueError(
-            f"{where} {source!r} is not a date the model can read (it produced {output!r})"
-        )
-    numbers = re.findall(r"\d+", source)
-    year_ok = str(date.year) in numbers or f"{date.year % 100:02d}" in numbers
-    day_ok = date.day in {int(n) for n in numbers}
-    if not (year_ok and day_ok):
-        raise ValueError(
-            f"{where} {source!r} is not a date the model can read (its answer {output} does "
-            f"not match the numbers in the input)"
-        )
-    return date
-
-
-def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    if args.text:
-        return [(f"input {i}", t) for i, t in enumerate(args.text, 1)]
-    lines = sys.stdin.read().splitlines()
-    if not lines:
-        raise CommandError("no input: give dates as arguments or one per line on stdin")
-    return [(f"line {i}", t) for i, t in enumerate(lines, 1)]
-
-
-def translate_dates(
-    model: Seq2SeqTransformer,
-    vocab: CharVocab,
-    texts: Sequence[str],
-    *,
-    beam_size: int = 1,
-    labels: Sequence[str] | None = None,
-) -> list[str]:
-    """Checked ISO translations of ``texts``; ValueError on the first input that is not a date.
-
-    ``labels`` name the inputs in error messages (default ``"input 1"``, ``"input 2"``, ...).
-
-    Example:
-        >>> from multihead.train.recipes import get_recipe
-        >>> recipe = get_recipe("dates", d_model=16, layers=1)
-        >>> translate_dates(recipe.build_model(), recipe.vocab, ["hello"])
-        Traceback (most recent call last):
-        ...
-        ValueError: input 1 'hello' is not a date: it has no digits
-    """
-    if labels is None:
-        labels = [f"input {i}" for i in range(1, len(texts) + 1)]
-    if len(labels) != len(texts):
-        raise ValueError(f"labels must name every text: {len(texts)} texts, {len(labels)} labels")
-    # Every input is checked before any is translated, so a bad line fails fast.
-    sources = [check_source(t, vocab, where) for where, t in zip(labels, texts, strict=True)]
-    outputs = translate_texts(
-        model, vocab, sources, max_len=MAX_TARGET_LENGTH - 1, beam_size=beam_size
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object per line: input, output, error, "
+        "confidence"
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads (default: the cores left free)"
     )
-    for where, source, output in zip(labels, sources, outputs, strict=True):
-        check_translation(source, output, where)
-    return outputs
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``multihead translate``; returns the exit status."""
-    if args.beam < 1:
-        raise CommandError(f"--beam must be >= 1, got {args.beam}")
-    path = Path(args.checkpoint)
-    if not path.exists():
+def _check_options(args: argparse.Namespace) -> None:
+    # Inline range checks; the shared numeric-option helper of commands/_common.py can take
+    # these over once it lands.
+    if not 1 <= args.beam <= 64:
+        raise CommandError(f"--beam must be in [1, 64], got {args.beam}")
+    if not FIRST_YEAR <= args.pivot <= LAST_YEAR - 99:
+        raise CommandError(f"--pivot must be in [{FIRST_YEAR}, {LAST_YEAR - 99}], got {args.pivot}")
+    if not 0.0 <= args.min_confidence <= 1.0:  # also rejects nan
+        raise CommandError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise CommandError(f"--threads must be in [1, 1024], got {args.threads}")
+
+
+def safe_checkpoint_reason(exc: Exception) -> str:
+    """A checkpoint error without PyTorch's advice to load with ``weights_only=False``, which
+    would run code from a file that has just failed its checks."""
+    message = str(exc)
+    lowered = message.lower()
+    if "weights only" in lowered or "weights_only" in lowered or "still be loaded" in lowered:
+        cut = message.find(" (")
+        message = (message[:cut] if cut > 0 else "the checkpoint cannot be read") + (
+            " (it is not a checkpoint this multihead wrote, or it is damaged)"
+        )
+    return message
+
+
+def load_translator(checkpoint: str | None) -> TrainedModel:
+    """Find and load the date translator; CommandError with a one-line reason otherwise."""
+    try:
+        path = find_checkpoint(checkpoint)
+    except FileNotFoundError as exc:
         hint = (
             "run `multihead demo` first to train the date translator"
-            if args.checkpoint == DEFAULT_CHECKPOINT
+            if checkpoint is None
             else "check the path, or run `multihead demo` to train the date translator"
         )
-        raise CommandError(f"no checkpoint at {str(path)!r}; {hint}")
+        raise CommandError(f"{exc}; {hint}") from exc
     try:
         trained = load_trained(path)
-    except CheckpointError as exc:
-        raise CommandError(f"{exc}; run `multihead demo --fresh` to train a new one") from exc
+    except (CheckpointError, OSError) as exc:
+        hint = (
+            "run `multihead demo --fresh` to train a new one"
+            if checkpoint is None
+            else "pass another --checkpoint, or train one with `multihead demo`"
+        )
+        raise CommandError(f"{safe_checkpoint_reason(exc)}; {hint}") from exc
     if trained.kind != "seq2seq" or trained.task != "dates" or trained.vocab is None:
         raise CommandError(
             f"{str(path)!r} holds a {trained.task!r} model, not the date translator from "
             f"`multihead demo` or `multihead train dates`"
         )
-    assert isinstance(trained.model, Seq2SeqTransformer)
-    vocab = trained.vocab
-    inputs = _inputs(args)
-    texts = [text for _, text in inputs]
-    outputs = translate_dates(
-        trained.model, vocab, texts, beam_size=args.beam, labels=[where for where, _ in inputs]
+    if ORDER_MARKS["dmy"] not in trained.vocab:
+        raise CommandError(
+            f"{str(path)!r} is a date translator from an older multihead that knows fewer "
+            f"forms; `multihead demo` trains a new one"
+        )
+    return trained
+
+
+def _stdin_lines(stream: IO[bytes]) -> Iterator[tuple[str, str | None]]:
+    """``(text, None)`` per line, or ``(text with U+FFFD, reason)`` for a line that is not
+    UTF-8: each line is decoded on its own, so one bad byte costs one line, not the stream."""
+    for raw in stream:
+        raw = raw.rstrip(b"\n").rstrip(b"\r")
+        try:
+            yield raw.decode("utf-8"), None
+        except UnicodeDecodeError as exc:
+            reason = f"it is not UTF-8 text (byte 0x{raw[exc.start]:02x} at {exc.start + 1})"
+            yield raw.decode("utf-8", "replace"), reason
+
+
+def _progress(stream: IO[bytes], disabled: bool) -> tqdm | None:
+    if disabled:
+        return None
+    try:
+        info = os.fstat(stream.fileno())
+        size = info.st_size if stat.S_ISREG(info.st_mode) else None
+    except (OSError, ValueError, AttributeError):
+        size = None
+    if size is not None and size < _BIG_INPUT:
+        return None
+    return tqdm(
+        total=size,
+        unit="B" if size else " lines",
+        unit_scale=True,
+        desc="translating",
+        file=sys.stderr,
+        delay=0 if size else 3,
+        leave=False,
     )
-    # Nothing is printed until every input has passed, so output lines always match input lines.
-    for text, output in zip(texts, outputs, strict=True):
-        print(json.dumps({"input": text.strip(), "output": output}) if args.json else output)
+
+
+class _Writer:
+    """Writes one output line per input line and reports refusals on stderr."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.refused = 0
+
+    def blank(self, text: str) -> None:
+        if self.as_json:
+            record = {"input": text, "output": None, "error": None, "confidence": None}
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write("\n")
+
+    def result(self, where: str, text: str, result: DateResult) -> None:
+        if result.error is not None:
+            self.refused += 1
+            print(f"multihead translate: {where} {shorten(text)}: {result.error}", file=sys.stderr)
+        if self.as_json:
+            record = {
+                # A long line is echoed shortened: its length is in the error.
+                "input": text if len(text) <= MAX_INPUT_LENGTH else text[:MAX_INPUT_LENGTH] + "…",
+                "output": result.output,
+                "error": result.error,
+                "confidence": None if result.confidence is None else round(result.confidence, 6),
+            }
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write((result.output or "") + "\n")
+
+
+def _flush(
+    writer: _Writer,
+    batch: list[tuple[str, str | None, str | None]],
+    model: Seq2SeqTransformer,
+    trained: TrainedModel,
+    args: argparse.Namespace,
+) -> None:
+    """Translate one batch of ``(where, text, decode error)`` and write it in order."""
+    todo = [text for _, text, bad in batch if text is not None and bad is None and text.strip()]
+    assert trained.vocab is not None
+    results = iter(
+        translate_dates(
+            model,
+            trained.vocab,
+            todo,
+            order=args.order,
+            pivot=args.pivot,
+            min_confidence=args.min_confidence,
+            beam_size=args.beam,
+        )
+    )
+    for where, text, bad in batch:
+        if bad is not None:
+            writer.result(where, text or "", DateResult(text or "", None, bad))
+        elif text is None or not text.strip():
+            writer.blank(text or "")
+        else:
+            writer.result(where, text, next(results))
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``multihead translate``; returns the exit status."""
+    _check_options(args)
+    if not args.text and sys.stdin.isatty():
+        raise CommandError("no input: give dates as arguments or pipe them, one per line")
+    set_threads(args.threads if args.threads is not None else auto_threads())
+    trained = load_translator(args.checkpoint)
+    assert isinstance(trained.model, Seq2SeqTransformer)
+    writer = _Writer(args.json)
+    bar = None
+    lines: Iterator[tuple[str, str | None]]
+    if args.text:
+        # An empty argument is a mistake rather than a blank line to keep.
+        lines = iter([(t, None if t.strip() else "it is empty") for t in args.text])
+        label = "input"
+    else:
+        stdin = sys.stdin.buffer
+        bar = _progress(stdin, args.no_progress)
+        lines, label = _stdin_lines(stdin), "line"
+    batch: list[tuple[str, str | None, str | None]] = []
+    count = 0
+    try:
+        for count, (text, bad) in enumerate(lines, 1):
+            batch.append((f"{label} {count}", text, bad))
+            if bar is not None:
+                bar.update(len((text or "").encode("utf-8", "replace")) + 1 if bar.total else 1)
+            if len(batch) == BATCH_LINES:
+                _flush(writer, batch, trained.model, trained, args)
+                batch = []
+        if batch:
+            _flush(writer, batch, trained.model, trained, args)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as other filters do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    finally:
+        if bar is not None:
+            bar.close()
+    if count == 0:
+        raise CommandError("no input: give dates as arguments or pipe them, one per line")
+    if writer.refused:
+        print(f"multihead translate: refused {writer.refused} of {count} lines", file=sys.stderr)
+        return 1
     return 0

@@ -26,15 +26,14 @@ from __future__ import annotations
 from typing import Any
 
 from multihead.tasks.dates import (
-    CASES,
-    DATE_FORMS,
+    FAMILIES,
     MAX_SOURCE_LENGTH,
     MAX_TARGET_LENGTH,
-    NUMERIC_FORMS,
+    DateSample,
     DatesConfig,
     DatesTask,
     dates_vocab,
-    format_date,
+    write_date,
 )
 from multihead.tasks.digits import DigitsConfig, DigitsTask, load_digits_tensors
 from multihead.tasks.sequences import SEQUENCE_KINDS, SequenceTask, SequenceTaskConfig
@@ -52,12 +51,10 @@ from multihead.tasks.vocab import (
 
 __all__ = [
     "BOS",
-    "CASES",
-    "DATE_FORMS",
     "EOS",
+    "FAMILIES",
     "MAX_SOURCE_LENGTH",
     "MAX_TARGET_LENGTH",
-    "NUMERIC_FORMS",
     "PAD",
     "SEQUENCE_KINDS",
     "SPECIAL_TOKENS",
@@ -65,6 +62,7 @@ __all__ = [
     "UNK",
     "CharTextTask",
     "CharVocab",
+    "DateSample",
     "DatesConfig",
     "DatesTask",
     "DigitsConfig",
@@ -75,10 +73,10 @@ __all__ = [
     "Task",
     "dates_vocab",
     "encode_pairs",
-    "format_date",
     "get_task",
     "load_digits_tensors",
     "python_docs_text",
+    "write_date",
 ]
 
 TASK_NAMES: tuple[str, ...] = ("dates", "copy", "reverse", "sort", "text", "digits")

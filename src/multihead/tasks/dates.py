@@ -1,33 +1,41 @@
-"""The default task: translate a human-written date into ISO ``YYYY-MM-DD``.
+"""The default task: translate a date as people write it into ISO ``YYYY-MM-DD``.
 
-Eleven written forms in four languages and four letter cases cover the calendar from
-1950-01-01 to 2049-12-31 (36,525 days). It is small enough to train on a laptop CPU in minutes,
-yet attention has to do real work: copy digits, look up month names, reorder day and month,
-and expand a two-digit year.
+Sixteen form families (:data:`FAMILIES`) in seven languages, any letter case, stray spaces and
+trailing punctuation, over the calendar from 1000-01-01 to 2999-12-31 (730,485 days). Attention
+has to do real work: copy digits, look up month names in seven languages, skip weekdays and
+ordinal suffixes, reorder day and month, and expand a two-digit year.
 
-Forms (``DATE_FORMS``), shown for 2026-11-22 and for 2026-11-02:
+=============  ==============================================================================
+family         examples for 2026-11-22 (and 2026-05-01 where the first of the month differs)
+=============  ==============================================================================
+``iso``        ``2026-11-22``
+``iso_time``   ``2026-11-22T10:30:00Z``, ``2026-11-22 08:15+01:00``
+``compact``    ``20261122``
+``ymd``        ``2026/11/22``, ``2026.11.22``, ``2026/5/1``
+``dmy``        ``22/11/2026``, ``22.11.2026``, ``1-5-2026``, ``22 11 2026``
+``mdy``        ``11/22/2026``, ``5.1.2026``
+``dmy_short``  ``22/11/26``, ``01.05.26`` (two-digit year, pivot 1950)
+``mdy_short``  ``11/22/26``
+``en_dmy``     ``22 November 2026``, ``22nd Nov. 2026``, ``the 22nd of November 2026``,
+               ``22-Nov-2026``, ``22 Nov '26``
+``en_mdy``     ``November 22, 2026``, ``Nov. 22nd, 2026``, ``Nov 22 '26``
+``fr``         ``le 22 novembre 2026``, ``1er mai 2026``, ``22 nov. 2026``
+``de``         ``22. November 2026``, ``am 1. Mai 2026``, ``22. Nov. 2026``
+``es``         ``22 de noviembre de 2026``, ``1º de mayo del 2026``, ``22 nov 2026``
+``it``         ``22 novembre 2026``, ``1º maggio 2026``, ``22 nov 2026``
+``pt``         ``22 de novembro de 2026``, ``1º de maio de 2026``, ``22 nov 2026``
+``nl``         ``22 november 2026``, ``1 mei 2026``, ``22 nov 2026``
+=============  ==============================================================================
 
-=========================  ============================  ============================
-form                       2026-11-22                    2026-11-02
-=========================  ============================  ============================
-``day_month_year``         ``22 November 2026``          ``2 November 2026``
-``month_day_year``         ``November 22, 2026``         ``November 2, 2026``
-``month_abbr_day_year``    ``Nov 22, 2026``              ``Nov 2, 2026``
-``day_month_abbr_year``    ``22 Nov 2026``               ``2 Nov 2026``
-``weekday_day_month_year`` ``Sunday, 22 November 2026``  ``Monday, 2 November 2026``
-``dmy_slash``              ``22/11/2026``                ``02/11/2026`` or ``2/11/2026``
-``dmy_dot_short_year``     ``22.11.26``                  ``02.11.26`` or ``2.11.26``
-``ymd_slash``              ``2026/11/22``                ``2026/11/02`` or ``2026/11/2``
-``french``                 ``le 22 novembre 2026``       ``le 2 novembre 2026``
-``german``                 ``22. November 2026``         ``2. November 2026``
-``spanish``                ``22 de noviembre de 2026``   ``2 de noviembre de 2026``
-=========================  ============================  ============================
+Word families put a weekday in front one time in five (``Sunday, 22 November 2026``,
+``zondag 22 november 2026``). Numeric day/month forms whose two first numbers could each be the
+day (``03/04/2001``) are ambiguous; their model input carries an order mark
+(:func:`~multihead.tasks.date_reading.model_source`), as ``multihead translate --order`` gives
+it. The model reads :func:`~multihead.tasks.date_reading.normalize`'s form of the text (lower
+case, single spaces), so case and spacing cost it nothing to learn.
 
-Padding convention: forms that spell the month never zero-pad the day, as people write them;
-the numeric forms (``NUMERIC_FORMS``) zero-pad day and month together or not at all, chosen
-per example, so a model learns both. The French form writes the first of the month as ``1er``
-(``le 1er mai 2026``), as French does. The two-digit year maps 50-99 to 19xx and 00-49 to 20xx,
-which is exactly the task's calendar, so every source string names one date.
+Half of the samples take their day from 1950-2049, where most real dates are; two-digit years
+always do, so every source names one date under the default pivot.
 """
 
 from __future__ import annotations
@@ -36,188 +44,242 @@ import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
-from multihead.tasks.vocab import (
-    CharVocab,
-    Seq2SeqBatch,
-    _check_choice,
-    _check_int,
-    encode_pairs,
+from multihead.tasks.date_reading import (
+    DEFAULT_PIVOT,
+    FIRST_YEAR,
+    LAST_YEAR,
+    MAX_INPUT_LENGTH,
+    ORDER_MARKS,
+    model_source,
+    normalize,
 )
+from multihead.tasks.date_words import EN_WEEKDAY_ABBRS, MONTH_ABBRS, MONTHS, WEEKDAYS
+from multihead.tasks.vocab import CharVocab, Seq2SeqBatch, _check_choice, _check_int, encode_pairs
 
 __all__ = [
-    "CASES",
-    "DATE_FORMS",
+    "FAMILIES",
     "FIRST_DATE",
     "LAST_DATE",
     "MAX_SOURCE_LENGTH",
     "MAX_TARGET_LENGTH",
-    "NUMERIC_FORMS",
+    "DateSample",
     "DatesConfig",
     "DatesTask",
     "dates_vocab",
-    "format_date",
+    "write_date",
 ]
 
 Split = Literal["train", "valid", "test"]
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
-DATE_FORMS: tuple[str, ...] = (
-    "day_month_year",
-    "month_day_year",
-    "month_abbr_day_year",
-    "day_month_abbr_year",
-    "weekday_day_month_year",
-    "dmy_slash",
-    "dmy_dot_short_year",
-    "ymd_slash",
-    "french",
-    "german",
-    "spanish",
+FAMILIES: tuple[str, ...] = (
+    "iso", "iso_time", "compact", "ymd", "dmy", "mdy", "dmy_short", "mdy_short",
+    "en_dmy", "en_mdy", "fr", "de", "es", "it", "pt", "nl",
+)  # fmt: skip
+_SHORT_YEAR = ("dmy_short", "mdy_short")
+
+FIRST_DATE = datetime.date(FIRST_YEAR, 1, 1)
+LAST_DATE = datetime.date(LAST_YEAR, 12, 31)
+NUM_DAYS = LAST_DATE.toordinal() - FIRST_DATE.toordinal() + 1  # 730,485
+# The two-digit-year window of the default pivot, as day indices from FIRST_DATE.
+_WINDOW = (
+    datetime.date(DEFAULT_PIVOT, 1, 1).toordinal() - FIRST_DATE.toordinal(),
+    datetime.date(DEFAULT_PIVOT + 99, 12, 31).toordinal() - FIRST_DATE.toordinal(),
 )
-NUMERIC_FORMS: tuple[str, ...] = ("dmy_slash", "dmy_dot_short_year", "ymd_slash")
-CASES: tuple[str, ...] = ("as_is", "lower", "upper", "title")
 
-FIRST_DATE = datetime.date(1950, 1, 1)
-LAST_DATE = datetime.date(2049, 12, 31)
-NUM_DAYS = LAST_DATE.toordinal() - FIRST_DATE.toordinal() + 1  # 36,525
-
-# "Wednesday, 30 September 2026"; the tests check it against every rendering of a full year.
-MAX_SOURCE_LENGTH = 28
+# An input of 64 characters, plus the order mark.
+MAX_SOURCE_LENGTH = MAX_INPUT_LENGTH + 1
 # "2026-11-22" plus BOS and EOS.
 MAX_TARGET_LENGTH = 12
 
-# Spelled out instead of taken from `calendar`, whose names follow the process locale.
-_EN_MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-)  # fmt: skip
-_EN_MONTH_ABBRS = tuple(m[:3] for m in _EN_MONTHS)
-_EN_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_FR_MONTHS = (
-    "janvier", "février", "mars", "avril", "mai", "juin",
-    "juillet", "août", "septembre", "octobre", "novembre", "décembre",
-)  # fmt: skip
-_DE_MONTHS = (
-    "Januar", "Februar", "März", "April", "Mai", "Juni",
-    "Juli", "August", "September", "Oktober", "November", "Dezember",
-)  # fmt: skip
-_ES_MONTHS = (
-    "enero", "febrero", "marzo", "abril", "mayo", "junio",
-    "julio", "agosto", "septiembre", "octubre", "noviembre", "diciembre",
-)  # fmt: skip
+
+class DateSample(NamedTuple):
+    """One generated example: the written ``text``, its ISO ``target``, the ``family`` it was
+    written in and, for an ambiguous numeric date, the ``order`` it was written in."""
+
+    text: str
+    target: str
+    family: str
+    order: str | None
 
 
 def _title(text: str) -> str:
     # str.title() capitalises after digits too ("1er" -> "1Er"); people capitalise words.
-    return " ".join(word[:1].upper() + word[1:].lower() for word in text.split(" "))
+    return " ".join(word[:1].upper() + word[1:] for word in text.split(" "))
 
 
-_CASE_FUNCS = {
-    "as_is": lambda s: s,
-    "lower": str.lower,
-    "upper": str.upper,
-    "title": _title,
-}
+def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
 
 
-def format_date(
-    d: datetime.date, form: str, case: str = "as_is", *, zero_pad: bool | None = None
-) -> str:
-    """Write ``d`` in one of the ``DATE_FORMS``, in one of the ``CASES``.
+def _abbr(lang: str, month: int, rng: np.random.Generator) -> str:
+    abbr = MONTH_ABBRS[lang][month - 1]
+    shortened = abbr != MONTHS[lang][month - 1]
+    # French and German write the dot; English and the others often leave it out.
+    dot_chance = 0.8 if lang in ("fr", "de") else 0.3
+    return abbr + "." if shortened and rng.random() < dot_chance else abbr
 
-    Args:
-        d: the date. The two-digit-year form ``dmy_dot_short_year`` needs 1950 <= year <= 2049.
-        form: a name from ``DATE_FORMS`` (see the module docstring for each one).
-        case: ``"as_is"`` (as the language writes it), ``"lower"``, ``"upper"`` or ``"title"``
-            (every space-separated word capitalised).
-        zero_pad: numeric forms only; pad day and month to two digits. ``None`` means padded.
-            Forms that spell the month never pad the day and reject ``zero_pad=True``.
+
+def _month(lang: str, month: int, rng: np.random.Generator) -> str:
+    return MONTHS[lang][month - 1] if rng.random() < 0.65 else _abbr(lang, month, rng)
+
+
+def _en_ordinal(day: int) -> str:
+    suffix = "th" if 11 <= day % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+    return f"{day}{suffix}"
+
+
+def _numeric(d: datetime.date, family: str, rng: np.random.Generator) -> tuple[str, str | None]:
+    pad = rng.random() < 0.5
+    dd = f"{d.day:02d}" if pad else str(d.day)
+    mm = f"{d.month:02d}" if pad else str(d.month)
+    if family == "iso":
+        return d.isoformat(), None
+    if family == "iso_time":
+        time = f"{rng.integers(24):02d}:{rng.integers(60):02d}"
+        if rng.random() < 0.6:
+            time += f":{rng.integers(60):02d}"
+            if rng.random() < 0.2:
+                time += f".{rng.integers(1000):03d}"
+        zone = _pick(rng, ["", "Z", "Z", "+01:00", "-05:00", "+0530", "+02"])
+        return f"{d.isoformat()}{'T' if rng.random() < 0.8 else ' '}{time}{zone}", None
+    if family == "compact":
+        return f"{d.year:04d}{d.month:02d}{d.day:02d}", None
+    if family == "ymd":
+        sep = _pick(rng, ["/", ".", "/", ".", "-"])
+        return f"{d.year}{sep}{mm}{sep}{dd}", None
+    sep = _pick(rng, ["/", ".", "-", " ", "/", "."])
+    year = f"{d.year % 100:02d}" if family in _SHORT_YEAR else str(d.year)
+    order = "dmy" if family.startswith("dmy") else "mdy"
+    first, second = (dd, mm) if order == "dmy" else (mm, dd)
+    ambiguous = d.day != d.month and d.day <= 12
+    return f"{first}{sep}{second}{sep}{year}", order if ambiguous else None
+
+
+def _words(d: datetime.date, family: str, rng: np.random.Generator, short_ok: bool) -> str:
+    day, month = d.day, d.month
+    year = str(d.year)
+    lang = family[:2]
+    if lang == "en":
+        if short_ok and rng.random() < 0.15:
+            year = f"'{d.year % 100:02d}"
+        day_text = _en_ordinal(day) if rng.random() < 0.3 else str(day)
+        name = _month("en", month, rng)
+        if family == "en_mdy":
+            comma = "," if rng.random() < 0.7 else ""
+            return f"{name} {day_text}{comma} {year}"
+        style = rng.random()
+        if style < 0.15:
+            return f"the {_en_ordinal(day)} of {MONTHS['en'][month - 1]} {year}"
+        if style < 0.25:
+            return f"{day_text}-{MONTH_ABBRS['en'][month - 1]}-{year}"
+        return f"{day_text} {name} {year}"
+    name = _month(lang, month, rng)
+    first = rng.random() < 0.5 and day == 1
+    if lang == "fr":
+        day_text = "1er" if day == 1 and rng.random() < 0.8 else str(day)
+        return f"{'le ' if rng.random() < 0.4 else ''}{day_text} {name} {year}"
+    if lang == "de":
+        dot = "." if rng.random() < 0.85 else ""
+        return f"{'am ' if rng.random() < 0.15 else ''}{day}{dot} {name} {year}"
+    if lang == "nl":
+        return f"{day} {name} {year}"
+    day_text = f"{day}º" if first else str(day)
+    if lang == "it":
+        return f"{day_text} {name} {year}"
+    # Spanish and Portuguese: "22 de noviembre de 2026", or without "de" around abbreviations.
+    if rng.random() < 0.7:
+        de_year = "del" if lang == "es" and rng.random() < 0.2 else "de"
+        return f"{'el ' if lang == 'es' and rng.random() < 0.1 else ''}{day_text} de {name} " + (
+            f"{de_year} {year}"
+        )
+    return f"{day_text} {name} {year}"
+
+
+def _weekday(d: datetime.date, lang: str, rng: np.random.Generator) -> str:
+    if lang == "en" and rng.random() < 0.4:
+        name = EN_WEEKDAY_ABBRS[d.weekday()]
+    else:
+        name = WEEKDAYS[lang][d.weekday()]
+    return name + ("," if rng.random() < 0.6 else "")
+
+
+def _decorate(text: str, rng: np.random.Generator) -> str:
+    case = rng.random()
+    if case < 0.25:
+        text = text.lower()
+    elif case < 0.4:
+        text = text.upper()
+    elif case < 0.5:
+        text = _title(text)
+    if rng.random() < 0.08 and not text.endswith("."):
+        text += _pick(rng, [".", ",", "!"])
+    if rng.random() < 0.08:
+        parts = text.split(" ")
+        at = int(rng.integers(len(parts)))
+        parts[at] = " " + parts[at]
+        text = " ".join(parts)
+    if rng.random() < 0.04:
+        text = f" {text} "
+    return text
+
+
+def write_date(
+    d: datetime.date, family: str, rng: np.random.Generator | int = 0
+) -> tuple[str, str | None]:
+    """Write ``d`` in one random variant of ``family``; returns ``(text, order)``.
+
+    ``order`` is ``"dmy"``/``"mdy"`` for an ambiguous numeric date (its two first numbers
+    could each be the day), else ``None``. Two-digit-year families need ``d`` in 1950-2049.
 
     Example:
-        >>> import datetime
-        >>> d = datetime.date(2026, 11, 22)
-        >>> format_date(d, "weekday_day_month_year")
-        'Sunday, 22 November 2026'
-        >>> format_date(d, "french", "upper")
-        'LE 22 NOVEMBRE 2026'
-        >>> format_date(datetime.date(2026, 3, 5), "dmy_dot_short_year", zero_pad=False)
-        '5.3.26'
-        >>> format_date(datetime.date(2026, 5, 1), "french", "title")
-        'Le 1er Mai 2026'
+        >>> write_date(datetime.date(2026, 11, 22), "iso")
+        ('2026-11-22', None)
+        >>> text, order = write_date(datetime.date(2001, 4, 3), "dmy", rng=1)
+        >>> order
+        'dmy'
     """
     if not isinstance(d, datetime.date):
         raise TypeError(f"d must be a datetime.date, got {type(d).__name__}")
-    if form not in DATE_FORMS:
-        raise ValueError(f"form must be one of {DATE_FORMS}, got {form!r}")
-    if case not in _CASE_FUNCS:
-        raise ValueError(f"case must be one of {CASES}, got {case!r}")
-    if zero_pad is not None and not isinstance(zero_pad, bool):
-        raise TypeError(f"zero_pad must be bool or None, got {type(zero_pad).__name__}")
-    if zero_pad and form not in NUMERIC_FORMS:
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    in_window = DEFAULT_PIVOT <= d.year <= DEFAULT_PIVOT + 99
+    if family in _SHORT_YEAR and not in_window:
         raise ValueError(
-            f"zero_pad=True applies only to the numeric forms {NUMERIC_FORMS}, got form={form!r}"
+            f"d must be in {DEFAULT_PIVOT}-{DEFAULT_PIVOT + 99} for family {family!r}, "
+            f"got year {d.year}"
         )
-
-    day, month, year = d.day, d.month, d.year
-    m = month - 1
-    if form in NUMERIC_FORMS:
-        width = 1 if zero_pad is False else 2
-        dd, mm = f"{day:0{width}d}", f"{month:0{width}d}"
-        if form == "dmy_slash":
-            text = f"{dd}/{mm}/{year}"
-        elif form == "ymd_slash":
-            text = f"{year}/{mm}/{dd}"
-        else:
-            if not FIRST_DATE.year <= year <= LAST_DATE.year:
-                # Outside 1950-2049 the two digits would read back as another century.
-                raise ValueError(
-                    f"d must be in {FIRST_DATE.year}-{LAST_DATE.year} for form {form!r}, "
-                    f"got year {year}"
-                )
-            text = f"{dd}.{mm}.{year % 100:02d}"
-    elif form == "day_month_year":
-        text = f"{day} {_EN_MONTHS[m]} {year}"
-    elif form == "month_day_year":
-        text = f"{_EN_MONTHS[m]} {day}, {year}"
-    elif form == "month_abbr_day_year":
-        text = f"{_EN_MONTH_ABBRS[m]} {day}, {year}"
-    elif form == "day_month_abbr_year":
-        text = f"{day} {_EN_MONTH_ABBRS[m]} {year}"
-    elif form == "weekday_day_month_year":
-        text = f"{_EN_WEEKDAYS[d.weekday()]}, {day} {_EN_MONTHS[m]} {year}"
-    elif form == "french":
-        text = f"le {'1er' if day == 1 else day} {_FR_MONTHS[m]} {year}"
-    elif form == "german":
-        text = f"{day}. {_DE_MONTHS[m]} {year}"
-    else:  # spanish
-        text = f"{day} de {_ES_MONTHS[m]} de {year}"
-    return _CASE_FUNCS[case](text)
+    if not FIRST_DATE <= d <= LAST_DATE:
+        raise ValueError(f"d must be in {FIRST_DATE}..{LAST_DATE}, got {d}")
+    if family in FAMILIES[:8]:
+        text, order = _numeric(d, family, rng)
+        return (_decorate(text, rng) if family not in ("iso", "compact") else text), order
+    text = _words(d, family, rng, in_window)
+    if rng.random() < 0.2:
+        text = f"{_weekday(d, family[:2], rng)} {text}"
+    return _decorate(text, rng), None
 
 
 @lru_cache(maxsize=1)
 def dates_vocab() -> CharVocab:
-    """The vocabulary of the dates task: every character of every form and case, plus ISO's ``-``.
-
-    It does not depend on :class:`DatesConfig`, so checkpoints trained on different form
-    subsets share ids.
+    """Every character of a normalised date in any family, the order marks and ISO's digits.
 
     Example:
         >>> vocab = dates_vocab()
-        >>> vocab.decode(vocab.encode("MÄRZ 2026-11-22")) == "MÄRZ 2026-11-22"
+        >>> vocab.decode(vocab.encode("märz 2026-11-22")) == "märz 2026-11-22"
         True
     """
-    # The first of every month (months, "1er") and a week (every weekday) reach every name.
-    days = [datetime.date(2026, month, 1) for month in range(1, 13)]
-    days += [datetime.date(2026, 6, day) for day in range(1, 8)]
-    texts = ["0123456789-"]
-    for d in days:
-        for form in DATE_FORMS:
-            for case in CASES:
-                texts.append(format_date(d, form, case))
+    texts = ["0123456789-+:. ,/'t", *ORDER_MARKS.values(), "1º 1er 22nd 3rd 4th"]
+    for table in (MONTHS, MONTH_ABBRS, WEEKDAYS):
+        texts += [normalize(word) for words in table.values() for word in words]
+    texts += [normalize(word) for word in EN_WEEKDAY_ABBRS]
+    texts += ["the of le el de del am z"]
     return CharVocab.from_texts(texts)
 
 
@@ -230,68 +292,62 @@ class DatesConfig:
     """Settings of :class:`DatesTask`.
 
     Example:
-        >>> DatesConfig(seed=1, forms=("dmy_slash", "german")).heldout_fraction
+        >>> DatesConfig(seed=1, families=("iso", "fr")).heldout_fraction
         0.1
     """
 
     # Seeds the calendar split and, with the split's name, every sample stream.
     seed: int = 0
-    # Share of calendar days held out, half for valid and half for test: 10% is ~1,800 days
-    # each, enough for a tight accuracy estimate while training still sees 90% of the days.
+    # Share of calendar days held out, half for valid and half for test.
     heldout_fraction: float = 0.1
-    # Forms to sample; a subset makes an easier task or a form-generalisation ablation.
-    forms: tuple[str, ...] = DATE_FORMS
-    # Letter cases to sample.
-    cases: tuple[str, ...] = CASES
-    # Chance that a numeric form is zero-padded; 0.5 teaches both conventions equally.
-    zero_pad_probability: float = 0.5
+    # Families to sample; a subset makes an easier task or a family-generalisation ablation.
+    families: tuple[str, ...] = FAMILIES
+    # Chance that a sample's day comes from 1950-2049, where most real dates are; the rest
+    # spread over 1000-2999 so the model copies any four-digit year.
+    window_probability: float = 0.5
 
     def __post_init__(self) -> None:
         _check_int("seed", self.seed, 0)
-        for name in ("heldout_fraction", "zero_pad_probability"):
+        for name in ("heldout_fraction", "window_probability"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise TypeError(f"{name} must be a float, got {type(value).__name__}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if round(NUM_DAYS * self.heldout_fraction / 2) < 1:
+        if round(36525 * self.heldout_fraction / 2) < 1:
             raise ValueError(
-                f"heldout_fraction must leave at least one day per held-out split "
-                f"(>= {1 / NUM_DAYS:.1e}), got {self.heldout_fraction}"
+                f"heldout_fraction must leave at least one 1950-2049 day per held-out split, "
+                f"got {self.heldout_fraction}"
             )
-        if not 0.0 <= self.zero_pad_probability <= 1.0:
-            raise ValueError(
-                f"zero_pad_probability must be in [0, 1], got {self.zero_pad_probability}"
-            )
-        for name, allowed in (("forms", DATE_FORMS), ("cases", CASES)):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                raise TypeError(f"{name} must be a tuple of names, got the single str {value!r}")
-            value = tuple(value)  # a list from a CLI or JSON is fine; store it frozen
-            if not value:
-                raise ValueError(f"{name} must name at least one of {allowed}, got ()")
-            unknown = [v for v in value if v not in allowed]
-            if unknown:
-                raise ValueError(f"{name} must be drawn from {allowed}, got unknown {unknown}")
-            if len(set(value)) != len(value):
-                raise ValueError(f"{name} must not repeat names, got {value}")
-            object.__setattr__(self, name, value)
+        if not 0.0 <= self.window_probability <= 1.0:
+            raise ValueError(f"window_probability must be in [0, 1], got {self.window_probability}")
+        value = self.families
+        if isinstance(value, str):
+            raise TypeError(f"families must be a tuple of names, got the single str {value!r}")
+        value = tuple(value)
+        if not value:
+            raise ValueError(f"families must name at least one of {FAMILIES}, got ()")
+        unknown = [v for v in value if v not in FAMILIES]
+        if unknown:
+            raise ValueError(f"families must be drawn from {FAMILIES}, got unknown {unknown}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"families must not repeat names, got {value}")
+        object.__setattr__(self, "families", value)
 
 
 class DatesTask:
-    """Sample ``(written date, ISO date)`` pairs and batch them as padded id tensors.
+    """Sample written dates and their ISO dates, and batch them as padded id tensors.
 
-    Held-out splits never overlap training: the 36,525 calendar days are permuted once by
-    ``config.seed`` and cut into valid, test and train days, and every source string names
-    exactly one day. Sampling draws with replacement from a split's days, with a random form,
-    case and padding; each ``(config.seed, split, rng_seed)`` gives its own reproducible stream.
+    Held-out splits never share a calendar day with training: the 730,485 days are permuted
+    once by ``config.seed`` and cut into valid, test and train days. Each
+    ``(config.seed, split, rng_seed)`` gives its own reproducible stream.
 
     Shapes: ``B`` batch, ``Ns <= MAX_SOURCE_LENGTH`` source length, ``Nt = MAX_TARGET_LENGTH``.
 
     Example:
         >>> task = DatesTask(DatesConfig(seed=0))
-        >>> src, tgt = task.sample(1, "train", rng_seed=0)[0]
-        >>> datetime.date.fromisoformat(tgt) in task.split_dates("train")
+        >>> sample = task.sample_full(1, "train", rng_seed=0)[0]
+        >>> sample.family in FAMILIES
         True
         >>> batch = task.make_dataset(4, "valid")
         >>> batch.src.shape[0], batch.tgt.shape
@@ -307,21 +363,18 @@ class DatesTask:
         self.vocab = dates_vocab()
         n_held = round(NUM_DAYS * config.heldout_fraction / 2)
         order = np.random.default_rng(config.seed).permutation(NUM_DAYS)
-        # Sorted so split_dates reads in calendar order; sampling is by index, so order is moot.
         self._days: dict[str, np.ndarray] = {
             "valid": np.sort(order[:n_held]),
             "test": np.sort(order[n_held : 2 * n_held]),
             "train": np.sort(order[2 * n_held :]),
         }
+        lo, hi = _WINDOW
+        self._window_days = {
+            split: days[(days >= lo) & (days <= hi)] for split, days in self._days.items()
+        }
 
     def split_dates(self, split: Split) -> tuple[datetime.date, ...]:
-        """Every calendar day of ``split``, in calendar order.
-
-        Example:
-            >>> task = DatesTask()
-            >>> sum(len(task.split_dates(s)) for s in ("train", "valid", "test"))
-            36525
-        """
+        """Every calendar day of ``split``, in calendar order."""
         _check_split(split)
         base = FIRST_DATE.toordinal()
         return tuple(datetime.date.fromordinal(base + int(i)) for i in self._days[split])
@@ -329,55 +382,54 @@ class DatesTask:
     def _rng(self, split: Split, rng_seed: int) -> np.random.Generator:
         split_index = _check_split(split)
         _check_int("rng_seed", rng_seed, 0)
-        # Entropy differs from the split permutation's (a bare seed), so the streams are unrelated.
         return np.random.default_rng([self.config.seed, split_index + 1, int(rng_seed)])
 
-    def _draw(self, rng: np.random.Generator, n: int, split: Split) -> list[tuple[str, str]]:
-        cfg = self.config
-        days = self._days[split]
-        day_idx = rng.integers(len(days), size=n)
-        form_idx = rng.integers(len(cfg.forms), size=n)
-        case_idx = rng.integers(len(cfg.cases), size=n)
-        pad = rng.random(n) < cfg.zero_pad_probability
-        base = FIRST_DATE.toordinal()
-        pairs = []
-        for i in range(n):
-            d = datetime.date.fromordinal(base + int(days[day_idx[i]]))
-            form = cfg.forms[form_idx[i]]
-            zero_pad = bool(pad[i]) if form in NUMERIC_FORMS else None
-            pairs.append(
-                (format_date(d, form, cfg.cases[case_idx[i]], zero_pad=zero_pad), d.isoformat())
-            )
-        return pairs
+    def _one(self, rng: np.random.Generator, split: Split, family: str) -> DateSample:
+        window = family in _SHORT_YEAR or rng.random() < self.config.window_probability
+        days = self._window_days[split] if window else self._days[split]
+        d = datetime.date.fromordinal(FIRST_DATE.toordinal() + int(days[rng.integers(len(days))]))
+        text, order = write_date(d, family, rng)
+        return DateSample(text, d.isoformat(), family, order)
+
+    def sample_full(
+        self, n: int, split: Split = "train", rng_seed: int = 0, *, balanced: bool = False
+    ) -> list[DateSample]:
+        """``n`` samples of ``split``; ``balanced`` gives every family the same share, in
+        :data:`FAMILIES` order (the first ``n % len(families)`` get one more).
+
+        Example:
+            >>> [s.family for s in DatesTask().sample_full(17, "test", balanced=True)][:3]
+            ['iso', 'iso', 'iso_time']
+        """
+        _check_int("n", n, 1)
+        rng = self._rng(split, rng_seed)
+        families = self.config.families
+        if balanced:
+            counts = [n // len(families) + (i < n % len(families)) for i in range(len(families))]
+            chosen = [f for f, c in zip(families, counts, strict=True) for _ in range(c)]
+        else:
+            chosen = [families[i] for i in rng.integers(len(families), size=n)]
+        return [self._one(rng, split, family) for family in chosen]
 
     def sample(self, n: int, split: Split = "train", rng_seed: int = 0) -> list[tuple[str, str]]:
-        """``n`` pairs ``(source text, ISO target)`` drawn from ``split``'s days.
+        """``n`` pairs ``(model source, ISO target)``: the source as the model reads it
+        (:func:`~multihead.tasks.date_reading.model_source`).
 
         Example:
             >>> task = DatesTask()
             >>> task.sample(2, "test", rng_seed=3) == task.sample(2, "test", rng_seed=3)
             True
         """
-        _check_int("n", n, 1)
-        return self._draw(self._rng(split, rng_seed), int(n), split)
+        return [
+            (model_source(s.text, s.order), s.target) for s in self.sample_full(n, split, rng_seed)
+        ]
 
     def encode(self, pairs: list[tuple[str, str]]) -> Seq2SeqBatch:
-        """Pad ``(source, target)`` strings into a :class:`Seq2SeqBatch`.
-
-        Example:
-            >>> DatesTask().encode([("22.11.26", "2026-11-22")]).src_lengths.tolist()
-            [8]
-        """
+        """Pad ``(model source, target)`` strings into a :class:`Seq2SeqBatch`."""
         return encode_pairs(self.vocab, pairs)
 
     def make_dataset(self, n: int, split: Split = "train", rng_seed: int = 0) -> Seq2SeqBatch:
-        """``n`` sampled pairs as one padded batch (equal to the first batch of :meth:`batches`).
-
-        Example:
-            >>> src, src_lengths, tgt = DatesTask().make_dataset(8, "train")
-            >>> tgt.shape
-            torch.Size([8, 12])
-        """
+        """``n`` sampled pairs as one padded batch (equal to the first batch of :meth:`batches`)."""
         return self.encode(self.sample(n, split, rng_seed))
 
     def batches(
@@ -389,8 +441,6 @@ class DatesTask:
         rng_seed: int = 0,
     ) -> Iterator[Seq2SeqBatch]:
         """Fresh padded batches from one reproducible stream; endless when ``num_batches`` is None.
-
-        Arguments are checked here, not at the first ``next()``.
 
         Example:
             >>> [b.src.shape[0] for b in DatesTask().batches(3, num_batches=2)]
@@ -404,7 +454,12 @@ class DatesTask:
     def _stream(
         self, rng: np.random.Generator, batch_size: int, split: Split, num_batches: int | None
     ) -> Iterator[Seq2SeqBatch]:
+        families = self.config.families
         produced = 0
         while num_batches is None or produced < num_batches:
-            yield self.encode(self._draw(rng, batch_size, split))
+            samples = [
+                self._one(rng, split, families[int(rng.integers(len(families)))])
+                for _ in range(batch_size)
+            ]
+            yield self.encode([(model_source(s.text, s.order), s.target) for s in samples])
             produced += 1

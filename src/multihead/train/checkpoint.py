@@ -328,3 +328,77 @@ def load_trained(path: str | os.PathLike[str]) -> TrainedModel:
         checkpoint=ckpt,
         path=str(Path(path)),
     )
+
+
+# ------------------------------------------------------------------ finding the demo checkpoint
+# (kept at the end of the file: the date translator's lookup, used by translate, demo and visualize)
+
+DEMO_CHECKPOINT = Path("runs/demo/checkpoint.pt")
+
+
+def user_data_dir() -> Path:
+    """The per-user folder where ``multihead demo`` keeps a copy of its checkpoint.
+
+    ``$MULTIHEAD_HOME`` when set, else ``$XDG_DATA_HOME/multihead``, else
+    ``~/.local/share/multihead`` (the XDG base-directory default).
+
+    Example:
+        >>> import os
+        >>> os.environ["MULTIHEAD_HOME"] = "/tmp/mh"; str(user_data_dir())
+        '/tmp/mh'
+        >>> del os.environ["MULTIHEAD_HOME"]
+    """
+    home = os.environ.get("MULTIHEAD_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "multihead"
+
+
+def user_checkpoint_path() -> Path:
+    """Where the per-user copy of the demo checkpoint lives: ``user_data_dir()/checkpoint.pt``."""
+    return user_data_dir() / "checkpoint.pt"
+
+
+def find_checkpoint(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The checkpoint to translate with: ``explicit`` if given, else ``./runs/demo/checkpoint.pt``,
+    else the per-user copy (:func:`user_checkpoint_path`).
+
+    Raises ``FileNotFoundError`` naming every place looked.
+
+    Example:
+        >>> import tempfile
+        >>> p = save_checkpoint(f"{tempfile.mkdtemp()}/c.pt", {"step": 1})
+        >>> find_checkpoint(p) == p
+        True
+    """
+    places = [DEMO_CHECKPOINT, user_checkpoint_path()] if explicit is None else [Path(explicit)]
+    for place in places:
+        if place.is_file():
+            return place
+    looked = ", ".join(repr(str(p.absolute())) for p in places)
+    raise FileNotFoundError(f"no checkpoint found; looked at {looked}")
+
+
+def copy_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy a checkpoint atomically (temporary file, then :func:`os.replace`); returns ``target``.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> p = save_checkpoint(f"{folder}/c.pt", {"step": 1})
+        >>> load_checkpoint(copy_checkpoint(p, f"{folder}/sub/d.pt"))["step"]
+        1
+    """
+    dest = Path(target)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest

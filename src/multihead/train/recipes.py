@@ -18,7 +18,6 @@ the task's defaults (:data:`RECIPE_DEFAULTS`), optionally resized (``d_model``, 
 
 from __future__ import annotations
 
-import datetime
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -41,7 +40,6 @@ from multihead.modules.models import (
 )
 from multihead.tasks import (
     BOS,
-    DATE_FORMS,
     EOS,
     MAX_TARGET_LENGTH,
     PAD,
@@ -67,10 +65,8 @@ __all__ = [
     "RecipeDefaults",
     "Seq2SeqRecipe",
     "TrainedModel",
-    "balanced_date_pairs",
     "get_recipe",
     "load_trained",
-    "parse_iso_date",
     "translate_texts",
     "with_train_overrides",
 ]
@@ -98,8 +94,9 @@ RECIPE_DEFAULTS: Mapping[str, RecipeDefaults] = MappingProxyType(
     {
         "dates": RecipeDefaults(
             # Two encoder layers find the day, month and year; one decoder layer copies them in
-            # ISO order. d_model 64 reaches 99.5% in about as many steps as 128 at a third of
-            # the compute. No dropout: the stream of fresh samples never repeats.
+            # ISO order. The widened task (16 form families, 7 languages, years 1000-2999)
+            # trains at this size: it reached 99.6% validation exact match after 1,250 steps
+            # and 99.8% after 1,500 (seed 0). No dropout: fresh samples never repeat.
             model=_frozen(
                 d_model=64,
                 num_heads=4,
@@ -109,18 +106,20 @@ RECIPE_DEFAULTS: Mapping[str, RecipeDefaults] = MappingProxyType(
                 dropout=0.0,
             ),
             train=TrainConfig(
-                # Seeds 0-2 reached 99.5% validation exact match after 500 steps.
-                steps=600,
+                # The cosine schedule spans 2,000 steps; the target stops the run at ~1,500.
+                steps=2000,
                 batch_size=128,
                 lr=5e-3,
-                warmup=60,
+                warmup=100,
                 # At a constant-ish rate exact match hovers near 98%; decaying to a small floor
                 # over the run settles the last digits.
                 schedule="cosine",
                 min_lr_ratio=0.05,
                 label_smoothing=0.1,
-                eval_every=100,
-                target=0.995,
+                eval_every=250,
+                # 99.8% on 500 validation dates is at most one miss; the verifier turns the
+                # rest of the model's misses into refusals, never into wrong dates.
+                target=0.998,
             ),
         ),
         **{
@@ -255,30 +254,6 @@ def translate_texts(
     finally:
         model.train(was_training)
     return outputs
-
-
-def balanced_date_pairs(
-    n: int, *, split: str = "test", seed: int = 0, rng_seed: int = 0
-) -> list[tuple[str, str]]:
-    """``n`` ``(written date, ISO)`` pairs of ``split``, spread evenly over every date form.
-
-    The first ``n % 11`` forms get one extra example, so every form is covered once ``n >= 11``.
-
-    Example:
-        >>> pairs = balanced_date_pairs(22)
-        >>> len(pairs), len({datetime.date.fromisoformat(iso) for _, iso in pairs}) > 1
-        (22, True)
-    """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
-    pairs: list[tuple[str, str]] = []
-    for i, form in enumerate(DATE_FORMS):
-        count = n // len(DATE_FORMS) + (1 if i < n % len(DATE_FORMS) else 0)
-        if count:
-            # Same seed, same calendar split: a one-form task draws from the same held-out days.
-            task = DatesTask(DatesConfig(seed=seed, forms=(form,)))
-            pairs.extend(task.sample(count, split, rng_seed=rng_seed))  # type: ignore[arg-type]
-    return pairs
 
 
 class Seq2SeqRecipe:
@@ -573,26 +548,10 @@ def get_recipe(
     else:
         task = SequenceTask(SequenceTaskConfig(kind=name, seed=task_seed))  # type: ignore[arg-type]
         max_output_len = task.config.max_len + 1
-    # max_len bounds positions; the longest source or target of these tasks is under 64.
-    config = TransformerConfig(vocab_size=len(task.vocab), max_len=64, **cfg)
+    # max_len bounds positions: a date source is at most 65 characters (64 and an order mark);
+    # the other tasks' sources and targets are under 64.
+    config = TransformerConfig(vocab_size=len(task.vocab), max_len=80, **cfg)
     return Seq2SeqRecipe(name, task, config, max_output_len=max_output_len)
-
-
-def parse_iso_date(text: str) -> datetime.date | None:
-    """``text`` as a calendar date if it is exactly ``YYYY-MM-DD`` and valid, else ``None``.
-
-    Example:
-        >>> parse_iso_date("2026-11-22"), parse_iso_date("2026-02-30")
-        (datetime.date(2026, 11, 22), None)
-    """
-    if len(text) != 10 or text[4] != "-" or text[7] != "-":
-        return None
-    if not (text[:4] + text[5:7] + text[8:]).isdigit():
-        return None
-    try:
-        return datetime.date.fromisoformat(text)
-    except ValueError:
-        return None
 
 
 def with_train_overrides(base: TrainConfig, **overrides: Any) -> TrainConfig:

@@ -17,6 +17,7 @@ from torch import nn
 from ..decoding import greedy_decode
 from ..modules.models import DecoderLM, Seq2SeqTransformer
 from ..tasks import BOS, EOS, CharVocab
+from ..tasks.date_reading import model_source
 from .capture import AttentionMap, capture_attention, maps_from_record
 from .heatmaps import attention_grid, save_figure, write_atomic
 from .html import write_attention_html
@@ -173,6 +174,9 @@ def visualize(
         text = DEFAULT_TEXTS.get(trained.task, _FALLBACK_TEXT)
     if not isinstance(text, str) or not text:
         raise ValueError(f"--text must be a non-empty string, got {text!r}")
+    if trained.task == "dates":
+        # The date translator reads the normalised text (lower case, single spaces).
+        text = model_source(text)
 
     output: str | None = None
     if isinstance(model, Seq2SeqTransformer):
