@@ -18,6 +18,7 @@ from torch import Tensor
 from . import reference, sdpa
 from ._prepare import SCORES, make_spec, zero_unreachable_keys
 from ._spec import AttentionResult, AttentionSpec
+from .lse import attention_with_lse, merge_attention
 from .reference import masked_softmax
 
 __all__ = [
@@ -26,10 +27,12 @@ __all__ = [
     "AttentionSpec",
     "Backend",
     "attention",
+    "attention_with_lse",
     "backend_names",
     "get_backend",
     "make_spec",
     "masked_softmax",
+    "merge_attention",
     "register_backend",
     "select_backend",
     "zero_unreachable_keys",
