@@ -98,14 +98,14 @@ def _reference(case, q, k, v, pad, grad):
     return out.detach(), q.grad, k.grad, v.grad
 
 
-def _run_case(case: dict[str, Any], world: int) -> float:
+def _run_case(case: dict[str, Any], world: int, group: Any = None) -> float:
     """Largest relative error of this rank's output and gradient shards."""
     from multihead.distributed import context_parallel_attention, shard_sequence
 
     q, k, v, pad, grad = _inputs(case, world)
     ref = _reference(case, q, k, v, pad, grad)
     layout = case["layout"]
-    shard = lambda t, dim=2: shard_sequence(t, dim, layout=layout)  # noqa: E731
+    shard = lambda t, dim=2: shard_sequence(t, dim, layout=layout, group=group)  # noqa: E731
     ql, kl, vl = (shard(t).detach().requires_grad_() for t in (q, k, v))
     out = context_parallel_attention(
         ql,
@@ -119,6 +119,7 @@ def _run_case(case: dict[str, Any], world: int) -> float:
         alibi_slopes=alibi_slopes(case["h"]) if case.get("alibi") else None,
         block_size=(2, 4),
         timeout=60.0,
+        group=group,
     )
     (out * shard(grad)).sum().backward()
     err = 0.0
@@ -195,6 +196,16 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         except Exception as exc:  # recorded, so the test shows which case broke and how
             results[case_id(case)] = f"{type(exc).__name__}: {exc}"
     results["errors"] = _error_cases(world)
+    if world == 4:  # two sequences, each across a context group of 2 ranks: {0, 1} and {2, 3}
+        from multihead.distributed import context_parallel_groups
+
+        context, _ = context_parallel_groups(2, timeout=60)
+        for method in METHODS:
+            case = dict(method=method, layout="zigzag", causal=True, pad=True, h=4, hkv=2)
+            try:
+                results[f"subgroup-{method}"] = _run_case(case, 2, context)
+            except Exception as exc:
+                results[f"subgroup-{method}"] = f"{type(exc).__name__}: {exc}"
     dist.barrier()
     results["failure"] = _failure_case(world)
     tmp = os.path.join(out_dir, f".rank{rank}.tmp")
@@ -235,6 +246,16 @@ def test_matches_single_process_float64(group_results):
             if not isinstance(err, float) or not err <= tol:
                 bad.append(f"rank {rank} {case_id(case)}: {err}")
     assert not bad, "\n".join(bad[:20])
+
+
+def test_context_groups_inside_a_larger_world(group_results):
+    world, ranks = group_results
+    if world != 4:
+        pytest.skip("sub-groups are run in the world of 4")
+    for rank, results in enumerate(ranks):
+        for method in METHODS:
+            err = results[f"subgroup-{method}"]
+            assert isinstance(err, float) and err <= 1e-10, (rank, method, err)
 
 
 def test_bad_input_gives_clear_errors(group_results):

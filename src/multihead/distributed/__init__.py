@@ -16,6 +16,7 @@ Example (every rank)::
 
 from ._comm import ContextParallelError
 from .attention import METHODS, context_parallel_attention
+from .groups import context_parallel_groups
 from .layout import LAYOUTS, gather_sequence, global_positions, shard_sequence
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "METHODS",
     "ContextParallelError",
     "context_parallel_attention",
+    "context_parallel_groups",
     "gather_sequence",
     "global_positions",
     "shard_sequence",
