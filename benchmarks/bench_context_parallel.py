@@ -14,8 +14,12 @@ Forward+backward, B=1, H=8, D=64, float32, not causal unless ``--causal``:
 Memory: peak RSS (``VmHWM``) above the RSS after ``import torch`` and process-group set-up,
 per process, so inputs, outputs and gradients count. Every case runs in a fresh process.
 
-Run: ``python benchmarks/bench_context_parallel.py --n 16384 --ranks 2``
-(``--quick``: N=2048, for a smoke test).
+Time: each case runs ``--repeat`` times, round-robin over the cases so that a change of load
+hits all of them; the table gives min / median and ratios of the minima.
+
+Run: ``python benchmarks/bench_context_parallel.py --n 16384 --ranks 2 --repeat 3``
+(``--quick``: N=2048, for a smoke test). On a slow machine ``--window 256`` measures memory at
+long N with O(N·W) compute; the chunked kernel's and the ring's buffers do not depend on it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import datetime
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +45,7 @@ def _inputs(n: int) -> tuple[torch.Tensor, ...]:
     return tuple(torch.randn(B, H, n, D, generator=g) for _ in range(4))  # q, k, v, dout
 
 
-def _single(impl: str, n: int, threads: int, causal: bool) -> dict[str, float]:
+def _single(impl: str, n: int, threads: int, causal: bool, window: int) -> dict[str, float]:
     from multihead.bench.harness import mark_baseline, max_rss_mib
     from multihead.functional import attention
 
@@ -50,13 +55,22 @@ def _single(impl: str, n: int, threads: int, causal: bool) -> dict[str, float]:
     q, k, v, dout = _inputs(n)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     start = time.perf_counter()
-    attention(q, k, v, causal=causal, backend=impl).output.backward(dout)
+    win = window or None
+    attention(q, k, v, causal=causal, window=win, backend=impl).output.backward(dout)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_mib": max_rss_mib() - base}
 
 
 def _rank(
-    rank: int, world: int, port: int, n: int, method: str, layout: str, causal: bool, out: str
+    rank: int,
+    world: int,
+    port: int,
+    n: int,
+    method: str,
+    layout: str,
+    causal: bool,
+    window: int,
+    out: str,
 ) -> None:
     import torch.distributed as dist
 
@@ -90,7 +104,7 @@ def _rank(
     dist.barrier()
     start = time.perf_counter()
     out_local = context_parallel_attention(
-        q, k, v, causal=causal, method=method, layout=layout, timeout=3600
+        q, k, v, causal=causal, window=window or None, method=method, layout=layout, timeout=3600
     )
     forward_s = time.perf_counter() - start
     out_local.backward(dout)
@@ -110,7 +124,9 @@ def _rss() -> float:
     return current_rss_mib()
 
 
-def _distributed(world: int, n: int, method: str, layout: str, causal: bool) -> dict[str, float]:
+def _distributed(
+    world: int, n: int, method: str, layout: str, causal: bool, window: int
+) -> dict[str, float]:
     import tempfile
 
     import torch.multiprocessing as mp
@@ -120,7 +136,7 @@ def _distributed(world: int, n: int, method: str, layout: str, causal: bool) -> 
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r")
-        mp.spawn(_rank, args=(world, port, n, method, layout, causal, out), nprocs=world)
+        mp.spawn(_rank, args=(world, port, n, method, layout, causal, window, out), nprocs=world)
         ranks = []
         for r in range(world):
             with open(f"{out}.{r}") as f:
@@ -168,6 +184,24 @@ def _projection(block_s: float, p0: int, n: int, bandwidths: list[float]) -> str
     return markdown_table(headers, rows)
 
 
+def _cases(args: argparse.Namespace, n: int, worlds: list[int]) -> list[list[str]]:
+    extra = [args.layout, "1" if args.causal else "0", str(args.window)]
+    cases = []
+    for impl in filter(None, args.single.split(",")):
+        for threads in sorted(set(worlds)):
+            cases.append(["single", impl, str(n), str(threads), *extra[1:]])
+    for world in worlds:
+        for method in args.methods.split(","):
+            cases.append(["dist", str(world), str(n), method, *extra])
+    return cases
+
+
+def _label(case: list[str]) -> str:
+    if case[0] == "single":
+        return f"{case[1]} (1 process, {case[3]} threads)"
+    return f"{case[3]} P={case[1]} (gloo, 1 thread each)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", default="16384", help="comma-separated sequence lengths")
@@ -175,7 +209,15 @@ def main() -> None:
     parser.add_argument("--methods", default="ring", help="comma-separated: ring,allgather,ulysses")
     parser.add_argument("--layout", default="contiguous")
     parser.add_argument("--causal", action="store_true")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="sliding window (0: none); cuts compute to O(N·W) so memory can be measured at "
+        "long N on a slow machine; chunked and ring buffers do not depend on it",
+    )
     parser.add_argument("--single", default="chunked,sdpa", help="single-process peers")
+    parser.add_argument("--repeat", type=int, default=1, help="round-robin repeats per case")
     parser.add_argument("--bandwidth-gbps", default="1,10,100")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--case", nargs="*", help=argparse.SUPPRESS)
@@ -183,80 +225,76 @@ def main() -> None:
     if args.case:
         kind, *rest = args.case
         if kind == "single":
-            impl, n, threads, causal = rest
-            print(json.dumps(_single(impl, int(n), int(threads), causal == "1")))
+            impl, n, threads, causal, window = rest
+            print(json.dumps(_single(impl, int(n), int(threads), causal == "1", int(window))))
         else:
-            world, n, method, layout, causal = rest
-            print(json.dumps(_distributed(int(world), int(n), method, layout, causal == "1")))
+            world, n, method, layout, causal, window = rest
+            result = _distributed(int(world), int(n), method, layout, causal == "1", int(window))
+            print(json.dumps(result))
         return
 
     from multihead.bench.harness import machine_summary, markdown_table
 
     lengths = [2048] if args.quick else [int(x) for x in args.n.split(",")]
     worlds = [int(x) for x in args.ranks.split(",")]
-    causal = "1" if args.causal else "0"
     print(machine_summary())
-    print(f"load average before: {os.getloadavg()}; causal={args.causal}, layout={args.layout}")
+    print(
+        f"load average before: {os.getloadavg()}; causal={args.causal}, layout={args.layout}, "
+        f"window={args.window or None}, repeats={args.repeat} (round-robin; time: min / median)"
+    )
     rows = []
+    proj = None
     for n in lengths:
-        peers = {}
-        for impl in args.single.split(","):
-            for threads in sorted(set(worlds)):
-                r = _case(["single", impl, str(n), str(threads), causal])
-                peers[(impl, threads)] = r
-                rows.append(
-                    [
-                        n,
-                        f"{impl} (1 process, {threads} threads)",
-                        f"{r['seconds']:.2f}",
-                        f"{r['peak_mib']:.0f}",
-                        "",
-                        "",
-                        "",
-                    ]
+        cases = _cases(args, n, worlds)
+        runs: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(cases))}
+        for _ in range(args.repeat):  # round-robin, so load changes hit every case alike
+            for i, case in enumerate(cases):
+                runs[i].append(_case(case))
+                last = runs[i][-1]
+                print(
+                    f"{n} {_label(case)}: {last['seconds']:.2f} s, {last['peak_mib']:.0f} MiB",
+                    flush=True,
                 )
-        for world in worlds:
-            for method in args.methods.split(","):
-                r = _case(["dist", str(world), str(n), method, args.layout, causal])
-                ref = peers.get(("chunked", world))
-                ratio_t = f"{r['seconds'] / ref['seconds']:.2f}x" if ref else ""
-                ratio_m = f"{r['peak_mib'] / ref['peak_mib']:.2f}" if ref else ""
-                formula = _formula_bytes(world, n) if method == "ring" else 0
-                sent = f"{r['sent_bytes'] / 2**20:.1f} / {formula / 2**20:.1f}" if formula else ""
-                rows.append(
-                    [
-                        n,
-                        f"{method} P={world} (gloo, 1 thread each)",
-                        f"{r['seconds']:.2f}",
-                        f"{r['peak_mib']:.0f}",
-                        ratio_t,
-                        ratio_m,
-                        sent,
-                    ]
-                )
-                if method == "ring" and world == worlds[0] and n == lengths[-1]:
-                    block_s = r["seconds"] / world
-                    proj = (block_s, world, n)
+        best = {i: min(r["seconds"] for r in rs) for i, rs in runs.items()}
+        for i, case in enumerate(cases):
+            rs = runs[i]
+            median = statistics.median(r["seconds"] for r in rs)
+            peak = statistics.median(r["peak_mib"] for r in rs)
+            world = int(case[1]) if case[0] == "dist" else int(case[3])
+            ref = next(
+                (
+                    j
+                    for j, c in enumerate(cases)
+                    if c[:2] == ["single", "chunked"] and c[3] == str(world)
+                ),
+                None,
+            )
+            ratio_t = ratio_m = sent = ""
+            if case[0] == "dist" and ref is not None:
+                ratio_t = f"{best[i] / best[ref]:.2f}x"
+                ratio_m = f"{peak / statistics.median(r['peak_mib'] for r in runs[ref]):.2f}"
+            if case[0] == "dist" and case[3] == "ring":
+                sent = f"{rs[0]['sent_bytes'] / 2**20:.1f} / {_formula_bytes(world, n) / 2**20:.1f}"
+                if world == worlds[0]:
+                    proj = (best[i] / world, world, n)
+            row = [n, _label(case), f"{best[i]:.2f} / {median:.2f}", f"{peak:.0f}"]
+            rows.append([*row, ratio_t, ratio_m, sent])
         print(f"load average after N={n}: {os.getloadavg()}", flush=True)
     headers = [
         "N",
         "implementation",
-        "fwd+bwd s",
-        "peak MiB / rank",
-        "time / chunked (same threads)",
+        "fwd+bwd s (min / median)",
+        "peak MiB / process",
+        "time / chunked (same threads, min)",
         "memory / chunked",
-        "MiB sent per rank: measured / formula",
+        "MiB sent per rank: counted / formula",
     ]
     print(markdown_table(headers, rows))
-    if "proj" in locals():
+    if proj is not None and not args.window:
         bws = [float(x) for x in args.bandwidth_gbps.split(",")]
-        print(
-            f"\nPROJECTION (not measured) of ring fwd+bwd time at N={proj[2]} for larger P, from the"
-        )
-        print(
-            f"measured per-step time at P={proj[1]} ({proj[0]:.2f} s, compute and local transfer together),"
-        )
-        print("compute scaling as (N/P)^2 per step and bandwidth as given:")
+        print(f"\nPROJECTION (not measured): ring fwd+bwd time at N={proj[2]} for larger P, from")
+        print(f"the measured time per ring step at P={proj[1]} ({proj[0]:.2f} s, compute and local")
+        print("transfer together), compute per step scaling as (N/P)^2, bandwidth as given:")
         print(_projection(*proj, bws))
 
 
