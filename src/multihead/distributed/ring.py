@@ -98,10 +98,16 @@ def _pack(k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     return torch.cat(parts)
 
 
-def _unpack(cfg: CallConfig, buf: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+def _split_kv(cfg: CallConfig, buf: Tensor) -> tuple[Tensor, Tensor]:
+    """The K and V (or dK and dV) views of a packed buffer."""
     nkv = cfg.b * cfg.hkv * cfg.n
     k = buf[: nkv * cfg.dk].view(cfg.b, cfg.hkv, cfg.n, cfg.dk)
     v = buf[nkv * cfg.dk : nkv * (cfg.dk + cfg.dv)].view(cfg.b, cfg.hkv, cfg.n, cfg.dv)
+    return k, v
+
+
+def _unpack(cfg: CallConfig, buf: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    k, v = _split_kv(cfg, buf)
     mask = buf[cfg.kv_numel :].view(cfg.b, cfg.n) > 0.5 if cfg.has_mask else None
     return k, v, mask
 
@@ -136,8 +142,9 @@ class _Rows:
         b = torch.exp(m - shift) * total
         new_total = a + b
         safe = new_total.clamp_min(1e-30)
-        self.out = (a / safe).unsqueeze(-1) * self.out + (b / safe).unsqueeze(-1) * out.view_as(
-            self.out
+        # In place: no second (B, H, n, Dv) buffer per merge.
+        self.out.mul_((a / safe).unsqueeze(-1)).addcmul_(
+            out.view_as(self.out), (b / safe).unsqueeze(-1)
         )
         self.m, self.total = m_new, new_total
 
@@ -176,8 +183,8 @@ class _Grads:
         """Add the ``dQ`` of rank ``src``'s packed block; return its packed ``dK``/``dV``."""
         cfg = self.cfg
         k, v, mask = _unpack(cfg, kv)
-        dk = torch.zeros_like(k)
-        dv = torch.zeros_like(v)
+        grad = torch.zeros_like(kv[: cfg.kv_numel])  # packed dK, dV: accumulated in place
+        dk, dv = _split_kv(cfg, grad)
         keys = _key_parts(cfg, k, v, mask, src)
         for i, (q_start, _, nq) in enumerate(cfg.segments(cfg.rank)):
             for k_start, l0, nk, kp, vp, allowed in keys:
@@ -185,7 +192,13 @@ class _Grads:
                 plan = _plan(geo, allowed, None)
                 if not any(plan):
                     continue
-                dq, dkp, dvp, _ = _backward(
+                whole = nk == cfg.n  # one key segment: accumulate straight into the buffer
+                into = (
+                    self.dq_parts[i],
+                    dk if whole else torch.zeros_like(kp),
+                    dv if whole else torch.zeros_like(vp),
+                )
+                _backward(
                     geo,
                     plan,
                     self.q_parts[i],
@@ -197,11 +210,12 @@ class _Grads:
                     None,
                     self.slopes,
                     False,
+                    into,
                 )
-                self.dq_parts[i] += dq
-                dk[:, :, l0 : l0 + nk] += dkp
-                dv[:, :, l0 : l0 + nk] += dvp
-        return torch.cat([dk.reshape(-1), dv.reshape(-1)])
+                if not whole:
+                    dk[:, :, l0 : l0 + nk] += into[1]
+                    dv[:, :, l0 : l0 + nk] += into[2]
+        return grad
 
 
 def _split_rows(cfg: CallConfig, x: Tensor) -> list[Tensor]:
@@ -240,7 +254,9 @@ class _Blockwise(torch.autograd.Function):
                 gathered = comm.all_gather(kv)
                 for src in range(cfg.world):
                     _attend(cfg, q_parts, rows, gathered[src], src, slopes)
-            out = torch.cat([r.out for r in rows], dim=3).view(cfg.b, cfg.h, cfg.n, cfg.dv)
+            outs = [r.out for r in rows]
+            out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)
+            out = out.view(cfg.b, cfg.h, cfg.n, cfg.dv)
             m = torch.cat([r.m for r in rows], dim=-1)
             row_sum = torch.cat([r.total for r in rows], dim=-1)
         ctx.cfg, ctx.comm, ctx.method = cfg, comm, method
@@ -277,10 +293,9 @@ class _Blockwise(torch.autograd.Function):
                 gathered = comm.all_gather(kv)
                 per_block = [grads.block(gathered[src], src) for src in range(cfg.world)]
                 dkv = comm.reduce_scatter(torch.stack(per_block))
-            dq = torch.cat(grads.dq_parts, dim=2)
-            nkv = cfg.b * cfg.hkv * cfg.n
-            dk = dkv[: nkv * cfg.dk].view_as(k)
-            dv = dkv[nkv * cfg.dk :].view_as(v)
+            parts = grads.dq_parts
+            dq = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+            dk, dv = _split_kv(cfg, dkv)
         return dq, dk, dv, None, None, None, None, None
 
 

@@ -335,8 +335,12 @@ def _backward(
     bias: Tensor | None,
     slopes: Tensor | None,
     bias_grad: bool,
+    into: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Gradients for q, k, v (work dtype) and the float mask (``None`` unless ``bias_grad``).
+
+    ``into``: ``(dq (B, H, Nq, Dk), dk (B, Hkv, Nk, Dk), dv (B, Hkv, Nk, Dv))``, contiguous
+    buffers to add the gradients to (context parallelism accumulates blocks without copies).
 
     ``stats`` is ``(shift, inv_sum, delta)``, each ``(B, Hkv, G, Nq)``: the first two from
     :func:`_probability_shift`, ``delta = rowsum(dO * O) - dL`` (FlashAttention-2, Sec. 3.1.2,
@@ -346,9 +350,15 @@ def _backward(
     kf = k.reshape(b * hkv, geo.nk, geo.dk)  # (B*Hkv, Nk, Dk)
     vf = v.reshape(b * hkv, geo.nk, geo.dv)
     shift, inv_sum, delta = stats
-    dq = q.new_zeros(b, hkv, g, geo.nq, geo.dk)
-    dk = torch.zeros_like(kf)
-    dv = torch.zeros_like(vf)
+    if into is None:
+        into = (
+            q.new_zeros(b, geo.h, geo.nq, geo.dk),
+            k.new_zeros(b, hkv, geo.nk, geo.dk),
+            v.new_zeros(b, hkv, geo.nk, geo.dv),
+        )
+    dq = into[0].view(b, hkv, g, geo.nq, geo.dk)
+    dk = into[1].view(b * hkv, geo.nk, geo.dk)
+    dv = into[2].view(b * hkv, geo.nk, geo.dv)
     dbias = None
     if bias_grad:
         assert bias is not None
@@ -374,9 +384,8 @@ def _backward(
             dk[:, j0:j1].baddbmm_(ds.transpose(1, 2), qi)
             if dbias is not None:
                 _accumulate_bias_grad(dbias, ds.view(b, geo.h, n, j1 - j0), i0, i1, j0, j1)
-        dq[:, :, :, i0:i1] = dqi.view(b, hkv, g, n, geo.dk)
-    dq = dq.mul_(geo.scale).view(b, geo.h, geo.nq, geo.dk)
-    return dq, dk.view(b, hkv, geo.nk, geo.dk), dv.view(b, hkv, geo.nk, geo.dv), dbias
+        dq[:, :, :, i0:i1].add_(dqi.view(b, hkv, g, n, geo.dk), alpha=geo.scale)
+    return into[0], into[1], into[2], dbias
 
 
 def _accumulate_bias_grad(dbias: Tensor, ds: Tensor, i0: int, i1: int, j0: int, j1: int) -> None:
