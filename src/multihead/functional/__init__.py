@@ -18,16 +18,20 @@ from torch import Tensor
 from . import chunked, linear, local, lowrank, reference, sdpa
 from ._prepare import SCORES, make_spec
 from ._spec import AttentionResult, AttentionSpec
+from .lse import AttentionWithLse, attention_with_lse, merge_attention
 
 __all__ = [
     "SCORES",
     "AttentionResult",
     "AttentionSpec",
+    "AttentionWithLse",
     "Backend",
     "attention",
+    "attention_with_lse",
     "backend_names",
     "get_backend",
     "make_spec",
+    "merge_attention",
     "register_backend",
     "select_backend",
 ]

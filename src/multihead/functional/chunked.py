@@ -12,8 +12,15 @@ Gimelshein, 2018, Alg. 3; Rabe & Staats, 2021; Dao et al., 2022, FlashAttention,
     o' = e^{m - m'} o + \sum_j e^{s_j - m'} v_j,
 
 and the output is ``o / l``. The backward pass stores no weights: it recomputes each block's
-probabilities from the saved log-sum-exp ``L = m + log l`` as ``P = exp(S - L)`` and uses
-``dS = P * (dP - rowsum(dO * O))`` (Dao, 2023, FlashAttention-2, Sec. 3.1.2).
+probabilities from the saved row maximum and row sum as ``P = exp(S - m) / l`` and uses
+``dS = P * (dP - rowsum(dO * O))`` (Dao, 2023, FlashAttention-2, Sec. 3.1.2). FlashAttention
+saves the single log-sum-exp ``L = m + log l`` instead; that is wrong when ``|m|`` is so large
+that ``m + log l`` rounds to ``m`` (a Hugging Face ``finfo.min`` bias on every key of a row),
+where ``exp(S - L)`` gives every key a probability of 1 and the gradient is ``Nk`` times too
+large. Keeping ``m`` and ``l`` apart costs one multiply per block element.
+
+:func:`attention_and_lse` also returns ``L`` with its gradient (``dS`` gains ``P * dL``), for
+merging partial results over disjoint key sets (:func:`multihead.functional.merge_attention`).
 
 Blocks that causality, the window or a bool mask forbid entirely are never computed, so a
 sliding window costs O(N·W) here too. Grouped-query attention reads each key/value head once
@@ -38,7 +45,7 @@ from ..masks import Window
 from ._prepare import make_spec
 from ._spec import AttentionResult, AttentionSpec, _logit_dtype
 
-__all__ = ["chunked_attention", "chunked_backend", "supports"]
+__all__ = ["attention_and_lse", "chunked_attention", "chunked_backend", "supports"]
 
 # Large blocks keep each matmul big enough to run near peak and the Python loop short; the
 # temporaries are (B, H, 256, 512) floats: 0.5 MiB per (batch, head) pair in float32.
@@ -46,6 +53,8 @@ DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 512
 
 _NEG_INF = float("-inf")
+# Any positive floor works: it only keeps divisions and logs of empty rows' zero sums finite.
+_TINY = 1e-30
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +79,9 @@ class _Geometry:
     scale: float
     block_q: int
     block_k: int
+    # Key position of query 0; None: bottom-right alignment. Context parallelism passes the
+    # difference of the shards' global positions here.
+    q_offset: int | None = None
 
     @property
     def g(self) -> int:
@@ -78,7 +90,7 @@ class _Geometry:
     @property
     def offset(self) -> int:
         # Bottom-right alignment: query i sits at key position i + Nk - Nq.
-        return self.nk - self.nq
+        return self.nk - self.nq if self.q_offset is None else self.q_offset
 
 
 def _slice(mask: Tensor, i0: int, i1: int, j0: int, j1: int) -> Tensor:
@@ -212,13 +224,18 @@ def _forward(
     allowed: Tensor | None,
     bias: Tensor | None,
     slopes: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """Output ``(B, H, Nq, Dv)`` and log-sum-exp ``(B, Hkv, G, Nq)`` (``+inf`` on empty rows)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Output ``(B, H, Nq, Dv)``, row maximum and row sum ``(B, Hkv, G, Nq)`` of the logits.
+
+    The row sum is ``sum_j exp(s_j - max)``; a row with nothing to attend to has maximum
+    ``-inf`` and sum 0.
+    """
     b, hkv, g = geo.b, geo.hkv, geo.g
     kf = k.reshape(b * hkv, geo.nk, geo.dk)  # (B*Hkv, Nk, Dk)
     vf = v.reshape(b * hkv, geo.nk, geo.dv)  # (B*Hkv, Nk, Dv)
     out = q.new_zeros(b, hkv, g, geo.nq, geo.dv)
-    lse = q.new_full((b, hkv, g, geo.nq), math.inf)
+    row_max = q.new_full((b, hkv, g, geo.nq), _NEG_INF)
+    row_sum = q.new_zeros(b, hkv, g, geo.nq)
     for i0, blocks in zip(range(0, geo.nq, geo.block_q), plan, strict=True):
         if not blocks:
             continue  # every key forbidden: zeros, as the contract asks
@@ -239,12 +256,27 @@ def _forward(
             total.mul_(rescale).add_(p.sum(dim=-1, keepdim=True))
             acc.mul_(rescale).baddbmm_(p, vf[:, block[0] : block[1]])
             m = m_new
-        alive = total > 0
-        total = torch.where(alive, total, 1.0)
-        out[:, :, :, i0:i1] = (acc / total).view(b, hkv, g, i1 - i0, geo.dv)
-        lse_i = torch.where(alive, m + torch.log(total), math.inf)
-        lse[:, :, :, i0:i1] = lse_i.view(b, hkv, g, i1 - i0)
-    return out.view(b, geo.h, geo.nq, geo.dv), lse
+        out[:, :, :, i0:i1] = (acc / total.clamp_min(_TINY)).view(b, hkv, g, i1 - i0, geo.dv)
+        row_max[:, :, :, i0:i1] = m.view(b, hkv, g, i1 - i0)
+        row_sum[:, :, :, i0:i1] = total.view(b, hkv, g, i1 - i0)
+    return out.view(b, geo.h, geo.nq, geo.dv), row_max, row_sum
+
+
+def _probability_shift(row_max: Tensor, row_sum: Tensor) -> tuple[Tensor, Tensor]:
+    """``(shift, inv_sum)`` with ``P = exp(S - shift) * inv_sum`` for every row.
+
+    Empty rows get ``shift = +inf`` and ``inv_sum = 0``, so their probabilities are exactly 0
+    (and never ``inf * 0``).
+    """
+    alive = row_sum > 0
+    shift = torch.where(alive, row_max, math.inf)
+    inv_sum = torch.where(alive, 1.0 / row_sum.clamp_min(_TINY), 0.0)
+    return shift, inv_sum
+
+
+def _log_sum_exp(row_max: Tensor, row_sum: Tensor) -> Tensor:
+    """``m + log l`` per row, ``-inf`` on empty rows."""
+    return torch.where(row_sum > 0, row_max + torch.log(row_sum.clamp_min(_TINY)), _NEG_INF)
 
 
 def _backward(
@@ -253,23 +285,36 @@ def _backward(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    out: Tensor,
-    lse: Tensor,
     dout: Tensor,
+    stats: tuple[Tensor, Tensor, Tensor],
     allowed: Tensor | None,
     bias: Tensor | None,
     slopes: Tensor | None,
     bias_grad: bool,
+    into: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Gradients for q, k, v (work dtype) and the float mask (``None`` unless ``bias_grad``)."""
+    """Gradients for q, k, v (work dtype) and the float mask (``None`` unless ``bias_grad``).
+
+    ``into``: ``(dq (B, H, Nq, Dk), dk (B, Hkv, Nk, Dk), dv (B, Hkv, Nk, Dv))``, contiguous
+    buffers to add the gradients to (context parallelism accumulates blocks without copies).
+
+    ``stats`` is ``(shift, inv_sum, delta)``, each ``(B, Hkv, G, Nq)``: the first two from
+    :func:`_probability_shift`, ``delta = rowsum(dO * O) - dL`` (FlashAttention-2, Sec. 3.1.2,
+    plus the log-sum-exp's own gradient ``dL``).
+    """
     b, hkv, g = geo.b, geo.hkv, geo.g
     kf = k.reshape(b * hkv, geo.nk, geo.dk)  # (B*Hkv, Nk, Dk)
     vf = v.reshape(b * hkv, geo.nk, geo.dv)
-    # D_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij (FlashAttention-2, Sec. 3.1.2)
-    delta = (dout * out).sum(dim=-1).view(b, hkv, g, geo.nq)
-    dq = q.new_zeros(b, hkv, g, geo.nq, geo.dk)
-    dk = torch.zeros_like(kf)
-    dv = torch.zeros_like(vf)
+    shift, inv_sum, delta = stats
+    if into is None:
+        into = (
+            q.new_zeros(b, geo.h, geo.nq, geo.dk),
+            k.new_zeros(b, hkv, geo.nk, geo.dk),
+            v.new_zeros(b, hkv, geo.nk, geo.dv),
+        )
+    dq = into[0].view(b, hkv, g, geo.nq, geo.dk)
+    dk = into[1].view(b * hkv, geo.nk, geo.dk)
+    dv = into[2].view(b * hkv, geo.nk, geo.dv)
     dbias = None
     if bias_grad:
         assert bias is not None
@@ -281,22 +326,22 @@ def _backward(
         n = i1 - i0
         qi = _query_block(q, geo, i0, i1, geo.scale)  # (B*Hkv, G*n, Dk)
         doi = _query_block(dout, geo, i0, i1)  # (B*Hkv, G*n, Dv)
-        lse_i = lse[:, :, :, i0:i1].reshape(b * hkv, g * n, 1)
+        shift_i = shift[:, :, :, i0:i1].reshape(b * hkv, g * n, 1)
+        inv_sum_i = inv_sum[:, :, :, i0:i1].reshape(b * hkv, g * n, 1)
         delta_i = delta[:, :, :, i0:i1].reshape(b * hkv, g * n, 1)
         dqi = torch.zeros_like(qi)
         for block in blocks:
             j0, j1 = block[0], block[1]
             s = _block_logits(geo, qi, kf, i0, i1, block, allowed, bias, slopes)
-            p = s.sub_(lse_i).exp_()  # exact probabilities; lse = +inf gives 0 on empty rows
+            p = s.sub_(shift_i).exp_().mul_(inv_sum_i)  # exact probabilities, 0 on empty rows
             dv[:, j0:j1].baddbmm_(p.transpose(1, 2), doi)
             ds = torch.bmm(doi, vf[:, j0:j1].transpose(1, 2)).sub_(delta_i).mul_(p)
             dqi.baddbmm_(ds, kf[:, j0:j1])
             dk[:, j0:j1].baddbmm_(ds.transpose(1, 2), qi)
             if dbias is not None:
                 _accumulate_bias_grad(dbias, ds.view(b, geo.h, n, j1 - j0), i0, i1, j0, j1)
-        dq[:, :, :, i0:i1] = dqi.view(b, hkv, g, n, geo.dk)
-    dq = dq.mul_(geo.scale).view(b, geo.h, geo.nq, geo.dk)
-    return dq, dk.view(b, hkv, geo.nk, geo.dk), dv.view(b, hkv, geo.nk, geo.dv), dbias
+        dq[:, :, :, i0:i1].add_(dqi.view(b, hkv, g, n, geo.dk), alpha=geo.scale)
+    return into[0], into[1], into[2], dbias
 
 
 def _accumulate_bias_grad(dbias: Tensor, ds: Tensor, i0: int, i1: int, j0: int, j1: int) -> None:
@@ -308,7 +353,10 @@ def _accumulate_bias_grad(dbias: Tensor, ds: Tensor, i0: int, i1: int, j0: int, 
 
 
 class _ChunkedAttention(torch.autograd.Function):
-    """Online-softmax attention whose backward recomputes blocks instead of storing weights."""
+    """Online-softmax attention whose backward recomputes blocks instead of storing weights.
+
+    Returns the output and the log-sum-exp ``(B, H, Nq)``; both are differentiable.
+    """
 
     @staticmethod
     def forward(
@@ -320,35 +368,30 @@ class _ChunkedAttention(torch.autograd.Function):
         allowed: Tensor | None,
         slopes: Tensor | None,
         geo: _Geometry,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         work = _logit_dtype(q.dtype)  # float32 softmax for float16/bfloat16 inputs
         wq, wk, wv = (t.to(work).contiguous() for t in (q, k, v))
         plan = _plan(geo, allowed, bias)
-        out, lse = _forward(geo, plan, wq, wk, wv, allowed, bias, slopes)
+        out, row_max, row_sum = _forward(geo, plan, wq, wk, wv, allowed, bias, slopes)
         ctx.geo, ctx.plan = geo, plan
-        ctx.save_for_backward(q, k, v, bias, allowed, slopes, out, lse)
-        return out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, bias, allowed, slopes, out, row_max, row_sum)
+        lse = _log_sum_exp(row_max, row_sum).view(geo.b, geo.h, geo.nq)
+        return out.to(q.dtype), lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, bias, allowed, slopes, out, lse = ctx.saved_tensors
+    def backward(ctx: Any, dout: Tensor, dlse: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, bias, allowed, slopes, out, row_max, row_sum = ctx.saved_tensors
+        geo: _Geometry = ctx.geo
         work = out.dtype
         wq, wk, wv = (t.to(work).contiguous() for t in (q, k, v))
+        dout = dout.to(work).contiguous()
+        delta = (dout * out).sum(dim=-1) - dlse.to(work)  # (B, H, Nq)
+        shift, inv_sum = _probability_shift(row_max, row_sum)
+        stats = (shift, inv_sum, delta.view(geo.b, geo.hkv, geo.g, geo.nq))
         bias_grad = bias is not None and ctx.needs_input_grad[3]
         dq, dk, dv, dbias = _backward(
-            ctx.geo,
-            ctx.plan,
-            wq,
-            wk,
-            wv,
-            out,
-            lse,
-            dout.to(work).contiguous(),
-            allowed,
-            bias,
-            slopes,
-            bias_grad,
+            geo, ctx.plan, wq, wk, wv, dout, stats, allowed, bias, slopes, bias_grad
         )
         return (
             dq.to(q.dtype),
@@ -375,7 +418,8 @@ def _block_sizes(block_size: int | tuple[int, int] | None) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-def _run(spec: AttentionSpec, block_size: int | tuple[int, int] | None) -> Tensor:
+def _run(spec: AttentionSpec, block_size: int | tuple[int, int] | None) -> tuple[Tensor, Tensor]:
+    """``(output (B, H, Nq, Dv), lse (B, H, Nq))`` of a validated call."""
     b, h, hkv, nq, nk, dk, dv = spec.shape
     slopes = spec.alibi_slopes
     if slopes is not None:
@@ -398,10 +442,8 @@ def _run(spec: AttentionSpec, block_size: int | tuple[int, int] | None) -> Tenso
     mask = spec.mask
     allowed = mask if mask is not None and mask.dtype == torch.bool else None
     bias = mask if mask is not None and mask.dtype != torch.bool else None
-    out: Tensor = _ChunkedAttention.apply(
-        spec.query, spec.key, spec.value, bias, allowed, slopes, geo
-    )
-    return out
+    out, lse = _ChunkedAttention.apply(spec.query, spec.key, spec.value, bias, allowed, slopes, geo)
+    return out, lse
 
 
 def chunked_attention(
@@ -458,7 +500,7 @@ def chunked_attention(
         scale=scale,
         alibi_slopes=alibi_slopes,
     )
-    return _run(spec, block_size)
+    return _run(spec, block_size)[0]
 
 
 def supports(spec: AttentionSpec) -> str | None:
@@ -472,4 +514,13 @@ def supports(spec: AttentionSpec) -> str | None:
 
 def chunked_backend(spec: AttentionSpec) -> AttentionResult:
     """Registry entry: :func:`chunked_attention` on a validated spec, default blocks."""
-    return AttentionResult(_run(spec, None), None)
+    return AttentionResult(_run(spec, None)[0], None)
+
+
+def attention_and_lse(spec: AttentionSpec) -> tuple[Tensor, Tensor]:
+    """Output ``(B, H, Nq, Dv)`` and log-sum-exp ``(B, H, Nq)`` of a validated spec.
+
+    The log-sum-exp is in the logit dtype (float32 for half inputs), ``-inf`` on rows with no
+    key to attend to, and differentiable. ``dropout_p`` and ``need_weights`` are ignored.
+    """
+    return _run(spec, None)
