@@ -35,8 +35,8 @@ from multihead.train.textclass import (
 
 # Small and quick: about 2 s of training on one thread.
 TINY = TextClassConfig(
-    d_model=32, num_heads=2, d_ff=64, dropout=0.1, word_dropout=0.0, lr=3e-3, epochs=12,
-    patience=12, batch_size=16, ema_decay=0.9,
+    d_model=32, num_heads=2, d_ff=64, dropout=0.1, word_dropout=0.0, lr=3e-3, epochs=5,
+    patience=5, batch_size=16, ema_decay=0.9,
 )  # fmt: skip
 EXPECTED = [("good film", "1"), ("a, quoted; text", "0"), ("dull", "0")]
 

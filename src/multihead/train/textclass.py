@@ -6,7 +6,8 @@ being tuned to one:
 * a WordPiece vocabulary learned from the training texts (:mod:`multihead.tasks.tokenize`),
   sized from how many words occur at least twice;
 * a small pre-norm encoder whose depth grows with the amount of data, mean-pooled;
-* AdamW with warm-up and cosine decay over a fixed number of epochs, evaluated once per epoch,
+* AdamW with warm-up and cosine decay over a fixed number of epochs, evaluated once per epoch
+  (on small data an "epoch" is several passes, at least :data:`MIN_UPDATES_PER_EPOCH` updates),
   with early stopping on validation macro-F1 and the best weights kept;
 * class-weighted cross-entropy (``n / (C * n_c)``, sklearn's "balanced") when the most
   frequent class is over 1.5 times as common as the rarest.
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 CHECKPOINT_KIND = "textclass"
+MIN_UPDATES_PER_EPOCH = 50
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +74,8 @@ class TextClassConfig:
     patience: int = 4  # epochs without a better validation macro-F1 before stopping
     # Evaluate and keep an exponential moving average of the weights (Polyak & Juditsky, 1992):
     # on a few thousand texts the raw weights swing from batch to batch; the average does not.
-    ema_decay: float = 0.99
+    # None: 1 - 2 / (updates per epoch), an average over about the last half epoch.
+    ema_decay: float | None = None
     label_smoothing: float = 0.0
     class_weights: str = "auto"  # "auto" (when imbalanced) | "balanced" | "none"
     max_seconds: float | None = None  # stop after the epoch that passes this wall time
@@ -90,7 +93,7 @@ class TextClassConfig:
                 f"class_weights must be 'auto', 'balanced' or 'none', got {self.class_weights!r}"
             )
         for name in ("dropout", "word_dropout", "ema_decay", "label_smoothing"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -318,7 +321,11 @@ def train_text_classifier(
     model_config = build_model_config(config, tokenizer.vocab_size, len(labels), len(train))
     model = EncoderClassifier(model_config)
 
-    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    # A small data set is passed over several times per "epoch", so that early stopping and
+    # the schedule see enough updates between evaluations to mean something.
+    passes = math.ceil(MIN_UPDATES_PER_EPOCH / math.ceil(len(train_rows) / config.batch_size))
+    steps_per_epoch = passes * math.ceil(len(train_rows) / config.batch_size)
+    ema_decay = config.ema_decay if config.ema_decay is not None else 1 - 2 / steps_per_epoch
     total = steps_per_epoch * config.epochs
     optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(
@@ -344,7 +351,8 @@ def train_text_classifier(
     for epoch in range(1, config.epochs + 1):
         model.train()
         loss_sum, seen = 0.0, 0
-        for batch in _batches([len(r) for r in train_rows], config.batch_size, rng):
+        lengths = [len(r) for r in train_rows]
+        for batch in [b for _ in range(passes) for b in _batches(lengths, config.batch_size, rng)]:
             ids, mask = _pad([train_rows[i] for i in batch], tokenizer.pad_id)
             if config.word_dropout > 0:
                 drop = (torch.rand(ids.shape) < config.word_dropout) & mask
@@ -360,7 +368,7 @@ def train_text_classifier(
             scheduler.step()
             with torch.no_grad():
                 for a, p in zip(avg_params, model.parameters(), strict=True):
-                    a.lerp_(p, 1.0 - config.ema_decay)
+                    a.lerp_(p, 1.0 - ema_decay)
             loss_sum += float(loss.detach()) * len(batch)
             seen += len(batch)
         v = _evaluate(averaged, valid_rows, valid_y, tokenizer.pad_id, len(labels))
