@@ -259,11 +259,18 @@ def test_train_textclass_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert json.loads((out / "report.json").read_text())["labels"] == ["neg", "pos"]
 
 
-def test_train_textclass_refuses_unseen_test_label(tmp_path: Path) -> None:
+def test_train_textclass_refuses_bad_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     train = write_label_first(tmp_path / "train.txt", generated_examples(40))
     test = _write(tmp_path / "test.txt", "pos fine\nmeh whatever\n")
     args = ["train", "textclass", "--data", str(train), "--test", str(test)]
     assert main([*args, "--out", str(tmp_path / "r")]) == 2
+    assert "test.txt line 2 (test): label 'meh'" in capsys.readouterr().err
+    assert main(["train", "textclass", "--data", str(train), "--steps", "5"]) == 2
+    assert "--steps do(es) not apply" in capsys.readouterr().err
+    assert main(["train", "textclass"]) == 2
+    assert "needs --data" in capsys.readouterr().err
 
 
 def test_classify_command(trained, monkeypatch, capsys) -> None:

@@ -140,6 +140,24 @@ def run(args: argparse.Namespace) -> int:
     require_tokenizers()
     if args.data is None:
         raise CommandError("train textclass needs --data PATH (a file or a folder of classes)")
+    unused = [
+        flag
+        for flag, value in (
+            ("--steps", args.steps),
+            ("--resume", args.resume),
+            ("--warmup", args.warmup),
+            ("--schedule", args.schedule),
+            ("--eval-every", args.eval_every),
+            ("--target", args.target),
+            ("--text", args.text),
+        )
+        if value is not None
+    ]
+    if unused:
+        raise CommandError(
+            f"{', '.join(unused)} do(es) not apply to textclass, which trains by epochs with early "
+            f"stopping (see --epochs, --patience)"
+        )
     set_threads(args.threads)
     out = Path(args.out if args.out is not None else "runs/textclass")
     quiet = args.no_progress or args.json
