@@ -93,7 +93,8 @@ def plot_word_attention(
             w.unsqueeze(0).numpy(), cmap="Oranges", vmin=0.0, vmax=max(top, 1e-9), aspect="auto"
         )
         for j, word in enumerate(words):
-            ax.text(j, 0, word, ha="center", va="center", fontsize=8)
+            colour = "white" if float(w[j]) > 0.6 * top else "black"
+            ax.text(j, 0, word, ha="center", va="center", fontsize=8, color=colour)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(caption, fontsize=8, loc="left")
