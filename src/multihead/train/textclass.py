@@ -67,6 +67,7 @@ class TextClassConfig:
     # model cannot lean on one rare word, which is most of its overfitting on small data.
     word_dropout: float = 0.1
     max_len: int = 128  # word pieces kept per text; longer texts are cut
+    positional: str = "sinusoidal"  # any TransformerConfig.positional
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -267,7 +268,7 @@ def build_model_config(
         d_ff=config.d_ff,
         dropout=config.dropout,
         max_len=config.max_len,
-        positional="sinusoidal",
+        positional=config.positional,
         num_classes=num_classes,
     )
 
