@@ -31,7 +31,10 @@ from multihead.tasks.textclass import TextExample, read_examples
 from multihead.train.textclass import TextClassConfig, classification_metrics
 from multihead.train.textclass import train_text_classifier as train_ours
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2"
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared next to the checkout; a git worktree one level deeper finds it one further up.
+CANDIDATES = [up / "shared" / "data" / "sst2" for up in (ROOT.parent, ROOT.parent.parent)]
+DEFAULT_DATA = next((c for c in CANDIDATES if c.exists()), CANDIDATES[0])
 C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 
 

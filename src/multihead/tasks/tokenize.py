@@ -87,6 +87,13 @@ class WordPieceTokenizer:
             show_progress=False,
         )
         tok.train_from_iterator(list(texts), trainer=trainer)
+        # The trainer breaks frequency ties in hash order, which changes from run to run: the
+        # ids of tied pieces, and a few pieces tying at the vocabulary cutoff, differ. Sorted ids
+        # remove the first source; the second remains, so two trainings on the same data are
+        # not bit-identical (a handful of pieces in thousands differ).
+        learned = sorted(t for t in tok.get_vocab() if t not in SPECIALS)
+        vocab = {t: i for i, t in enumerate([*SPECIALS, *learned])}
+        tok.model = tk.models.WordPiece(vocab=vocab, unk_token=UNK)
         return cls(tok)
 
     def to_json(self) -> str:
