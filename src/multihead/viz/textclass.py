@@ -81,6 +81,8 @@ def plot_word_attention(
     if not rows:
         raise ValueError("rows must hold at least one sentence, got none")
     widest = max(min(len(words), max_words) for words, _, _ in rows)
+    # One colour scale for every sentence: a near-uniform row must look pale, not saturated.
+    top = max(float(w.max()) for _, w, _ in rows if len(w)) if rows else 1.0
     fig = Figure(figsize=(min(24.0, 1.0 + 0.75 * widest), 0.95 * len(rows) + 0.8))
     for r, (words, weights, caption) in enumerate(rows):
         words = list(words)[:max_words]
@@ -88,7 +90,6 @@ def plot_word_attention(
         if len(w) != len(words):
             raise ValueError(f"row {r}: {len(words)} words but {len(w)} weights")
         ax = fig.add_subplot(len(rows), 1, r + 1)
-        top = float(w.max()) if len(w) else 1.0
         ax.imshow(
             w.unsqueeze(0).numpy(), cmap="Oranges", vmin=0.0, vmax=max(top, 1e-9), aspect="auto"
         )
@@ -97,7 +98,9 @@ def plot_word_attention(
             ax.text(j, 0, word, ha="center", va="center", fontsize=8, color=colour)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(caption, fontsize=8, loc="left")
+        ax.set_title(
+            f"{caption}; darkest = weight {top:.2f}" if r == 0 else caption, fontsize=8, loc="left"
+        )
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(hspace=0.9)
     return save_figure(fig, path)
