@@ -46,7 +46,7 @@ def _add(group: Any, *flags: str, **kwargs: Any) -> None:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``multihead train textclass`` to ``multihead train``'s parser."""
-    g = parser.add_argument_group("textclass (text classification on your own files)")
+    g = parser.add_argument_group("TASK textclass (a text classifier on your own labelled files)")
     _add(g, "--data", metavar="PATH", help="training data: a file, or a folder of class folders")
     g.add_argument("--valid", metavar="FILE", help="validation data (default: 10%% of --data)")
     g.add_argument("--test", metavar="FILE", help="test data, evaluated once at the end")
