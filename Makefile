@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,lint,hf,onnx,digits]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,lint,hf,onnx,digits,apps]'
 	touch $(STAMP)
 
 demo: $(STAMP)
