@@ -1,44 +1,48 @@
 """Dynamic int8 quantization of a model's attention projections and feed-forward layers, for
-inference on a CPU.
+inference on a CPU: ``quantize(model)`` without ``weights=`` (see :mod:`multihead.quantize`).
 
 "Dynamic" means weights are quantized once, ahead of time, and activations are quantized on
 the fly at every call from their own range, so no calibration data is needed. What changes:
 
 * every ``nn.Linear`` inside a :class:`~multihead.modules.attention.MultiHeadAttention`
   (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``) and a
-  :class:`~multihead.modules.feedforward.FeedForward` (``linear1``, ``linear2``);
+  :class:`~multihead.modules.feedforward.FeedForward` (``linear1``, ``linear2``, ``gate``);
 * nothing else: embeddings, LayerNorms and the output head stay float. The head is usually tied
   to the embedding, and its logits pick every token, so it is the worst place to lose precision
   for the least time saved.
 
 Weights are quantized per output channel, symmetrically (one scale per row of ``W``), which
-also makes the fused self-attention projection exact to quantize: ``MultiHeadAttention``
-multiplies by ``cat([W_q, W_k, W_v])`` in one product when query, key and value are one
-tensor, and with one scale per row, quantizing the concatenation is the same as concatenating
-the three quantized matrices. (A quantized ``q_proj.weight`` is a method, not a tensor, so the
-float module's ``torch.cat`` of the three weights would fail; the quantized module below gives
-the fused product its own quantized ``qkv_proj`` instead.)
+also makes the fused self-attention projection exact to quantize: with one scale per row,
+quantizing ``cat([W_q, W_k, W_v])`` is the same as concatenating the three quantized matrices.
+(A quantized ``q_proj.weight`` is a method, not a tensor, so the float module's ``torch.cat`` of
+the three weights would fail; the quantized module below gives the fused product its own
+quantized ``qkv_proj`` instead.)
 
-Two kernels:
+Activations get one scale **per token** (per row) in the default kernel, so a sequence's
+output never depends on its batch mates or on padding, and cached decoding gives the tokens of
+uncached decoding (issue 12, item 4). Kernels:
 
+* ``"int8pack"`` (the default where it runs): int8 weights, 8-bit per-token activations held
+  as bfloat16 integers (exact: |x| <= 127 needs 8 bits), multiplied by PyTorch's
+  ``aten._weight_int8pack_mm`` (vectorised for bf16 activations). The integer sums are rounded
+  to bf16 once, per element, whatever the batch: ~0.5% error per layer.
+* ``"reference"``: the same arithmetic as float32 products of integer values (exact: every
+  product of int8 values and their sums below 2^24 are exact float32 integers); more accurate
+  (~0.8% per layer from the 8-bit activations alone) but no faster than float, since it
+  widens the weights to float32 at every call.
 * ``"torch"``: PyTorch's dynamic quantized linear (``torch.ao.nn.quantized.dynamic.Linear``,
-  FBGEMM/oneDNN int8 GEMM). PyTorch has deprecated ``torch.ao.quantization`` in favour of the
-  separate ``torchao`` package, but in 2.13 the kernels are still there and about 2x faster
-  than float32 on large batches of tokens on an AVX2 CPU. Activations get one (per-tensor)
-  scale per call, 7-bit on x86 (FBGEMM's ``reduce_range``), so the error per layer is ~2%.
-* ``"reference"``: written here for when those kernels are gone: int8 weights with per-channel
-  scales and a per-token activation scale, computed as float matmuls of integer values (exact:
-  every product of int8 values and their sums below 2^24 are exact float32 integers). More
-  accurate (~0.8% per layer) but no faster than float: ``torch._int_mm`` exists on the CPU but
-  measured 10-20x *slower* than a float32 matmul here, so it is not used.
+  FBGEMM int8 GEMM), the default before issue 12. Its activations get **one scale per call**
+  (per tensor, 7-bit on x86), so a sequence's logits change with its batch mates and padding
+  (up to 0.3 on a small LM) and cached and uncached greedy decoding can differ. Kept for
+  comparison; ``torch.ao.quantization`` is deprecated in favour of ``torchao``.
 
-``"auto"`` takes ``"torch"`` when it is available.
+``"auto"`` takes ``"int8pack"`` when that kernel runs, else ``"reference"``.
 
 Example:
     >>> import torch
     >>> from multihead import MultiHeadAttention
     >>> mha = MultiHeadAttention(64, 4).eval()
-    >>> qmha = quantize(mha)
+    >>> qmha = quantize_dynamic(mha)
     >>> x = torch.randn(2, 10, 64)
     >>> ref, out = mha(x).output, qmha(x).output
     >>> bool((out - ref).norm() / ref.norm() < 0.1), type(mha.q_proj).__name__
@@ -47,27 +51,28 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .modules.attention import MultiHeadAttention
-from .modules.feedforward import FeedForward
+from ..modules.attention import MultiHeadAttention
+from ..modules.feedforward import FeedForward
+from .weight_only import int8_kernel_available
 
 __all__ = [
     "KERNELS",
     "Int8DynamicLinear",
     "QuantizedMultiHeadAttention",
-    "quantize",
+    "quantize_dynamic",
     "quantized_linear",
     "torch_kernels_available",
 ]
 
-KERNELS = ("auto", "torch", "reference")
+KERNELS = ("auto", "int8pack", "torch", "reference")
 DTYPES = (torch.qint8, torch.float16)
 
 
@@ -96,6 +101,9 @@ class Int8DynamicLinear(nn.Module):
         \hat{W} = \mathrm{round}(W / s_w),\ s_w = \max_j |W_{ij}| / 127 \ \text{(per row)},
         \quad \hat{x} = \mathrm{round}(x / s_x),\ s_x = \max_j |x_j| / 127 \ \text{(per token)}
 
+    ``kernel="int8pack"`` computes :math:`\hat{x} \hat{W}^\top` with
+    ``aten._weight_int8pack_mm`` on bf16-held integers; ``"reference"`` with a float32 product.
+    Both see one token at a time, so the output of a row never depends on the other rows.
     With ``dtype=torch.float16`` the weights are stored in float16 and nothing is rounded to
     integers (weight-only half precision). Shapes: ``x (..., in_features)`` ->
     ``(..., out_features)``.
@@ -111,6 +119,7 @@ class Int8DynamicLinear(nn.Module):
     weight_q: Tensor
     weight_scale: Tensor | None
     bias_f: Tensor | None
+    _ones: Tensor
 
     def __init__(
         self,
@@ -119,37 +128,49 @@ class Int8DynamicLinear(nn.Module):
         bias: Tensor | None,
         *,
         dtype: torch.dtype = torch.qint8,
+        kernel: str = "reference",
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.dtype = dtype
+        self.kernel = kernel
         self.register_buffer("weight_q", weight)  # (out, in), int8 or float16
         self.register_buffer("weight_scale", weight_scale)  # (out,) float32, or None
         self.register_buffer("bias_f", bias)  # (out,) or None
+        # The kernel's own (bf16) scales are ones: the float32 scales are applied afterwards.
+        ones = torch.ones(self.out_features, dtype=torch.bfloat16)
+        self.register_buffer("_ones", ones, persistent=False)
 
     @classmethod
     def from_float(
-        cls, linear: nn.Linear, *, dtype: torch.dtype = torch.qint8
+        cls, linear: nn.Linear, *, dtype: torch.dtype = torch.qint8, kernel: str = "reference"
     ) -> Int8DynamicLinear:
         """Quantize ``linear``'s weights (per output channel, symmetric)."""
         w = linear.weight.detach().float()
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         if dtype == torch.float16:
-            return cls(w.half(), None, bias, dtype=dtype)
+            return cls(w.half(), None, bias, dtype=dtype, kernel="reference")
         # A zero row would get scale 0 and divide by it; any positive scale maps it to zeros.
         scale = (w.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
         weight = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        return cls(weight, scale, bias, dtype=dtype)
+        return cls(weight, scale, bias, dtype=dtype, kernel=kernel)
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
         if self.weight_scale is None:  # float16 weights: weight-only, nothing else rounded
             y = F.linear(xf, self.weight_q.float(), self.bias_f)
             return y.to(x.dtype)
-        # Per-token scale: one outlier token cannot flatten the resolution of the others.
+        # Per-token scale: one outlier token cannot flatten the resolution of the others, and
+        # no token's numbers depend on another's.
         sx = xf.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / 127
         xq = torch.round(xf / sx).clamp_(-127, 127)  # integer values in float32
-        y = F.linear(xq, self.weight_q.float()) * (sx * self.weight_scale)
+        if self.kernel == "int8pack":
+            x2d = xq.reshape(-1, self.in_features).to(torch.bfloat16)  # exact: |xq| <= 127
+            y = torch.ops.aten._weight_int8pack_mm(x2d, self.weight_q, self._ones).float()
+            y = y.reshape(*xq.shape[:-1], self.out_features)
+        else:
+            y = F.linear(xq, self.weight_q.float())
+        y = y * (sx * self.weight_scale)
         if self.bias_f is not None:
             y = y + self.bias_f
         return y.to(x.dtype)
@@ -157,21 +178,26 @@ class Int8DynamicLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"dtype={self.dtype}, per_channel_weights=True, per_token_activations=True"
+            f"dtype={self.dtype}, kernel={self.kernel!r}, per_channel_weights=True, "
+            "per_token_activations=True"
         )
 
 
 def _resolve_kernel(kernel: str) -> str:
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    available = torch_kernels_available()
-    if kernel == "torch" and not available:
+    if kernel == "torch" and not torch_kernels_available():
         raise ValueError(
             "kernel='torch' needs torch.ao dynamic quantization, which this PyTorch lacks; "
-            "use kernel='reference' or 'auto'"
+            "use kernel='auto', 'int8pack' or 'reference'"
+        )
+    if kernel == "int8pack" and not int8_kernel_available():
+        raise ValueError(
+            "kernel='int8pack' needs torch.ops.aten._weight_int8pack_mm with bf16 inputs, "
+            "which does not run here; use kernel='reference' (same numbers, slower)"
         )
     if kernel == "auto":
-        return "torch" if available else "reference"
+        return "int8pack" if int8_kernel_available() else "reference"
     return kernel
 
 
@@ -188,8 +214,9 @@ def quantized_linear(
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
     _check_dtype(dtype)
-    if _resolve_kernel(kernel) == "reference":
-        return Int8DynamicLinear.from_float(linear, dtype=dtype)
+    kernel = _resolve_kernel(kernel)
+    if kernel != "torch":
+        return Int8DynamicLinear.from_float(linear, dtype=dtype, kernel=kernel)
     with warnings.catch_warnings():
         # PyTorch warns that torch.ao.quantization and quantized tensors are deprecated on
         # every call; the module docstring says what we do about it, once.
@@ -218,13 +245,13 @@ def _check_dtype(dtype: Any) -> None:
 
 
 class QuantizedMultiHeadAttention(MultiHeadAttention):
-    """A :class:`MultiHeadAttention` whose four projections are dynamically quantized.
+    """A :class:`MultiHeadAttention` whose four projections are quantized.
 
-    Made by :func:`quantize` (not constructed directly). Self-attention uses one quantized
-    ``qkv_proj`` holding ``[W_q; W_k; W_v]``, as the float module fuses them; cross-attention
-    uses ``q_proj``, ``k_proj`` and ``v_proj``. With per-channel weight scales both give the same
-    numbers. The int8 weights are kept twice (fused and separate), still half the size of the
-    float32 ones.
+    Made by :func:`multihead.quantize.quantize` (not constructed directly). Self-attention uses
+    one ``qkv_proj`` holding ``[W_q; W_k; W_v]``: one product reads the three matrices in one
+    pass instead of three. Cross-attention uses ``q_proj``, ``k_proj`` and ``v_proj``. With
+    per-channel (int8) or per-row-group (int4) scales both give the same numbers. The quantized
+    weights are kept twice (fused and separate), still smaller than the float32 ones.
     """
 
     qkv_proj: nn.Module
@@ -233,9 +260,10 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
 
     @classmethod
     def convert(
-        cls, mha: MultiHeadAttention, *, dtype: torch.dtype, kernel: str
+        cls, mha: MultiHeadAttention, make: Callable[[nn.Linear], nn.Module]
     ) -> QuantizedMultiHeadAttention:
-        """Quantize ``mha`` **in place** (turning it into this class) and return it."""
+        """Quantize ``mha`` **in place** (turning it into this class) with ``make`` (float
+        ``nn.Linear`` -> quantized module) and return it."""
         if not isinstance(mha, MultiHeadAttention):
             raise TypeError(f"mha must be a MultiHeadAttention, got {type(mha).__name__}")
         projections = (mha.q_proj, mha.k_proj, mha.v_proj)
@@ -246,9 +274,7 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
             if has_bias:
                 fused.bias.copy_(torch.cat([p.bias for p in projections]))
         names = ("q_proj", "k_proj", "v_proj", "out_proj")
-        quantized = {
-            n: quantized_linear(getattr(mha, n), dtype=dtype, kernel=kernel) for n in names
-        }
+        quantized = {n: make(getattr(mha, n)) for n in names}
         # Changing the class keeps every attribute, hook and the isinstance(MultiHeadAttention)
         # checks of the models and observers; only project() and the helpers below differ.
         mha.__class__ = cls
@@ -258,7 +284,7 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
             qmha.__dict__["_fused_qkv"] = None  # drop the float copy of [W_q; W_k; W_v]
         for name, module in quantized.items():
             setattr(qmha, name, module)
-        qmha.qkv_proj = quantized_linear(fused, dtype=dtype, kernel=kernel)
+        qmha.qkv_proj = make(fused)
         qmha._split = [p.out_features for p in projections]
         return qmha
 
@@ -281,43 +307,23 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
         return q, k, v
 
 
-def quantize(
-    model: nn.Module, *, dtype: torch.dtype = torch.qint8, kernel: str = "auto"
+def quantize_dynamic(
+    qmodel: nn.Module, *, dtype: torch.dtype = torch.qint8, kernel: str = "auto"
 ) -> nn.Module:
-    """A copy of ``model`` for CPU inference with its attention projections and feed-forward
-    layers dynamically quantized; ``model`` itself is left untouched.
-
-    Args:
-        model: any module containing :class:`MultiHeadAttention` and/or :class:`FeedForward`
-            layers (a ``Seq2SeqTransformer``, a ``DecoderLM``, one ``MultiHeadAttention``...).
-        dtype: ``torch.qint8`` (int8 weights and activations) or ``torch.float16`` (half
-            precision weights only).
-        kernel: ``"auto"``, ``"torch"`` (PyTorch's int8 GEMM) or ``"reference"`` (see the
-            module docstring).
-
-    Returns:
-        The quantized copy, in eval mode (quantized layers have no gradients).
-
-    Example:
-        >>> from multihead.modules.models import Seq2SeqTransformer, TransformerConfig
-        >>> model = Seq2SeqTransformer(TransformerConfig(vocab_size=12, d_model=16, num_heads=2))
-        >>> qmodel = quantize(model)
-        >>> qmodel.encoder.layers[0].feed_forward.linear1._get_name()  # PyTorch's int8 kernel
-        'DynamicQuantizedLinear'
-        >>> type(model.encoder.layers[0].feed_forward.linear1).__name__  # the original: float
-        'Linear'
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    """Dynamically quantize the attention projections and feed-forward layers of ``qmodel``
+    **in place** (callers pass a copy) and return it. See the module docstring."""
     _check_dtype(dtype)
     kernel = _resolve_kernel(kernel)
-    if any(isinstance(m, QuantizedMultiHeadAttention) for m in model.modules()):
-        raise ValueError("model is already quantized (it contains a QuantizedMultiHeadAttention)")
-    qmodel = copy.deepcopy(model)
+
+    def make(linear: nn.Linear) -> nn.Module:
+        return quantized_linear(linear, dtype=dtype, kernel=kernel)
+
     for module in list(qmodel.modules()):
         if isinstance(module, MultiHeadAttention):
-            QuantizedMultiHeadAttention.convert(module, dtype=dtype, kernel=kernel)
+            QuantizedMultiHeadAttention.convert(module, make)
         elif isinstance(module, FeedForward):
-            module.linear1 = quantized_linear(module.linear1, dtype=dtype, kernel=kernel)  # type: ignore[assignment]
-            module.linear2 = quantized_linear(module.linear2, dtype=dtype, kernel=kernel)  # type: ignore[assignment]
+            for name in ("linear1", "linear2", "gate"):
+                linear = getattr(module, name, None)
+                if isinstance(linear, nn.Linear):
+                    setattr(module, name, make(linear))
     return qmodel.eval()
