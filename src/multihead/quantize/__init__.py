@@ -137,7 +137,7 @@ def quantize(
     model: nn.Module,
     *,
     weights: str | None = None,
-    group_size: int = DEFAULT_GROUP_SIZE,
+    group_size: int | None = None,
     dtype: torch.dtype = torch.qint8,
     kernel: str = "auto",
 ) -> nn.Module:
@@ -150,8 +150,8 @@ def quantize(
             ``"int8"`` (per-channel scales), ``"int4"`` (grouped scales) or ``"bf16"``:
             weight-only, every ``nn.Linear`` including the LM head. ``"bf16"`` on a CPU
             without bf16 units keeps float32 weights and warns once.
-        group_size: int4 only: input channels per scale (32-128; must divide every layer's
-            input size).
+        group_size: int4 only: input channels per scale, 32-128, dividing every layer's input
+            size. ``None``: 64, else 128, else 32, the first that divides them all.
         dtype, kernel: dynamic mode only.
 
     Returns:
@@ -189,8 +189,8 @@ def quantize(
         setattr(qmodel, _MARK, {"weights": "dynamic", "dtype": str(dtype)})
         return qmodel
     _check_on_cpu(model, mode)
-    if mode == "int4":
-        _check_group_size(model, group_size)
+    # (group_size matters for int4 only.)
+    group_size = _check_group_size(model, group_size) if mode == "int4" else DEFAULT_GROUP_SIZE
     qmodel = copy.deepcopy(model)
     if mode == "bf16" and not bf16_units():
         warnings.warn(
@@ -210,18 +210,27 @@ def quantize(
     return qmodel.eval()
 
 
-def _check_group_size(model: nn.Module, group_size: Any) -> None:
+def _check_group_size(model: nn.Module, group_size: Any) -> int:
+    sizes = sorted({m.in_features for m in model.modules() if isinstance(m, nn.Linear)})
+    if group_size is None:
+        for candidate in (DEFAULT_GROUP_SIZE, 128, 32):
+            if all(k % candidate == 0 for k in sizes):
+                return candidate
+        raise ValueError(
+            f"weights='int4' needs a group size of 32, 64 or 128 dividing the input size of "
+            f"every linear layer; none divides all of {sizes}: use weights='int8'"
+        )
     if isinstance(group_size, bool) or not isinstance(group_size, int):
         raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
     if group_size < 2 or group_size % 2:
         raise ValueError(f"group_size must be an even int >= 2, got {group_size}")
-    sizes = sorted({m.in_features for m in model.modules() if isinstance(m, nn.Linear)})
     bad = [k for k in sizes if k % group_size]
     if bad:
         raise ValueError(
             f"group_size={group_size} must divide the input size of every linear layer; it "
             f"does not divide {bad} (sizes here: {sizes})"
         )
+    return group_size
 
 
 def _convert_weight_only(qmodel: nn.Module, weights: str, group_size: int) -> None:

@@ -41,8 +41,9 @@ uncached decoding (issue 12, item 4). Kernels:
 Example:
     >>> import torch
     >>> from multihead import MultiHeadAttention
+    >>> from multihead.quantize import quantize
     >>> mha = MultiHeadAttention(64, 4).eval()
-    >>> qmha = quantize_dynamic(mha)
+    >>> qmha = quantize(mha)  # a copy: mha stays float
     >>> x = torch.randn(2, 10, 64)
     >>> ref, out = mha(x).output, qmha(x).output
     >>> bool((out - ref).norm() / ref.norm() < 0.1), type(mha.q_proj).__name__
