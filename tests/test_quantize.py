@@ -30,7 +30,7 @@ from multihead.quantize import (
 )
 from multihead.quantize.weight_only import weight_only_linear
 
-KERNELS = ["reference", "int8pack"] + (["torch"] if torch_kernels_available() else [])
+KERNELS = ["reference", "int8pack", "onednn"] + (["torch"] if torch_kernels_available() else [])
 # Relative Frobenius error of the logits of the small model below, measured: ~1.7% with
 # PyTorch's kernel (one 7-bit scale per activation tensor) and ~1.0% with the reference kernel
 # (8-bit, one scale per token). The bound leaves a 4x margin over the worse of the two, and is

@@ -22,7 +22,14 @@ Activations get one scale **per token** (per row) in the default kernel, so a se
 output never depends on its batch mates or on padding, and cached decoding gives the tokens of
 uncached decoding (issue 12, item 4). Kernels:
 
-* ``"int8pack"`` (the default where it runs): int8 weights, 8-bit per-token activations held
+* ``"onednn"`` (the default where it runs): oneDNN's int8 GEMM
+  (``torch.ops.onednn.qlinear_pointwise``, the kernel behind PyTorch's x86 quantization in
+  ``torch.compile``) on our own per-token integers, given to it with a unit activation scale;
+  the float32 scales are applied to its float32 output. Integer sums are exact, so a row's
+  result never depends on the others. On CPUs without VNNI instructions its u8 x s8 products
+  are summed in pairs into saturating 16-bit integers, so activations get 7 bits there (as
+  FBGEMM's ``reduce_range``), 8 bits with VNNI.
+* ``"int8pack"``: int8 weights, 8-bit per-token activations held
   as bfloat16 integers (exact: |x| <= 127 needs 8 bits), multiplied by PyTorch's
   ``aten._weight_int8pack_mm`` (vectorised for bf16 activations). The integer sums are rounded
   to bf16 once, per element, whatever the batch: ~0.5% error per layer.
@@ -36,7 +43,7 @@ uncached decoding (issue 12, item 4). Kernels:
   (up to 0.3 on a small LM) and cached and uncached greedy decoding can differ. Kept for
   comparison; ``torch.ao.quantization`` is deprecated in favour of ``torchao``.
 
-``"auto"`` takes ``"int8pack"`` when that kernel runs, else ``"reference"``.
+``"auto"`` takes the first of ``"onednn"``, ``"int8pack"``, ``"reference"`` that runs here.
 
 Example:
     >>> import torch
@@ -52,6 +59,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -62,18 +70,19 @@ from torch import Tensor, nn
 
 from ..modules.attention import MultiHeadAttention
 from ..modules.feedforward import FeedForward
-from .weight_only import int8_kernel_available
+from .weight_only import _cpu_flags, _probe, int8_kernel_available
 
 __all__ = [
     "KERNELS",
     "Int8DynamicLinear",
     "QuantizedMultiHeadAttention",
+    "onednn_kernel_available",
     "quantize_dynamic",
     "quantized_linear",
     "torch_kernels_available",
 ]
 
-KERNELS = ("auto", "int8pack", "torch", "reference")
+KERNELS = ("auto", "onednn", "int8pack", "torch", "reference")
 DTYPES = (torch.qint8, torch.float16)
 
 
@@ -92,6 +101,44 @@ def torch_kernels_available() -> bool:
     except ImportError:
         return False
     return bool(torch.backends.quantized.supported_engines)
+
+
+@functools.cache
+def onednn_kernel_available() -> bool:
+    """Whether oneDNN's int8 linear (``torch.ops.onednn.qlinear_pointwise``) runs here.
+
+    Example:
+        >>> isinstance(onednn_kernel_available(), bool)
+        True
+    """
+
+    def run() -> None:
+        packed = torch.ops.onednn.qlinear_prepack(torch.ones(16, 32, dtype=torch.int8), None)
+        torch.ops.onednn.qlinear_pointwise(
+            torch.full((1, 32), 128, dtype=torch.uint8),
+            1.0,
+            128,
+            packed,
+            torch.ones(16),
+            torch.zeros(16, dtype=torch.int64),
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
+        )
+
+    return _probe(run)
+
+
+@functools.cache
+def _activation_levels() -> int:
+    """127 (8-bit activations) where u8 x s8 products accumulate in 32 bits (VNNI, AMX);
+    63 otherwise, so that a pair of products fits a saturating 16-bit sum."""
+    flags = _cpu_flags()
+    return 127 if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else 63
 
 
 class Int8DynamicLinear(nn.Module):
@@ -121,6 +168,8 @@ class Int8DynamicLinear(nn.Module):
     weight_scale: Tensor | None
     bias_f: Tensor | None
     _ones: Tensor
+    _packed: Tensor
+    _zero_points: Tensor
 
     def __init__(
         self,
@@ -141,6 +190,19 @@ class Int8DynamicLinear(nn.Module):
         # The kernel's own (bf16) scales are ones: the float32 scales are applied afterwards.
         ones = torch.ones(self.out_features, dtype=torch.bfloat16)
         self.register_buffer("_ones", ones, persistent=False)
+        self.register_buffer("_packed", torch.empty(0, dtype=torch.int8), persistent=False)
+        zero_points = torch.zeros(self.out_features, dtype=torch.int64)  # symmetric weights
+        self.register_buffer("_zero_points", zero_points, persistent=False)
+        self._pack()
+
+    def _pack(self) -> None:
+        """oneDNN's layout of the int8 weights (CPU-specific, so rebuilt, never saved)."""
+        if self.kernel == "onednn":
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight_q, None)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._pack()
 
     @classmethod
     def from_float(
@@ -163,7 +225,10 @@ class Int8DynamicLinear(nn.Module):
             return y.to(x.dtype)
         # Per-token scale: one outlier token cannot flatten the resolution of the others, and
         # no token's numbers depend on another's.
-        sx = xf.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / 127
+        tiny = torch.finfo(torch.float32).tiny
+        if self.kernel == "onednn":
+            return self._forward_onednn(xf).to(x.dtype)
+        sx = xf.abs().amax(dim=-1, keepdim=True).clamp_min(tiny) / 127
         xq = torch.round(xf / sx).clamp_(-127, 127)  # integer values in float32
         if self.kernel == "int8pack":
             x2d = xq.reshape(-1, self.in_features).to(torch.bfloat16)  # exact: |xq| <= 127
@@ -175,6 +240,33 @@ class Int8DynamicLinear(nn.Module):
         if self.bias_f is not None:
             y = y + self.bias_f
         return y.to(x.dtype)
+
+    def _forward_onednn(self, xf: Tensor) -> Tensor:
+        assert self.weight_scale is not None
+        levels = _activation_levels()
+        x2d = xf.reshape(-1, self.in_features)  # (M, K)
+        tiny = torch.finfo(torch.float32).tiny
+        sx = x2d.abs().amax(dim=-1, keepdim=True).clamp_min(tiny) / levels  # (M, 1)
+        # Shifted to unsigned (oneDNN's activations are u8 with a zero point).
+        zero = levels + 1
+        qx = (torch.round(x2d / sx).clamp_(-levels, levels) + zero).to(torch.uint8)
+        y = torch.ops.onednn.qlinear_pointwise(
+            qx,
+            1.0,
+            zero,
+            self._packed,
+            self.weight_scale,
+            self._zero_points,
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
+        )  # (M, N) = integer sums x weight scales, float32
+        y = y * sx if self.bias_f is None else torch.addcmul(self.bias_f, y, sx)
+        return y.reshape(*xf.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (
@@ -197,7 +289,14 @@ def _resolve_kernel(kernel: str) -> str:
             "kernel='int8pack' needs torch.ops.aten._weight_int8pack_mm with bf16 inputs, "
             "which does not run here; use kernel='reference' (same numbers, slower)"
         )
+    if kernel == "onednn" and not onednn_kernel_available():
+        raise ValueError(
+            "kernel='onednn' needs torch.ops.onednn.qlinear_pointwise, which does not run "
+            "here; use kernel='auto' or 'reference'"
+        )
     if kernel == "auto":
+        if onednn_kernel_available():
+            return "onednn"
         return "int8pack" if int8_kernel_available() else "reference"
     return kernel
 
