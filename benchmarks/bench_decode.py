@@ -266,7 +266,7 @@ def compare_with_hf(
     )
     quality_note = (
         f"Quality against our float32 at batch {batches[-1]} (random weights: near-tied logits "
-        "make greedy agreement a harsh test; the trained character LM is in bench_quantize.py)."
+        "make greedy agreement a harsh test; the trained character LM follows)."
     )
     return f"{note}\n\n{table}\n\n{quality_note}\n\n{quality}\n", summary
 
