@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -405,20 +404,3 @@ def weight_only_linear(linear: nn.Linear, weights: str, *, group_size: int) -> W
     """
     with torch.no_grad():
         return WEIGHT_LAYERS[weights].from_float(linear, group_size=group_size)
-
-
-def float_forward_reference(layer: WeightOnlyLinear, x: Tensor) -> Tensor:
-    """What ``layer`` computes, in float64 from its stored (rounded) weights: the oracle of
-    the tests. ``x (..., K)`` -> ``(..., N)`` float64."""
-    if isinstance(layer, Int8WeightLinear):
-        w = layer.qweight.double() * layer.scale.double()[:, None]
-    elif isinstance(layer, Int4WeightLinear):
-        q = torch.stack([layer.qweight & 0xF, layer.qweight >> 4], dim=-1)
-        q = q.view(layer.qweight.shape[0], -1, layer.group_size).double()  # (N', groups, g)
-        sz = layer.scales_zeros.double().transpose(0, 1)  # (N', groups, 2)
-        w = ((q - 8) * sz[..., :1] + sz[..., 1:]).flatten(1)[: layer.out_features]
-    else:
-        assert isinstance(layer, BF16WeightLinear)
-        w = layer.weight.double()
-    bias = None if layer.bias is None else layer.bias.double()
-    return F.linear(x.double(), w, bias)
