@@ -17,12 +17,23 @@ Measured, float32 and int8 in the same run:
   dates x 11 decoder positions) with each kernel: float32, PyTorch's int8
   (``kernel="torch"``), our reference int8 (``kernel="reference"``) and ``torch._int_mm``.
 
-Run: ``python benchmarks/bench_quantize.py`` (``--quick``: 200 dates, batch-1 on 50).
+A second part (issue 12, item 4) compares the dynamic int8 kernels on a decoder LM (the
+character LM of ``multihead train text`` when ``--text-checkpoint`` exists, else a random
+small LM with large weights): the old per-tensor activation scale (``kernel="torch"``), the
+per-token default (``kernel="int8pack"``), the per-token ``"reference"`` kernel and float32.
+For each: the largest change of a sequence's logits when it shares a padded batch, whether
+cached and uncached greedy generation agree, and the time of a batch forward (64 x 64 tokens)
+and of a batch-1 cached generation (64 tokens), interleaved.
+
+Run: ``python benchmarks/bench_quantize.py`` (``--quick``: 200 dates, batch-1 on 50;
+``--lm-only``: the second part only).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,11 +42,14 @@ import torch
 from torch import nn
 
 from multihead.bench.harness import machine_summary, markdown_table, time_interleaved
+from multihead.modules.models import DecoderLM, TransformerConfig
 from multihead.quantize import quantize, quantized_linear, torch_kernels_available
+from multihead.tasks import DatesTask
+from multihead.tasks.date_reading import model_source
+from multihead.threads import apply_thread_policy
 from multihead.train.loop import TrainConfig, train
 from multihead.train.recipes import (
     Seq2SeqRecipe,
-    balanced_date_pairs,
     get_recipe,
     load_trained,
     translate_texts,
@@ -99,9 +113,13 @@ def linear_kernels(tokens: int, d_in: int, d_out: int, repeat: int) -> str:
     fns = {"float32": lambda: lin(x)}
     ours = quantized_linear(lin, kernel="reference")
     fns["int8 reference (per-token)"] = lambda: ours(x)
+    packed = quantized_linear(lin, kernel="int8pack")
+    fns["int8 int8pack (per-token)"] = lambda: packed(x)
+    onednn = quantized_linear(lin, kernel="auto")
+    fns[f"int8 {onednn.kernel} (per-token, default)"] = lambda: onednn(x)  # type: ignore[operator]
     if torch_kernels_available():
         q = quantized_linear(lin, kernel="torch")
-        fns["int8 torch.ao (FBGEMM)"] = lambda: q(x)
+        fns["int8 torch.ao (FBGEMM, per-tensor, old default)"] = lambda: q(x)
     if hasattr(torch, "_int_mm"):
         w = lin.weight.detach()
         ws = w.abs().amax(1) / 127
@@ -127,6 +145,81 @@ def linear_kernels(tokens: int, d_in: int, d_out: int, repeat: int) -> str:
     )
 
 
+def small_lm(seed: int = 0, gain: float = 3.0) -> DecoderLM:
+    """A random small LM with weights scaled by ``gain`` (the issue's repro of the drift)."""
+    torch.manual_seed(seed)
+    config = TransformerConfig(
+        vocab_size=50, d_model=64, num_heads=4, d_ff=128, num_decoder_layers=2, dropout=0.0
+    )
+    lm = DecoderLM(config).eval()
+    with torch.no_grad():
+        for p in lm.parameters():
+            if p.dim() == 2:
+                p.mul_(gain)
+    return lm
+
+
+def dynamic_kernels_on_lm(checkpoint: Path, repeat: int) -> str:
+    """Batch invariance and cost of each dynamic int8 kernel against float32 (issue 12.4)."""
+    if checkpoint.is_file():
+        lm = load_trained(checkpoint).model
+        what = f"character LM {checkpoint}"
+    else:
+        lm = small_lm()
+        what = "random small LM (2 layers of 64, weights x3; no --text-checkpoint)"
+    assert isinstance(lm, DecoderLM)
+    vocab = lm.config.vocab_size
+    models: dict[str, nn.Module] = {"float32": lm}
+    if torch_kernels_available():
+        models["int8 per-tensor (torch, old default)"] = quantize(lm, kernel="torch")
+    models["int8 per-token (default: auto)"] = quantize(lm)
+    models["int8 per-token (int8pack)"] = quantize(lm, kernel="int8pack")
+    models["int8 per-token (reference)"] = quantize(lm, kernel="reference")
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (4, 24), generator=gen)
+    mask = torch.ones(ids.shape, dtype=torch.bool)
+    mask[0, 13:] = False
+    prompts = torch.randint(1, vocab, (4, 4), generator=gen)
+    batch = torch.randint(1, vocab, (64, 64), generator=gen)
+    prompt1 = prompts[:1]
+    fns = {}
+    for name, model in models.items():
+        fns[f"{name} forward"] = functools.partial(torch.inference_mode()(model), batch)
+        fns[f"{name} generate"] = functools.partial(model.generate, prompt1, 64)
+    times = time_interleaved(fns, warmup=1, repeat=repeat)
+    rows = []
+    for name, model in models.items():
+        with torch.inference_mode():
+            drift = float((model(ids[:1, :13]) - model(ids, mask)[:1, :13]).abs().max())
+        cached = model.generate(prompts, 64, use_cache=True)
+        same = torch.equal(cached, model.generate(prompts, 64, use_cache=False))
+        fwd, gen_s = times[f"{name} forward"].median_s, times[f"{name} generate"].median_s
+        rows.append(
+            [
+                name,
+                f"{drift:.1e}",
+                "yes" if same else "**no**",
+                f"{1e3 * fwd:.0f}",
+                f"{times['float32 forward'].median_s / fwd:.2f}x",
+                f"{1e3 * gen_s:.0f}",
+                f"{times['float32 generate'].median_s / gen_s:.2f}x",
+            ]
+        )
+    table = markdown_table(
+        [
+            "model",
+            "max logit change, padded batch",
+            "cached == uncached greedy (4 x 64)",
+            "forward 64x64: ms",
+            "vs float32",
+            "generate 64, batch 1: ms",
+            "vs float32",
+        ],
+        rows,
+    )
+    return f"Dynamic int8 kernels on the {what}; median of {repeat} interleaved runs.\n\n{table}\n"
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT))
@@ -144,7 +237,21 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="200 dates, 50 one at a time")
+    parser.add_argument("--text-checkpoint", default=str(ROOT / "runs" / "text" / "checkpoint.pt"))
+    parser.add_argument("--lm-only", action="store_true", help="only the dynamic-kernel table")
+    parser.add_argument("--threads", type=int, default=None, help="default: free physical cores")
     args = parser.parse_args(argv)
+    threads = apply_thread_policy(args.threads)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lm_part = dynamic_kernels_on_lm(Path(args.text_checkpoint), args.repeat)
+    # GPT-2-small's up projection: many tokens (prefill, batch work) and one (a decoding step).
+    lm_part += "\nOne GPT-2-sized layer, each kernel:\n\n"
+    lm_part += linear_kernels(4096, 768, 3072, args.repeat) + "\n\n"
+    lm_part += linear_kernels(1, 768, 3072, 20 * args.repeat) + "\n"
+    if args.lm_only:
+        report = f"{machine_summary()}; {threads} thread(s); load {load}\n\n{lm_part}"
+        print(report)
+        return report
     n_dates = 200 if args.quick else args.dates
     n_single = min(n_dates, 50 if args.quick else args.single)
     train_out = Path(args.train_out) if args.train_out else None
@@ -152,7 +259,8 @@ def main(argv: list[str] | None = None) -> str:
         Path(args.checkpoint), args.train_steps, train_out
     )
     qmodel = quantize(model)
-    pairs = balanced_date_pairs(n_dates, split="test")
+    samples = DatesTask().sample_full(n_dates, "test", balanced=True)
+    pairs = [(model_source(s.text, s.order), s.target) for s in samples]
     texts = [s for s, _ in pairs]
     targets = [t for _, t in pairs]
 
@@ -226,7 +334,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{machine_summary()}; quantized engine {torch.backends.quantized.engine}\n\n"
         f"Model: {provenance}. Held-out: {n_dates} dates of the test split, every form.\n"
     )
-    report = f"{header}\n{table}\n\n{verdict}\nLinear kernels:\n\n{kernels}\n"
+    report = f"{header}\n{table}\n\n{verdict}\nLinear kernels:\n\n{kernels}\n\n{lm_part}"
     print(report)
     return report
 

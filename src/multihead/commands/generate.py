@@ -9,6 +9,7 @@ Example:
     multihead train text --steps 3000
     multihead generate --prompt "The " --max-new-tokens 300 --temperature 0.8 --top-k 20
     multihead generate --checkpoint runs/text/checkpoint.pt --top-p 0.9 --seed 7
+    multihead generate --quantize int8 --threads 1
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch
 from multihead.decoding import sample
 from multihead.errors import CommandError
 from multihead.modules.models import DecoderLM
+from multihead.quantize import quantize
 from multihead.tasks import CharVocab
+from multihead.threads import apply_thread_policy
 from multihead.train.checkpoint import CheckpointError
 from multihead.train.recipes import load_trained
 
@@ -43,6 +46,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, help="sample within this probability nucleus")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     parser.add_argument("--json", action="store_true", help="print a JSON object")
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "dynamic", "int8", "int4", "bf16"),
+        default="none",
+        help="run a quantized copy (see docs/quantization.md): dynamic int8, or int8/int4/bf16 "
+        "weights (default none: float32)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: the physical cores that are free, 1 on a busy machine)",
+    )
 
 
 def generate_text(
@@ -106,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise CommandError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.threads is not None and args.threads < 1:
+        raise CommandError(f"--threads must be >= 1, got {args.threads}")
+    apply_thread_policy(args.threads)
     path = Path(args.checkpoint)
     if not path.exists():
         raise CommandError(
@@ -122,10 +140,16 @@ def run(args: argparse.Namespace) -> int:
             f"`multihead train text`"
         )
     assert isinstance(trained.model, DecoderLM)
+    model = trained.model
+    if args.quantize != "none":
+        try:
+            model = quantize(model, weights=args.quantize)  # type: ignore[assignment]
+        except ValueError as exc:
+            raise CommandError(f"--quantize {args.quantize}: {exc}") from exc
     block = int(trained.checkpoint.get("task_config", {}).get("block_size") or 0)
     context = block or trained.model.config.max_len
     text = generate_text(
-        trained.model,
+        model,
         trained.vocab,
         args.prompt,
         max_new_tokens=args.max_new_tokens,

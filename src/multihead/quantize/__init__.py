@@ -1,0 +1,324 @@
+"""Quantized copies of models for CPU inference.
+
+Two families, one entry point, :func:`quantize`:
+
+* ``quantize(model)``: **dynamic int8** (:mod:`multihead.quantize.dynamic`): attention
+  projections and feed-forward layers get int8 weights and per-token int8 activations; the
+  head stays float. For batch work (translation, classification).
+* ``quantize(model, weights="int8" | "int4" | "bf16")``: **weight-only**
+  (:mod:`multihead.quantize.weight_only`): every ``nn.Linear``, the LM head included, stores
+  its weights in fewer bytes; activations and the key/value cache stay floating point. For
+  decoding, whose steps are bound by reading the weights.
+
+Quantized models save with :func:`save_quantized` and load with :func:`load_quantized` (a
+float model of the same configuration is the skeleton). Loading a float checkpoint into a
+quantized model, or a quantized checkpoint as a float one, is a ``ValueError`` that says what to
+do instead. See ``docs/quantization.md``.
+
+Example:
+    >>> import torch
+    >>> from multihead.modules.models import DecoderLM, TransformerConfig
+    >>> lm = DecoderLM(TransformerConfig(vocab_size=40, d_model=64, num_heads=2, d_ff=128))
+    >>> q8 = quantize(lm, weights="int8")
+    >>> type(q8.lm_head).__name__, type(lm.lm_head).__name__
+    ('Int8WeightLinear', 'Linear')
+    >>> q8.generate(torch.tensor([[1, 2, 3]]), 4).shape
+    torch.Size([1, 7])
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..modules.attention import MultiHeadAttention
+from .dynamic import (
+    KERNELS,
+    Int8DynamicLinear,
+    QuantizedMultiHeadAttention,
+    quantize_dynamic,
+    quantized_linear,
+    torch_kernels_available,
+)
+from .weight_only import (
+    DEFAULT_GROUP_SIZE,
+    WEIGHT_FORMATS,
+    BF16WeightLinear,
+    Int4WeightLinear,
+    Int8WeightLinear,
+    WeightOnlyLinear,
+    bf16_units,
+    int4_kernel_available,
+    int8_kernel_available,
+    weight_only_linear,
+)
+
+__all__ = [
+    "DEFAULT_GROUP_SIZE",
+    "KERNELS",
+    "MODES",
+    "WEIGHT_FORMATS",
+    "BF16WeightLinear",
+    "Int4WeightLinear",
+    "Int8DynamicLinear",
+    "Int8WeightLinear",
+    "QuantizedMultiHeadAttention",
+    "WeightOnlyLinear",
+    "bf16_units",
+    "int4_kernel_available",
+    "int8_kernel_available",
+    "load_quantized",
+    "quantization_of",
+    "quantize",
+    "quantized_linear",
+    "save_quantized",
+    "torch_kernels_available",
+]
+
+MODES = ("dynamic", *WEIGHT_FORMATS)  # what ``weights=`` (and ``generate --quantize``) accept
+_MARK = "_multihead_quantization"  # set on the returned root module: {"weights": ..., ...}
+_FILE_FORMAT = "multihead.quantized/1"
+
+
+def quantization_of(model: nn.Module) -> dict[str, Any] | None:
+    """How ``model`` was quantized (``{"weights": "int8", "group_size": 64, ...}``), or ``None``
+    for a float model.
+
+    Example:
+        >>> quantization_of(nn.Linear(2, 2)) is None
+        True
+    """
+    mark = getattr(model, _MARK, None)
+    if isinstance(mark, dict):
+        return dict(mark)
+    for module in model.modules():
+        if isinstance(
+            module, (QuantizedMultiHeadAttention, WeightOnlyLinear, Int8DynamicLinear)
+        ) or module._get_name() in ("DynamicQuantizedLinear",):
+            return {"weights": "unknown"}
+    return None
+
+
+def _check_weight_format(weights: Any) -> str:
+    if not isinstance(weights, str):
+        raise TypeError(f"weights must be a str or None, got {type(weights).__name__}")
+    if weights not in MODES:
+        raise ValueError(f"weights must be one of {MODES} or None, got {weights!r}")
+    if weights == "int8" and not int8_kernel_available():
+        raise ValueError(
+            "weights='int8' needs torch.ops.aten._weight_int8pack_mm, which does not run with "
+            "this PyTorch/CPU; use weights='bf16' or the dynamic mode (weights=None)"
+        )
+    if weights == "int4" and not int4_kernel_available():
+        raise ValueError(
+            "weights='int4' needs torch.ops.aten._weight_int4pack_mm_for_cpu, which does not "
+            "run with this PyTorch/CPU; use weights='int8' instead"
+        )
+    return weights
+
+
+def _check_on_cpu(model: nn.Module, weights: str) -> None:
+    devices = {t.device.type for t in (*model.parameters(), *model.buffers())}
+    if devices - {"cpu"}:
+        raise ValueError(
+            f"weights={weights!r} uses PyTorch's CPU kernels; the model is on {sorted(devices)}: "
+            "call quantize(model.cpu(), ...)"
+        )
+
+
+def quantize(
+    model: nn.Module,
+    *,
+    weights: str | None = None,
+    group_size: int | None = None,
+    dtype: torch.dtype = torch.qint8,
+    kernel: str = "auto",
+) -> nn.Module:
+    """A quantized copy of ``model`` for CPU inference, in eval mode; ``model`` is untouched.
+
+    Args:
+        model: any module; its :class:`MultiHeadAttention` layers get a fused q/k/v product.
+        weights: ``None`` or ``"dynamic"``: dynamic int8 of the attention and feed-forward
+            layers (``dtype``, ``kernel`` as in :mod:`multihead.quantize.dynamic`).
+            ``"int8"`` (per-channel scales), ``"int4"`` (grouped scales) or ``"bf16"``:
+            weight-only, every ``nn.Linear`` including the LM head. ``"bf16"`` on a CPU
+            without bf16 units keeps float32 weights and warns once.
+        group_size: int4 only: input channels per scale, 32-128, dividing every layer's input
+            size. ``None``: 64, else 128, else 32, the first that divides them all.
+        dtype, kernel: dynamic mode only.
+
+    Returns:
+        The quantized copy (no gradients).
+
+    Raises:
+        ValueError: ``model`` is already quantized; an unknown format; a kernel missing here
+            (the message names the alternative); ``dtype``/``kernel`` given with ``weights``.
+
+    Example:
+        >>> from multihead.modules.models import Seq2SeqTransformer, TransformerConfig
+        >>> model = Seq2SeqTransformer(TransformerConfig(vocab_size=12, d_model=32, num_heads=2))
+        >>> qmodel = quantize(model)  # dynamic int8, per-token activation scales
+        >>> type(qmodel.encoder.layers[0].feed_forward.linear1).__name__
+        'Int8DynamicLinear'
+        >>> type(model.encoder.layers[0].feed_forward.linear1).__name__  # the original: float
+        'Linear'
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    done = quantization_of(model)
+    if done is not None:
+        raise ValueError(
+            f"model is already quantized (weights={done['weights']!r}); quantize the float "
+            "model instead"
+        )
+    mode = "dynamic" if weights is None else _check_weight_format(weights)
+    if mode != "dynamic" and (dtype != torch.qint8 or kernel != "auto"):
+        raise ValueError(
+            f"dtype and kernel belong to the dynamic mode; with weights={mode!r} leave them "
+            f"out (got dtype={dtype}, kernel={kernel!r})"
+        )
+    if mode == "dynamic":
+        qmodel = quantize_dynamic(copy.deepcopy(model), dtype=dtype, kernel=kernel)
+        setattr(qmodel, _MARK, {"weights": "dynamic", "dtype": str(dtype)})
+        return qmodel
+    _check_on_cpu(model, mode)
+    # (group_size matters for int4 only.)
+    group_size = _check_group_size(model, group_size) if mode == "int4" else DEFAULT_GROUP_SIZE
+    qmodel = copy.deepcopy(model)
+    if mode == "bf16" and not bf16_units():
+        warnings.warn(
+            "weights='bf16': this CPU has no bf16 units (avx512_bf16/amx_bf16); keeping "
+            "float32 weights",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    else:
+        _convert_weight_only(qmodel, mode, group_size)
+    mark: dict[str, Any] = {"weights": mode}
+    if mode == "int4":
+        mark["group_size"] = group_size
+    if mode == "bf16" and not bf16_units():
+        mark["fallback"] = "float32"
+    setattr(qmodel, _MARK, mark)
+    return qmodel.eval()
+
+
+def _check_group_size(model: nn.Module, group_size: Any) -> int:
+    sizes = sorted({m.in_features for m in model.modules() if isinstance(m, nn.Linear)})
+    if group_size is None:
+        for candidate in (DEFAULT_GROUP_SIZE, 128, 32):
+            if all(k % candidate == 0 for k in sizes):
+                return candidate
+        raise ValueError(
+            f"weights='int4' needs a group size of 32, 64 or 128 dividing the input size of "
+            f"every linear layer; none divides all of {sizes}: use weights='int8'"
+        )
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
+    if group_size < 2 or group_size % 2:
+        raise ValueError(f"group_size must be an even int >= 2, got {group_size}")
+    bad = [k for k in sizes if k % group_size]
+    if bad:
+        raise ValueError(
+            f"group_size={group_size} must divide the input size of every linear layer; it "
+            f"does not divide {bad} (sizes here: {sizes})"
+        )
+    return group_size
+
+
+def _convert_weight_only(qmodel: nn.Module, weights: str, group_size: int) -> None:
+    def make(linear: nn.Linear) -> nn.Module:
+        return weight_only_linear(linear, weights, group_size=group_size)
+
+    for module in list(qmodel.modules()):
+        if isinstance(module, MultiHeadAttention):
+            QuantizedMultiHeadAttention.convert(module, make)
+    # Every remaining nn.Linear: feed-forward layers, heads. A tied LM head gets its own
+    # quantized copy; the embedding stays float (a step reads one row of it).
+    for parent in list(qmodel.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, make(child))
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def save_quantized(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Write a quantized model's weights and how it was quantized to ``path`` (atomically).
+
+    Example:
+        >>> import tempfile, os
+        >>> from multihead.modules.models import DecoderLM, TransformerConfig
+        >>> config = TransformerConfig(vocab_size=20, d_model=32, num_heads=2, d_ff=64)
+        >>> q = quantize(DecoderLM(config), weights="int8")
+        >>> path = os.path.join(tempfile.mkdtemp(), "q.pt")
+        >>> save_quantized(q, path)
+        >>> again = load_quantized(path, DecoderLM(config))
+        >>> torch.equal(again.lm_head.qweight, q.lm_head.qweight)
+        True
+    """
+    mark = quantization_of(model)
+    if mark is None or mark.get("weights") == "unknown":
+        raise ValueError(
+            "model is not a quantized model made by multihead.quantize.quantize; save a float "
+            "model with torch.save(model.state_dict(), path)"
+        )
+    payload = {"format": _FILE_FORMAT, "quantization": mark, "state_dict": model.state_dict()}
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_quantized(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
+    """Load a file written by :func:`save_quantized`: ``model`` is a float model of the same
+    configuration (its values do not matter); returns the quantized model.
+
+    A file holding a float state dict, or one written for another architecture, is a
+    ``ValueError``. Loaded with ``torch.load(weights_only=True)``.
+    """
+    if quantization_of(model) is not None:
+        raise ValueError("model must be the float skeleton to load into, not a quantized model")
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _FILE_FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is not a quantized checkpoint from save_quantized (it looks like a "
+            "float state dict); load it into a float model with load_state_dict, then call "
+            "quantize()"
+        )
+    mark = payload["quantization"]
+    weights = mark.get("weights")
+    if weights == "dynamic":
+        dtype = torch.float16 if mark.get("dtype") == str(torch.float16) else torch.qint8
+        qmodel = quantize(model, dtype=dtype)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # bf16 fallback: said at save time
+            qmodel = quantize(
+                model, weights=weights, group_size=mark.get("group_size", DEFAULT_GROUP_SIZE)
+            )
+    if quantization_of(qmodel) != mark:
+        raise ValueError(
+            f"{str(path)!r} was quantized as {mark} but this machine makes "
+            f"{quantization_of(qmodel)}; quantize the float model here instead"
+        )
+    try:
+        qmodel.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{str(path)!r} does not fit this model (another configuration?): {exc}"
+        ) from None
+    return qmodel

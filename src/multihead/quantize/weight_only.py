@@ -1,0 +1,406 @@
+"""Weight-only linear layers for decoding on a CPU: int8, int4 and bfloat16 weights.
+
+Decoding one token per step multiplies every weight matrix by one activation row per sequence:
+the time goes into reading the weights, not into arithmetic. Storing them in fewer bytes is
+what makes a step faster (llama.cpp and CTranslate2 do the same). Activations stay floating
+point; only the weights are rounded, once.
+
+Kernels: PyTorch's own CPU kernels, no new C++ here.
+
+* ``int8``: ``torch.ops.aten._weight_int8pack_mm``, one scale per output channel.
+* ``int4``: ``torch.ops.aten._weight_int4pack_mm_for_cpu`` (weights packed by
+  ``_convert_weight_to_int4pack_for_cpu``), asymmetric, one scale and zero point per group of
+  ``group_size`` input channels.
+* ``bf16``: oneDNN's bf16 matrix product on a prepacked weight (``mkldnn._linear_pointwise``),
+  which accumulates in float32. Only where the CPU has bf16 units (see :func:`bf16_units`).
+
+Measured in torch 2.13 on an AVX-512 CPU: both integer kernels are vectorised only for
+bfloat16 activations; with float32 activations they run a scalar loop 10-20x *slower* than a
+float32 matrix product. So activations are cast to bf16 (8 bits of mantissa) for the product
+and the result back to float32; the scales and the bias are applied in float32. Each output
+row depends on its own input row only (no batch-wide statistics), so results do not change
+with batch mates or padding.
+
+Checkpoints hold a portable form (int8 rows, int4 nibbles two to a byte, plain bf16 rows); the
+kernel's packed layout depends on the CPU and the PyTorch version, so it is rebuilt on load.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "DEFAULT_GROUP_SIZE",
+    "WEIGHT_FORMATS",
+    "BF16WeightLinear",
+    "Int4WeightLinear",
+    "Int8WeightLinear",
+    "WeightOnlyLinear",
+    "bf16_units",
+    "int4_kernel_available",
+    "int8_kernel_available",
+]
+
+WEIGHT_FORMATS = ("int8", "int4", "bf16")
+DEFAULT_GROUP_SIZE = 64  # int4: 32 is more accurate, 128 faster; 64 sits between (issue 13)
+_INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu wants N divisible by 16
+
+
+def _probe(fn: Any) -> bool:
+    try:
+        fn()
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return True
+
+
+@functools.cache
+def int8_kernel_available() -> bool:
+    """Whether ``aten._weight_int8pack_mm`` runs on this CPU with bf16 activations.
+
+    Example:
+        >>> isinstance(int8_kernel_available(), bool)
+        True
+    """
+    return _probe(
+        lambda: torch.ops.aten._weight_int8pack_mm(
+            torch.ones(1, 32, dtype=torch.bfloat16),
+            torch.ones(16, 32, dtype=torch.int8),
+            torch.ones(16, dtype=torch.bfloat16),
+        )
+    )
+
+
+@functools.cache
+def int4_kernel_available() -> bool:
+    """Whether ``aten._weight_int4pack_mm_for_cpu`` (and its packing op) run here.
+
+    Example:
+        >>> isinstance(int4_kernel_available(), bool)
+        True
+    """
+
+    def run() -> None:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            torch.zeros(16, 64, dtype=torch.int32), 1
+        )
+        torch.ops.aten._weight_int4pack_mm_for_cpu(
+            torch.ones(1, 64, dtype=torch.bfloat16),
+            packed,
+            32,
+            torch.ones(2, 16, 2, dtype=torch.bfloat16),
+        )
+
+    return _probe(run)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.cache
+def bf16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (x86: ``avx512_bf16`` or
+    ``amx_bf16``; elsewhere: what oneDNN reports) and oneDNN's bf16 product runs.
+
+    Without such units a bf16 product converts every element in software and is slower than
+    float32, so :func:`~multihead.quantize.quantize` keeps float32 weights instead.
+
+    Example:
+        >>> isinstance(bf16_units(), bool)
+        True
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if platform.machine().lower() in ("x86_64", "amd64", "i686"):
+        flags = _cpu_flags()
+        if not flags & {"avx512_bf16", "amx_bf16"}:
+            return False
+    elif not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    return _probe(
+        lambda: torch.ops.mkldnn._linear_pointwise(
+            torch.ones(1, 8, dtype=torch.bfloat16),
+            torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8, dtype=torch.bfloat16), None),
+            None,
+            "none",
+            [],
+            "",
+        )
+    )
+
+
+class WeightOnlyLinear(nn.Module):
+    """Base of the weight-only layers: ``x (..., in_features)`` float -> ``(..., out_features)``
+    float32 (or ``x``'s dtype). Subclasses store the weights and implement :meth:`_matmul`.
+
+    The buffers named in ``_PORTABLE`` are the checkpoint; ``_pack`` rebuilds whatever the
+    kernel needs from them (after construction and after ``load_state_dict``).
+    """
+
+    format: str = ""
+    bias: Tensor | None
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **options: Any) -> WeightOnlyLinear:
+        """Round ``linear``'s weights (``options``: ``group_size`` for int4)."""
+        raise NotImplementedError
+
+    def _pack(self) -> None:
+        """Build the kernel's layout from the portable buffers."""
+
+    def _matmul(self, x2d: Tensor) -> Tensor:
+        """``(M, in_features)`` bf16 -> ``(M, out_features)`` float32, bias added (one fused
+        op where possible: at batch 1 each extra elementwise op costs a few microseconds per
+        layer, hundreds per token)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        x2d = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, K)
+        y = self._matmul(x2d)  # (M, N) float32, bias included
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        if prefix + "weight" in state_dict and self.format != "bf16":
+            raise ValueError(
+                f"{prefix}weight: the checkpoint holds float weights but this layer is "
+                f"{self.format}-quantized; load the float checkpoint into a float model and "
+                f"call multihead.quantize.quantize(model, weights={self.format!r}) afterwards"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self._pack()
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, weights={self.format}"
+        )
+
+
+def _copy_bias(layer: WeightOnlyLinear, linear: nn.Linear) -> None:
+    if linear.bias is not None and layer.bias is not None:
+        layer.bias.copy_(linear.bias.detach().float())
+
+
+class Int8WeightLinear(WeightOnlyLinear):
+    r"""int8 weights, one float32 scale per output channel (symmetric):
+    :math:`W \approx s \odot \hat W`, :math:`s_i = \max_j |W_{ij}| / 127`.
+
+    Example:
+        >>> lin = nn.Linear(64, 32)
+        >>> q = Int8WeightLinear.from_float(lin)
+        >>> x = torch.randn(3, 64)
+        >>> bool(((q(x) - lin(x)).norm() / lin(x).norm()) < 0.02)
+        True
+    """
+
+    format = "int8"
+    qweight: Tensor
+    scale: Tensor
+    _ones: Tensor
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))  # (N,) float32
+        # The kernel multiplies by bf16 scales; passing ones and scaling the float32 result
+        # keeps the scales exact.
+        self.register_buffer(
+            "_ones", torch.ones(out_features, dtype=torch.bfloat16), persistent=False
+        )
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **options: Any) -> Int8WeightLinear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        w = linear.weight.detach().float()  # (N, K)
+        # A zero row would get scale 0 and divide by it; any positive scale maps it to zeros.
+        scale = (w.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+        layer.qweight.copy_(torch.round(w / scale[:, None]).clamp_(-127, 127))
+        layer.scale.copy_(scale)
+        _copy_bias(layer, linear)
+        return layer
+
+    def _matmul(self, x2d: Tensor) -> Tensor:
+        y = torch.ops.aten._weight_int8pack_mm(x2d, self.qweight, self._ones)  # (M, N) bf16
+        if self.bias is None:
+            return y.float() * self.scale
+        return torch.addcmul(self.bias, y.float(), self.scale)
+
+
+class Int4WeightLinear(WeightOnlyLinear):
+    r"""int4 weights in groups of ``group_size`` input channels, asymmetric:
+    :math:`W \approx (q - 8)\,s + z` with :math:`q \in [0, 15]`, one scale :math:`s` and zero
+    :math:`z` per row and group (``z = min + 8 s``, the layout PyTorch's kernel expects).
+
+    Rows are padded to a multiple of 16 for the kernel; the padding is cut from the output.
+
+    Example:
+        >>> lin = nn.Linear(64, 24)
+        >>> q = Int4WeightLinear.from_float(lin, group_size=32)
+        >>> x = torch.randn(3, 64)
+        >>> bool(((q(x) - lin(x)).norm() / lin(x).norm()) < 0.15)
+        True
+    """
+
+    format = "int4"
+    qweight: Tensor
+    scales_zeros: Tensor
+    _packed: Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        group_size: int = DEFAULT_GROUP_SIZE,
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+            raise ValueError(f"group_size must be an int >= 2, got {group_size!r}")
+        if in_features % group_size or group_size % 2:
+            raise ValueError(
+                f"group_size={group_size} must be even and divide in_features={in_features} "
+                "(int4 groups run along the input channels)"
+            )
+        self.group_size = group_size
+        rows = -(-out_features // _INT4_ROWS) * _INT4_ROWS
+        # Two 4-bit values per byte, the even input channel in the low nibble.
+        self.register_buffer("qweight", torch.zeros(rows, in_features // 2, dtype=torch.uint8))
+        groups = in_features // group_size
+        self.register_buffer("scales_zeros", torch.zeros(groups, rows, 2, dtype=torch.bfloat16))
+        self.register_buffer("_packed", torch.empty(0, dtype=torch.uint8), persistent=False)
+        self._pack()
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **options: Any) -> Int4WeightLinear:
+        group_size = options.get("group_size", DEFAULT_GROUP_SIZE)
+        layer = cls(
+            linear.in_features, linear.out_features, linear.bias is not None, group_size=group_size
+        )
+        n, k = linear.out_features, linear.in_features
+        rows = layer.qweight.shape[0]
+        w = torch.zeros(rows, k)
+        w[:n] = linear.weight.detach().float()
+        wg = w.view(rows, k // group_size, group_size)  # (N', groups, g)
+        low, high = wg.amin(dim=-1), wg.amax(dim=-1)  # (N', groups)
+        scale = ((high - low) / 15.0).clamp_min(1e-8)
+        q = torch.round((wg - low[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8)
+        q = q.view(rows, k)
+        layer.qweight.copy_(q[:, 0::2] | (q[:, 1::2] << 4))
+        zero = low + 8.0 * scale
+        layer.scales_zeros.copy_(torch.stack([scale, zero], dim=-1).transpose(0, 1))
+        _copy_bias(layer, linear)
+        layer._pack()
+        return layer
+
+    def _pack(self) -> None:
+        q = torch.stack([self.qweight & 0xF, self.qweight >> 4], dim=-1)  # (N', K/2, 2)
+        q = q.view(self.qweight.shape[0], self.in_features).to(torch.int32)
+        self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+
+    def _matmul(self, x2d: Tensor) -> Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x2d, self._packed, self.group_size, self.scales_zeros
+        )  # (M, N') bf16
+        y = y[:, : self.out_features].float()
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, group_size={self.group_size}"
+
+
+class BF16WeightLinear(WeightOnlyLinear):
+    """bfloat16 weights, float32 accumulation (oneDNN), prepacked for the CPU's bf16 units.
+
+    Example:
+        >>> lin = nn.Linear(64, 32)
+        >>> if bf16_units():
+        ...     q = BF16WeightLinear.from_float(lin)
+        ...     x = torch.randn(3, 64)
+        ...     assert ((q(x) - lin(x)).norm() / lin(x).norm()) < 0.01
+    """
+
+    format = "bf16"
+    weight: Tensor
+    _packed: Tensor
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        weight = torch.zeros(out_features, in_features, dtype=torch.bfloat16)
+        self.register_buffer("weight", weight)  # (N, K), the portable copy
+        self.register_buffer("_packed", weight, persistent=False)
+        self._pack()
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **options: Any) -> BF16WeightLinear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        layer.weight.copy_(linear.weight.detach())
+        _copy_bias(layer, linear)
+        layer._pack()
+        return layer
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        weight = state_dict.get(prefix + "weight")
+        if isinstance(weight, Tensor) and weight.dtype != torch.bfloat16:
+            raise ValueError(
+                f"{prefix}weight is {weight.dtype} but this layer holds bf16 weights; load the "
+                "float checkpoint into a float model and call "
+                "multihead.quantize.quantize(model, weights='bf16') afterwards"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _pack(self) -> None:
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+
+    def _matmul(self, x2d: Tensor) -> Tensor:
+        y = torch.ops.mkldnn._linear_pointwise(x2d, self._packed, None, "none", [], "").float()
+        return y if self.bias is None else y + self.bias
+
+
+WEIGHT_LAYERS: dict[str, type[WeightOnlyLinear]] = {
+    "int8": Int8WeightLinear,
+    "int4": Int4WeightLinear,
+    "bf16": BF16WeightLinear,
+}
+
+
+def weight_only_linear(linear: nn.Linear, weights: str, *, group_size: int) -> WeightOnlyLinear:
+    """A weight-only copy of ``linear`` in format ``weights`` (no availability checks here).
+
+    Example:
+        >>> weight_only_linear(nn.Linear(64, 8), "int8", group_size=32)
+        Int8WeightLinear(in_features=64, out_features=8, bias=True, weights=int8)
+    """
+    with torch.no_grad():
+        return WEIGHT_LAYERS[weights].from_float(linear, group_size=group_size)
