@@ -46,6 +46,8 @@ def run_both(
         copies.append((out, weights, [t.grad for t in leaves.values()]))
     (o1, w1, g1), (o2, w2, g2) = copies
     torch.testing.assert_close(o2, o1)
+    # Same memory layout: a dropout applied to the output then draws the same mask.
+    assert o2.stride() == o1.stride()
     if w1 is None:
         assert w2 is None
     else:

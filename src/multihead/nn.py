@@ -244,11 +244,34 @@ class MultiheadAttention(nn.Module):
             PyTorch's) or ``None``. Rows with every key masked give zeros, not NaN.
         """
         if any(isinstance(t, Tensor) and t.is_nested for t in (query, key, value)):
-            raise TypeError(
-                "query, key and value must be regular tensors: nested tensors are only handled "
-                "by PyTorch's fused Transformer fast path"
+            return self._forward_nested(
+                query, key, value, key_padding_mask, attn_mask, need_weights, average_attn_weights
             )
-        batched = self._check_inputs(query, key, value)
+        return self._forward(
+            query,
+            key,
+            value,
+            key_padding_mask,
+            need_weights,
+            attn_mask,
+            average_attn_weights,
+            is_causal,
+            self.batch_first,
+        )
+
+    def _forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        need_weights: bool,
+        attn_mask: Tensor | None,
+        average_attn_weights: bool,
+        is_causal: bool,
+        batch_first: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        batched = self._check_inputs(query, key, value, batch_first)
         _check_mask_dtype(key_padding_mask, "key_padding_mask")
         _check_mask_dtype(attn_mask, "attn_mask")
         if is_causal and attn_mask is None:
@@ -256,7 +279,6 @@ class MultiheadAttention(nn.Module):
                 "is_causal=True is PyTorch's hint that attn_mask is the causal mask and needs "
                 "attn_mask (nn.Transformer.generate_square_subsequent_mask(L) makes one)"
             )
-        batch_first = self.batch_first
         if not batched:  # one sequence: run it as a batch of one, batch first
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
@@ -295,12 +317,11 @@ class MultiheadAttention(nn.Module):
             ).output
             weights = None
 
-        h, d = self.num_heads, self.head_dim
+        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(nq, b, self.embed_dim))  # (L, B, E)
         if batch_first:
-            out = out.permute(0, 2, 1, 3).reshape(b, nq, h * d)  # (B, L, E)
-        else:
-            out = out.permute(2, 0, 1, 3).reshape(nq, b, h * d)  # (L, B, E)
-        out = self.out_proj(out)
+            # A (B, L, E) view of (L, B, E) memory, as PyTorch returns: a dropout applied to the
+            # output then draws its mask in the same memory order, so seeded runs stay equal.
+            out = out.transpose(0, 1)
         if weights is not None and average_attn_weights:
             weights = weights.mean(dim=1)  # (B, L, S)
         if not batched:
@@ -308,7 +329,40 @@ class MultiheadAttention(nn.Module):
             weights = None if weights is None else weights.squeeze(0)
         return out, weights
 
-    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> bool:
+    def _forward_nested(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        need_weights: bool,
+        average_attn_weights: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Self-attention over a nested tensor of ``B`` sequences ``(L_i, E)``, as PyTorch's
+        encoder passes it when its fused path is declined for a layer (for instance because a
+        hook is attached): run padded with a padding mask, return a nested output. Weights, if
+        asked for, come as a padded tensor ``(B, [H,] max L, max L)``."""
+        if not (query is key and key is value):
+            raise TypeError(
+                "nested tensors are supported for self-attention only (query is key is value)"
+            )
+        if key_padding_mask is not None or attn_mask is not None:
+            raise ValueError(
+                "with a nested query, padding is given by the sequences' lengths: pass neither "
+                "key_padding_mask nor attn_mask"
+            )
+        lengths = [t.shape[0] for t in query.unbind()]
+        padded = query.to_padded_tensor(0.0)  # (B, max L, E)
+        positions = torch.arange(padded.shape[1], device=padded.device)
+        pad = positions[None, :] >= torch.tensor(lengths, device=padded.device)[:, None]
+        out, weights = self._forward(
+            padded, padded, padded, pad, need_weights, None, average_attn_weights, False, True
+        )
+        parts = [out[i, :n] for i, n in enumerate(lengths)]
+        return torch.nested.as_nested_tensor(parts, layout=torch.strided), weights
+
+    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor, batch_first: bool) -> bool:
         """Validate ranks and feature sizes; return whether the call is batched."""
         for name, t in (("query", query), ("key", key), ("value", value)):
             if not isinstance(t, Tensor):
@@ -341,7 +395,7 @@ class MultiheadAttention(nn.Module):
             )
         batched = query.dim() == 3
         if batched:
-            batch_axis = 0 if self.batch_first else 1
+            batch_axis = 0 if batch_first else 1
             if key.shape[batch_axis] != query.shape[batch_axis]:
                 raise ValueError(
                     f"query and key must have the same batch size (axis {batch_axis}), got "
