@@ -386,3 +386,15 @@ def test_compile_fullgraph_matches_torch() -> None:
         torch.testing.assert_close(out, expected)
         if expected_w is not None:
             torch.testing.assert_close(w, expected_w)
+
+
+def test_export_matches_torch() -> None:
+    ref, ours = pair(batch_first=True)
+    x = torch.randn(B, L, E)
+    kpm = masks("kpm", L, L)["key_padding_mask"]
+    exported = torch.export.export(ours.eval(), (x, x, x), {"key_padding_mask": kpm})
+    y = torch.randn(B, L, E)
+    out, w = exported.module()(y, y, y, key_padding_mask=kpm)
+    expected, expected_w = ref.eval()(y, y, y, key_padding_mask=kpm)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(w, expected_w)
