@@ -14,6 +14,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from multihead.nn import MultiheadAttention
@@ -398,3 +400,39 @@ def test_export_matches_torch() -> None:
     expected, expected_w = ref.eval()(y, y, y, key_padding_mask=kpm)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(w, expected_w)
+
+
+@given(
+    b=st.integers(1, 3),
+    nq=st.integers(1, 6),
+    nk=st.integers(1, 6),
+    heads=st.sampled_from([1, 2, 4]),
+    head_dim=st.integers(1, 4),
+    batch_first=st.booleans(),
+    need_weights=st.booleans(),
+    padding=st.booleans(),
+    data=st.data(),
+)
+def test_random_shapes_match_torch(
+    b: int,
+    nq: int,
+    nk: int,
+    heads: int,
+    head_dim: int,
+    batch_first: bool,
+    need_weights: bool,
+    padding: bool,
+    data: st.DataObject,
+) -> None:
+    e = heads * head_dim
+    ref = nn.MultiheadAttention(e, heads, batch_first=batch_first)
+    ours = MultiheadAttention(e, heads, batch_first=batch_first)
+    ours.load_state_dict(ref.state_dict())
+    shape_q, shape_k = ((b, nq, e), (b, nk, e)) if batch_first else ((nq, b, e), (nk, b, e))
+    kwargs: dict[str, object] = {"need_weights": need_weights}
+    if padding:  # at least the first key stays visible, so PyTorch has no NaN row
+        lengths = data.draw(st.lists(st.integers(1, nk), min_size=b, max_size=b))
+        kwargs["key_padding_mask"] = torch.arange(nk)[None, :] >= torch.tensor(lengths)[:, None]
+    run_both(
+        ref, ours, (torch.randn(shape_q), torch.randn(shape_k), torch.randn(shape_k)), **kwargs
+    )
