@@ -567,7 +567,8 @@ class MultiheadAttention(nn.Module):
 
 def swap_attention(model: nn.Module) -> nn.Module:
     """Replace every :class:`torch.nn.MultiheadAttention` in ``model`` by
-    :class:`MultiheadAttention`, in place, and return ``model``.
+    :class:`MultiheadAttention`, in place, and return ``model``. Only that exact class is
+    replaced: a subclass may have changed ``forward``, so it is left as it is.
 
     The new modules take over the old ones' parameter objects (so an optimizer built before the
     swap keeps training them), their training mode, device and dtype. No random numbers are drawn.
