@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from .functional import attention, get_backend, masked_softmax
+from .functional import attention, get_backend
 
 __all__ = ["MultiheadAttention", "swap_attention"]
 
@@ -536,10 +536,22 @@ class MultiheadAttention(nn.Module):
         logits = (q @ k.to(work).unsqueeze(2).transpose(-1, -2)).flatten(1, 2)  # (B, H, L, S)
         if mask is None:
             probs = torch.softmax(logits, dim=-1)
-        elif mask.dtype == torch.bool:
-            probs = masked_softmax(logits, mask)
         else:
-            probs = masked_softmax(logits + mask.to(work), None)
+            if mask.dtype == torch.bool:
+                bias = torch.zeros(mask.shape, dtype=work, device=mask.device)
+                bias = bias.masked_fill(~mask, -math.inf)
+            else:
+                bias = mask.to(work)
+            logits = logits + bias  # one pass over (B, H, L, S), as PyTorch's baddbmm
+            # Logits are finite, so a row has no key exactly where its bias is all -inf: found
+            # at the mask's own (broadcast) size instead of scanning the full logits.
+            dead = torch.isneginf(bias).all(dim=-1, keepdim=True)  # (B|1, H|1, L|1, 1)
+            if torch.compiler.is_compiling() or bool(dead.any()):
+                # Finite logits in empty rows keep softmax and its gradient finite; the rows'
+                # probabilities are then zeroed (masked_softmax, at the small mask's size).
+                probs = torch.softmax(logits.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+            else:
+                probs = torch.softmax(logits, dim=-1)
         if self.training and self.dropout > 0.0:
             probs = F.dropout(probs, p=self.dropout)
         out = probs.unflatten(1, (hkv, h // hkv)) @ v.to(work).unsqueeze(2)  # (B, Hkv, G, L, D)
