@@ -527,28 +527,40 @@ class MultiheadAttention(nn.Module):
         training, as PyTorch returns them.
         """
         b, h, nq, d = q.shape
-        hkv = k.shape[1]
+        hkv, nk = k.shape[1], k.shape[2]
         # Softmax in float32 for half-precision inputs, so large logits cannot overflow.
         work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
         # Scaling q before the product costs (B, H, L, D) work, not (B, H, L, S) as after it.
-        q = q.to(work) * (1.0 / math.sqrt(d))
-        q = q.unflatten(1, (hkv, h // hkv))  # (B, Hkv, G, L, D): groups share a key head
-        logits = (q @ k.to(work).unsqueeze(2).transpose(-1, -2)).flatten(1, 2)  # (B, H, L, S)
-        if mask is None:
+        q, k = q.to(work) * (1.0 / math.sqrt(d)), k.to(work)
+        bias = None
+        if mask is not None and mask.dtype == torch.bool:
+            bias = torch.zeros(mask.shape, dtype=work, device=mask.device)
+            bias = bias.masked_fill(~mask, -math.inf)  # (B|1, H|1, L|1, S), the mask's size
+        elif mask is not None:
+            bias = mask.to(work)
+        if bias is not None and hkv == h:
+            # The bias is added inside the batched product, as PyTorch's baddbmm does: one pass
+            # over (B, H, L, S) fewer than a separate addition.
+            flat_bias = (
+                bias.expand(b, h, -1, -1).flatten(0, 1) if bias.shape[:2] != (1, 1) else bias[0]
+            )
+            logits = torch.baddbmm(
+                flat_bias, q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2)
+            ).view(b, h, nq, nk)
+        else:
+            q = q.unflatten(1, (hkv, h // hkv))  # (B, Hkv, G, L, D): groups share a key head
+            logits = (q @ k.unsqueeze(2).transpose(-1, -2)).flatten(1, 2)  # (B, H, L, S)
+            if bias is not None:
+                logits = logits + bias
+        if bias is None:
             probs = torch.softmax(logits, dim=-1)
         else:
-            if mask.dtype == torch.bool:
-                bias = torch.zeros(mask.shape, dtype=work, device=mask.device)
-                bias = bias.masked_fill(~mask, -math.inf)
-            else:
-                bias = mask.to(work)
-            logits = logits + bias  # one pass over (B, H, L, S), as PyTorch's baddbmm
             # Logits are finite, so a row has no key exactly where its bias is all -inf: found
             # at the mask's own (broadcast) size instead of scanning the full logits.
             dead = torch.isneginf(bias).all(dim=-1, keepdim=True)  # (B|1, H|1, L|1, 1)
             if torch.compiler.is_compiling() or bool(dead.any()):
                 # Finite logits in empty rows keep softmax and its gradient finite; the rows'
-                # probabilities are then zeroed (masked_softmax, at the small mask's size).
+                # probabilities are then zeroed.
                 probs = torch.softmax(logits.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
             else:
                 probs = torch.softmax(logits, dim=-1)
