@@ -1,17 +1,6 @@
-"""A drop-in for :class:`torch.nn.MultiheadAttention`: PyTorch's constructor, parameters,
-``state_dict``, call signature and mask semantics, running on :func:`multihead.functional.attention`.
-
-Use it to change one import in existing code (or :func:`swap_attention` on a built model). New
-code should use :class:`multihead.MultiHeadAttention`, which is batch-first and reads a bool mask
-as ``True`` = may attend. Everything PyTorch's module accepts is translated here, at the boundary,
-into the kernel's convention: ``(B, H, N, D)`` layout, bool ``True`` = may attend, float additive.
-
-The one intended difference from PyTorch: a query row whose every key is masked gets a zero
-output and zero weights, with finite gradients, where PyTorch returns NaN.
-
-Shape legend: ``B`` batch, ``L`` target (query) length, ``S`` source (key) length, ``E`` model size
-``embed_dim``, ``H`` heads ``num_heads``, ``Hkv`` key/value heads, ``D = E // H``.
-"""
+"""The drop-in module: :class:`torch.nn.MultiheadAttention`'s interface on
+:func:`multihead.functional.attention`. PyTorch's conventions are translated at the boundary
+(``_kernel_mask``, ``_project``); see the package docstring for the legend."""
 
 from __future__ import annotations
 
@@ -23,29 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from .functional import attention, get_backend
+from ..functional import attention, get_backend
+from ._checks import check_inputs, check_mask_dtype, check_mask_shapes, positive_int
 
-__all__ = ["MultiheadAttention", "swap_attention"]
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be greater than 0, got {value}")
-    return value
-
-
-def _check_mask_dtype(mask: Tensor | None, name: str) -> None:
-    if mask is None:
-        return
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
-    if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise TypeError(
-            f"{name} must be a bool (True = masked out) or floating (additive) tensor, "
-            f"got dtype {mask.dtype}"
-        )
+__all__ = ["MultiheadAttention"]
 
 
 def _as_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -126,14 +96,14 @@ class MultiheadAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        _positive_int(embed_dim, "embed_dim")
-        _positive_int(num_heads, "num_heads")
+        positive_int(embed_dim, "embed_dim")
+        positive_int(num_heads, "num_heads")
         if embed_dim % num_heads != 0:
             raise ValueError(
                 f"embed_dim must be divisible by num_heads, got embed_dim={embed_dim} and "
                 f"num_heads={num_heads}"
             )
-        hkv = num_heads if num_kv_heads is None else _positive_int(num_kv_heads, "num_kv_heads")
+        hkv = num_heads if num_kv_heads is None else positive_int(num_kv_heads, "num_kv_heads")
         if num_heads % hkv != 0:
             raise ValueError(
                 f"num_heads must be a multiple of num_kv_heads, got num_heads={num_heads} and "
@@ -145,8 +115,8 @@ class MultiheadAttention(nn.Module):
             get_backend(backend)  # raises ValueError listing the names
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
-        self.kdim = embed_dim if kdim is None else _positive_int(kdim, "kdim")
-        self.vdim = embed_dim if vdim is None else _positive_int(vdim, "vdim")
+        self.kdim = embed_dim if kdim is None else positive_int(kdim, "kdim")
+        self.vdim = embed_dim if vdim is None else positive_int(vdim, "vdim")
         self.num_heads = num_heads
         self.num_kv_heads = hkv
         self.head_dim = embed_dim // num_heads
@@ -271,9 +241,11 @@ class MultiheadAttention(nn.Module):
         is_causal: bool,
         batch_first: bool,
     ) -> tuple[Tensor, Tensor | None]:
-        batched = self._check_inputs(query, key, value, batch_first)
-        _check_mask_dtype(key_padding_mask, "key_padding_mask")
-        _check_mask_dtype(attn_mask, "attn_mask")
+        batched = check_inputs(
+            query, key, value, (self.embed_dim, self.kdim, self.vdim), batch_first
+        )
+        check_mask_dtype(key_padding_mask, "key_padding_mask")
+        check_mask_dtype(attn_mask, "attn_mask")
         if is_causal and attn_mask is None:
             raise ValueError(
                 "is_causal=True is PyTorch's hint that attn_mask is the causal mask and needs "
@@ -287,7 +259,7 @@ class MultiheadAttention(nn.Module):
         b = query.shape[0] if batch_first else query.shape[1]
         nq = query.shape[1] if batch_first else query.shape[0]
         nk = key.shape[1] if batch_first else key.shape[0]
-        self._check_mask_shapes(attn_mask, key_padding_mask, b, nq, nk, batched)
+        check_mask_shapes(attn_mask, key_padding_mask, b, nq, nk, self.num_heads, batched)
         # PyTorch's hint: without padding or weights, the causal structure replaces attn_mask.
         causal_hint = is_causal and key_padding_mask is None and not need_weights
         if causal_hint:
@@ -361,73 +333,6 @@ class MultiheadAttention(nn.Module):
         )
         parts = [out[i, :n] for i, n in enumerate(lengths)]
         return torch.nested.as_nested_tensor(parts, layout=torch.strided), weights
-
-    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor, batch_first: bool) -> bool:
-        """Validate ranks and feature sizes; return whether the call is batched."""
-        for name, t in (("query", query), ("key", key), ("value", value)):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if query.dim() not in (2, 3):
-            raise ValueError(
-                "query must be 3-D (L, B, E) / (B, L, E) with batch_first, or 2-D (L, E) "
-                f"unbatched; got shape {tuple(query.shape)}"
-            )
-        for name, t in (("key", key), ("value", value)):
-            if t.dim() != query.dim():
-                raise ValueError(
-                    f"for a {query.dim()}-D query, {name} must be {query.dim()}-D too; "
-                    f"got shape {tuple(t.shape)}"
-                )
-        for name, t, size, size_name in (
-            ("query", query, self.embed_dim, "embed_dim"),
-            ("key", key, self.kdim, "kdim"),
-            ("value", value, self.vdim, "vdim"),
-        ):
-            if t.shape[-1] != size:
-                raise ValueError(
-                    f"{name} must have {size_name}={size} features in its last axis, "
-                    f"got shape {tuple(t.shape)}"
-                )
-        if key.shape[:-1] != value.shape[:-1]:
-            raise ValueError(
-                "key and value must agree in length and batch, got key "
-                f"{tuple(key.shape)} and value {tuple(value.shape)}"
-            )
-        batched = query.dim() == 3
-        if batched:
-            batch_axis = 0 if batch_first else 1
-            if key.shape[batch_axis] != query.shape[batch_axis]:
-                raise ValueError(
-                    f"query and key must have the same batch size (axis {batch_axis}), got "
-                    f"query {tuple(query.shape)} and key {tuple(key.shape)}"
-                )
-        return batched
-
-    def _check_mask_shapes(
-        self,
-        attn_mask: Tensor | None,
-        key_padding_mask: Tensor | None,
-        b: int,
-        nq: int,
-        nk: int,
-        batched: bool,
-    ) -> None:
-        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (b, nk):
-            want = f"(B, S) = {(b, nk)}" if batched else f"(S,) = ({nk},)"
-            got = key_padding_mask.shape if batched else key_padding_mask.shape[1:]
-            raise ValueError(f"key_padding_mask must have shape {want}, got {tuple(got)}")
-        if attn_mask is None:
-            return
-        heads = b * self.num_heads
-        if attn_mask.dim() == 3 and tuple(attn_mask.shape) == (heads, nq, nk):
-            return
-        if attn_mask.dim() == 2 and tuple(attn_mask.shape) == (nq, nk):
-            return
-        three_d = "(B*num_heads, L, S)" if batched else "(num_heads, L, S)"
-        raise ValueError(
-            f"attn_mask must have shape (L, S) = {(nq, nk)} or {three_d} = {(heads, nq, nk)}, "
-            f"got {tuple(attn_mask.shape)}"
-        )
 
     def _project(
         self, query: Tensor, key: Tensor, value: Tensor, batch_first: bool
@@ -587,50 +492,3 @@ class MultiheadAttention(nn.Module):
             return expanded, 2
         padding = key_padding_mask.view(b, 1, 1, n).expand(-1, self.num_heads, -1, -1)
         return expanded + padding, 2
-
-
-def swap_attention(model: nn.Module) -> nn.Module:
-    """Replace every :class:`torch.nn.MultiheadAttention` in ``model`` by
-    :class:`MultiheadAttention`, in place, and return ``model``. Only that exact class is
-    replaced: a subclass may have changed ``forward``, so it is left as it is.
-
-    The new modules take over the old ones' parameter objects (so an optimizer built before the
-    swap keeps training them), their training mode, device and dtype. No random numbers are drawn.
-    Hooks registered on the old attention modules are not carried over. When ``model`` is itself a
-    ``torch.nn.MultiheadAttention`` the replacement is returned.
-
-    Example:
-        >>> layer = torch.nn.TransformerEncoderLayer(32, 4, batch_first=True)
-        >>> swap_attention(layer).self_attn.__class__.__name__
-        'MultiheadAttention'
-    """
-    if type(model) is nn.MultiheadAttention:
-        return _converted(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.MultiheadAttention:
-                setattr(parent, name, _converted(child))
-    return model
-
-
-def _converted(old: nn.MultiheadAttention) -> MultiheadAttention:
-    ref = old.in_proj_weight if old.in_proj_weight is not None else old.q_proj_weight
-    # Built on the meta device: nothing is allocated or initialised (no RNG draws), and the
-    # placeholders are then replaced by the old module's own parameters.
-    new = MultiheadAttention(
-        old.embed_dim,
-        old.num_heads,
-        dropout=old.dropout,
-        bias=old.in_proj_bias is not None,
-        add_bias_kv=old.bias_k is not None,
-        add_zero_attn=old.add_zero_attn,
-        kdim=old.kdim,
-        vdim=old.vdim,
-        batch_first=old.batch_first,
-        device="meta",
-        dtype=ref.dtype,
-    )
-    for name in list(new._parameters):
-        new._parameters[name] = old._parameters[name]
-    new.out_proj = old.out_proj
-    return new.train(old.training)
