@@ -9,7 +9,7 @@ Run: ``python benchmarks/bench_mha.py`` (or ``make bench``).
 ``--dropin`` instead times the drop-in ``multihead.nn.MultiheadAttention`` against
 ``torch.nn.MultiheadAttention`` called the same way, at PyTorch's defaults (``need_weights=True``,
 weights averaged over heads) and at ``need_weights=False``; each row's ratio is to the torch row
-with the same call.
+with the same call. ``--dropin --padding`` passes both a key padding mask (last tenth padded).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ DROPIN_PEERS = {
     "multihead.nn": "torch",
     "torch": "torch",
 }
+DROPIN_PEERS.update({f"{k}+pad": f"{v}+pad" for k, v in DROPIN_PEERS.items()})
 CONFIGS = [  # (B, N, E, H)
     (8, 512, 512, 8),
     (4, 1024, 512, 8),
@@ -66,18 +67,30 @@ class NaiveMHA(nn.Module):
         return self.w_o(out)
 
 
+def padding_of(x: torch.Tensor) -> torch.Tensor:
+    """A PyTorch-style key padding mask (True = padding): the last tenth of every sequence."""
+    b, n, _ = x.shape
+    return (torch.arange(n) >= n - n // 10).expand(b, n)
+
+
 def build(impl: str, e: int, h: int):
     torch.manual_seed(0)
     ref = nn.MultiheadAttention(e, h, batch_first=True)
-    if impl == "torch":
-        return lambda x: ref(x, x, x, need_weights=False)[0], ref
-    if impl == "torch(weights)":  # PyTorch's default call: averaged weights are returned
-        return lambda x: ref(x, x, x)[0], ref
-    if impl.startswith("multihead.nn"):
-        dropin = MultiheadAttention(e, h, batch_first=True)
-        dropin.load_state_dict(ref.state_dict())
-        need = impl.endswith("(weights)")
-        return lambda x: dropin(x, x, x, need_weights=need)[0], dropin
+    # "+pad": the drop-in rows with a key padding mask, for both modules.
+    padded = impl.endswith("+pad")
+    impl = impl.removesuffix("+pad")
+    if impl in ("torch", "torch(weights)") or impl.startswith("multihead.nn"):
+        module = ref
+        if impl.startswith("multihead.nn"):
+            module = MultiheadAttention(e, h, batch_first=True)
+            module.load_state_dict(ref.state_dict())
+        need = impl.endswith("(weights)")  # torch(weights) is PyTorch's default call
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            kpm = padding_of(x) if padded else None
+            return module(x, x, x, key_padding_mask=kpm, need_weights=need)[0]
+
+        return call, module
     if impl.startswith("multihead"):
         mha = MultiHeadAttention.from_torch(ref)
         weights = impl.endswith("(weights)")
@@ -127,8 +140,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--dropin", action="store_true", help="multihead.nn.MultiheadAttention vs torch instead"
     )
+    parser.add_argument(
+        "--padding", action="store_true", help="with --dropin: pass a key padding mask to both"
+    )
     args = parser.parse_args(argv)
-    impls = tuple(DROPIN_PEERS) if args.dropin else IMPLS
+    impls = IMPLS
+    if args.dropin:
+        impls = tuple(k for k in DROPIN_PEERS if k.endswith("+pad") == args.padding)
     rows = []
     configs = CONFIGS[:1] if args.quick else CONFIGS
     for b, n, e, h in configs:
