@@ -7,7 +7,8 @@ as ``True`` = may attend. Everything PyTorch's module accepts is translated here
 into the kernel's convention: ``(B, H, N, D)`` layout, bool ``True`` = may attend, float additive.
 
 The one intended difference from PyTorch: a query row whose every key is masked gets a zero
-output and zero weights, with finite gradients, where PyTorch returns NaN.
+output and zero weights, with finite gradients, where PyTorch returns NaN (when it computes
+weights, and on its fused inference path).
 
 Shape legend: ``B`` batch, ``L`` target (query) length, ``S`` source (key) length, ``E`` model size
 ``embed_dim``, ``H`` heads ``num_heads``, ``Hkv`` key/value heads, ``D = E // H``.
