@@ -4,7 +4,7 @@ The default input is the articles' example: X = [[1, 2], [3, 4]] (two tokens, d_
 W_Q = W_K = I, W_V = [[0, 1], [1, 0]], W_O = I, shown with one head and with two heads.
 Every number is computed by the library (``MultiHeadAttention`` and the attention kernel) and
 cross-checked against plain float64 arithmetic written out separately; a disagreement larger
-than 1e-9 is an error.
+than 1e-9 (relative to the value, for values above 1) is an error.
 
 Matrices follow the articles' row-vector convention: Q = X W_Q (so ``nn.Linear`` holds W_Q^T).
 
@@ -30,6 +30,8 @@ Matrix = tuple[tuple[float, ...], ...]
 
 X_DEFAULT: Matrix = ((1.0, 2.0), (3.0, 4.0))
 W_V_DEFAULT: Matrix = ((0.0, 1.0), (1.0, 0.0))
+MAX_ENTRY = 1e6  # largest magnitude of an input entry (see _as_array)
+MAX_DIGITS = 15  # float64 holds about 15 significant decimal digits
 
 
 def identity(n: int) -> Matrix:
@@ -81,6 +83,15 @@ def _as_array(m: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a rectangular matrix of numbers, got {m!r}") from None
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix, got shape {arr.shape}")
+    # NaN and inf have no worked example to show; huge entries overflow Q K^T in float32 (the
+    # library's check would then blame itself), so the example stays within +-MAX_ENTRY.
+    bad = np.argwhere(~np.isfinite(arr) | (np.abs(arr) > MAX_ENTRY))
+    if bad.size:
+        i, j = (int(v) for v in bad[0])
+        raise ValueError(
+            f"{name} must hold finite numbers within +-{MAX_ENTRY:g}, got {arr[i, j]} at row "
+            f"{i + 1}, column {j + 1}"
+        )
     return arr
 
 
@@ -172,7 +183,7 @@ def library(mats: dict[str, np.ndarray], num_heads: int, causal: bool) -> Explan
         concat = heads_out.transpose(1, 2).flatten(2)  # (1, N, H * d_k)
         output = mha.out_proj(concat)
         direct, _ = mha(x, causal=causal)
-        if not torch.allclose(direct, output, rtol=0, atol=1e-12):
+        if not torch.allclose(direct, output, rtol=1e-12, atol=1e-12):
             raise RuntimeError("MultiHeadAttention.forward disagrees with its own steps")
     d_k = mha.head_dim
     result = Explanation(num_heads=num_heads, d_k=d_k)
@@ -213,7 +224,10 @@ def _disagreement(a: Explanation, b: Explanation) -> float:
         if not np.array_equal(np.isfinite(x), np.isfinite(y)):
             return math.inf
         if finite.any():
-            worst = max(worst, float(np.abs(x[finite] - y[finite]).max()))
+            # Relative to the value's size (at least 1): float64 keeps ~16 digits, so entries
+            # near MAX_ENTRY have absolute rounding far above 1e-9 while still agreeing.
+            gap = np.abs(x[finite] - y[finite]) / np.maximum(1.0, np.abs(y[finite]))
+            worst = max(worst, float(gap.max()))
     return worst
 
 
@@ -251,6 +265,8 @@ def _fmt(m: np.ndarray, digits: int) -> list[str]:
 
 
 def render(results: list[Explanation], mats: dict[str, np.ndarray], digits: int = 4) -> str:
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= MAX_DIGITS:
+        raise ValueError(f"digits must be an int in [0, {MAX_DIGITS}], got {digits!r}")
     lines: list[str] = []
 
     def block(title: str, m: np.ndarray, note: str = "") -> None:
