@@ -162,7 +162,7 @@ def shorten_message(message: str, limit: int = 400) -> str:
     middle, line breaks become spaces and the rest is cut at the end.
 
     Example:
-        >>> shorten_message(f"input {'a' * 500!r} is not a date")[-41:]
+        >>> shorten_message(f"input {'a' * 500!r} is not a date")[-42:]
         "…aaaaaaaaa' (502 characters) is not a date"
     """
     message = _QUOTED.sub(lambda m: shorten(m.group(0)), message)
