@@ -21,8 +21,13 @@ from multihead.errors import CommandError
 from multihead.train.rundir import check_directory
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_BLOCK",
+    "MAX_LAYERS",
     "MAX_SEED",
+    "MAX_STEPS",
     "MAX_THREADS",
+    "MAX_WIDTH",
     "check_out_dir",
     "float_in",
     "int_in",
@@ -35,6 +40,13 @@ __all__ = [
 # torch.Generator and NumPy's SeedSequence both take any value below 2**63.
 MAX_SEED = 2**63 - 1
 MAX_THREADS = 1024
+# Upper ends of the training options: far beyond any sensible run on one machine, low enough
+# that a typo (an extra zero or ten) is refused instead of exhausting memory.
+MAX_STEPS = 10_000_000
+MAX_BATCH = 65_536
+MAX_WIDTH = 16_384
+MAX_LAYERS = 256
+MAX_BLOCK = 65_536
 
 
 def set_threads(threads: int | None) -> None:

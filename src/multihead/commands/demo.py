@@ -38,7 +38,16 @@ from typing import Any
 
 import torch
 
-from multihead.commands._common import set_threads
+from multihead.commands._common import (
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_THREADS,
+    check_out_dir,
+    float_in,
+    int_in,
+    set_threads,
+    utf8_text,
+)
 from multihead.commands.translate import check_source
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer, TransformerConfig, num_parameters
@@ -92,27 +101,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"default {DEFAULT_OUT}")
     parser.add_argument("--fresh", action="store_true", help="retrain even if a checkpoint exists")
     parser.add_argument(
-        "--steps", type=int, help=f"most training updates (default {defaults.steps})"
+        "--steps",
+        type=int_in(1, MAX_STEPS),
+        help=f"most training updates (default {defaults.steps})",
     )
     parser.add_argument(
         "--target",
-        type=float,
+        type=float_in(0, 1, lo_open=True),
         default=defaults.target,
         help=f"stop at this validation exact match (default {defaults.target})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and data")
+    parser.add_argument(
+        "--seed", type=int_in(0, MAX_SEED), default=0, help="seed of initialisation and data"
+    )
     parser.add_argument(
         "--test-size",
-        type=int,
+        type=int_in(1, 100_000),
         default=TEST_SIZE,
         metavar="N",
         help=f"held-out test dates (default {TEST_SIZE}); validation uses half as many, <= 500",
     )
-    parser.add_argument("--example", default=DEFAULT_EXAMPLE, help="input of attention.png")
+    parser.add_argument(
+        "--example", type=utf8_text, default=DEFAULT_EXAMPLE, help="input of attention.png"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or eval lines")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_in(1, MAX_THREADS),
         metavar="N",
         help="CPU threads for torch (default: torch's choice); on a busy machine 1 can be faster",
     )
@@ -202,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     if args.test_size < 1:
         raise CommandError(f"--test-size must be >= 1, got {args.test_size}")
     set_threads(args.threads)
-    out = Path(args.out)
+    out = check_out_dir(args.out)
     ckpt_path = out / CHECKPOINT_NAME
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     recipe = get_recipe("dates", task_seed=0)

@@ -27,8 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from multihead.commands._common import (
+    MAX_BATCH,
+    MAX_BLOCK,
+    MAX_LAYERS,
     MAX_SEED,
+    MAX_STEPS,
     MAX_THREADS,
+    MAX_WIDTH,
     check_out_dir,
     float_in,
     int_in,
@@ -50,14 +55,6 @@ from multihead.train.recipes import (
 )
 
 __all__ = ["configure", "run"]
-
-# Upper ends of the options: far beyond any sensible run on one machine, low enough that a
-# typo (an extra zero or ten) is refused instead of exhausting memory.
-MAX_STEPS = 10_000_000
-MAX_BATCH = 65_536
-MAX_WIDTH = 16_384
-MAX_LAYERS = 256
-MAX_BLOCK = 65_536
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from multihead.commands._common import int_in
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer
 from multihead.tasks import MAX_SOURCE_LENGTH, MAX_TARGET_LENGTH, CharVocab
@@ -50,7 +51,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}"
     )
-    parser.add_argument("--beam", type=int, default=1, metavar="N", help="beam size (1: greedy)")
+    parser.add_argument(
+        "--beam", type=int_in(1, 64), default=1, metavar="N", help="beam size (1: greedy)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per input")
 
 
@@ -165,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         trained = load_trained(path)
     except CheckpointError as exc:
-        raise CommandError(f"{exc}; run `multihead demo --fresh` to train a new one") from exc
+        # `demo --fresh` rewrites the demo's own checkpoint only; a custom path is the user's.
+        hint = "; run `multihead demo --fresh` to train a new one"
+        raise CommandError(f"{exc}{hint if args.checkpoint == DEFAULT_CHECKPOINT else ''}") from exc
     if trained.kind != "seq2seq" or trained.task != "dates" or trained.vocab is None:
         raise CommandError(
             f"{str(path)!r} holds a {trained.task!r} model, not the date translator from "
