@@ -107,15 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     status: 0 done, 1 failed while running, 2 arguments or input refused, 130 interrupted.
 
     Expected failures print one line on stderr; ``MULTIHEAD_DEBUG=1`` shows tracebacks instead.
+    ``--help`` and usage errors raise ``SystemExit`` with 0 or 2, as argparse does.
     """
     debug = os.environ.get("MULTIHEAD_DEBUG", "") not in ("", "0")
     name = "multihead"
     try:
         parser = build_parser()
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exc:  # --help, or a usage error already printed
-            return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        # --help and usage errors end in SystemExit (0 or 2), as argparse does everywhere.
+        args = parser.parse_args(argv)
         if getattr(args, "_run", None) is None:
             parser.print_help()
             return 2
