@@ -53,7 +53,8 @@ class _Parser(argparse.ArgumentParser):
 
         # One line, not argparse's usage block: the hint says where the usage is.
         hint = f" (see '{self.prog} --help')"
-        self.exit(2, f"{self.prog}: error: {shorten_message(message)}{hint}\n")
+        line = shorten_message(message).encode("utf-8", "backslashreplace").decode("utf-8")
+        self.exit(2, f"{self.prog}: error: {line}{hint}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands._common import shorten_message
 
         status, message = _describe(exc)
-        print(f"{name}: error: {shorten_message(message)}", file=sys.stderr)
+        # Undecodable input bytes (lone surrogates) are shown escaped, never re-raised.
+        line = shorten_message(message).encode("utf-8", "backslashreplace").decode("utf-8")
+        print(f"{name}: error: {line}", file=sys.stderr)
         return status
 
 
