@@ -47,7 +47,7 @@ from multihead.train.distributed import (
 )
 from multihead.train.optim import SCHEDULES, make_optimizer, make_scheduler
 from multihead.train.plots import plot_loss_curve
-from multihead.train.rundir import ensure_directory, lock_run_dir
+from multihead.train.rundir import lock_run_dir, removed_if_failed
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -386,8 +386,9 @@ def train(
     info = dist_info if dist_info is not None else init_distributed(config.device)
     if config.out_dir is None or not info.is_main:
         return _train(model, recipe, config, resume_from, info)
-    # One run per folder: a second would interleave metrics.jsonl and replace checkpoints.
-    with lock_run_dir(ensure_directory(config.out_dir, "out_dir")):
+    # One run per folder: a second would interleave metrics.jsonl and replace checkpoints. A
+    # run that fails before writing anything takes the folder it created away again.
+    with removed_if_failed(config.out_dir, "out_dir") as folder, lock_run_dir(folder):
         return _train(model, recipe, config, resume_from, info)
 
 
