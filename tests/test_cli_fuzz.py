@@ -349,7 +349,8 @@ def test_sigint_mid_training(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith("multihead train: interrupted"), err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("multihead train: interrupted; continue with: multihead train"), err
     assert (out / "checkpoint.pt").exists()
     assert not list(out.glob("*.tmp")) and not (out / LOCK_NAME).exists()
 

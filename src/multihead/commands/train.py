@@ -205,11 +205,10 @@ def run(args: argparse.Namespace) -> int:
         model = recipe.build_model(seed=config.seed)
         result = train(model, recipe, config, resume_from=resume, dist_info=info)
     except KeyboardInterrupt:
-        if info.is_main:
-            print(
-                f"continue with: multihead train {args.task} --resume --out {out}", file=sys.stderr
-            )
-        raise
+        # The CLI prints this as the one line after "interrupted".
+        raise KeyboardInterrupt(
+            f"continue with: multihead train {args.task} --resume --out {out}"
+        ) from None
     finally:
         cleanup_distributed()
     if not info.is_main:
