@@ -13,10 +13,7 @@ from multihead.commands import bench as command
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(["bench", *argv])
-    except SystemExit as exc:  # options refused by their argparse type
-        rc = exc.code
+    rc = main(["bench", *argv])
     out, err = capsys.readouterr()
     return rc, out, err
 

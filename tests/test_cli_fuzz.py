@@ -112,8 +112,8 @@ def value_options(verb: str) -> list[argparse.Action]:
     return [a for a in sub.choices[verb]._actions if a.option_strings and a.nargs != 0]
 
 
-def snapshot(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")}
+def snapshot(*roots: Path) -> set[Path]:
+    return {p for root in roots for p in root.rglob("*")}
 
 
 def call(argv: list[str], capsys: pytest.CaptureFixture[str], stdin: str = "") -> tuple[int, str]:
@@ -130,7 +130,9 @@ def call(argv: list[str], capsys: pytest.CaptureFixture[str], stdin: str = "") -
     return status, capsys.readouterr().err
 
 
-def check_outcome(argv: list[str], status: int, err: str, before: set[Path], root: Path) -> None:
+def check_outcome(
+    argv: list[str], status: int, err: str, before: set[Path], roots: tuple[Path, ...]
+) -> None:
     shown = " ".join(a[:40] for a in argv)
     assert status in (0, 1, 2, 130), f"{shown}: exit status {status}\n{err}"
     assert "Traceback" not in err, f"{shown}: traceback\n{err}"
@@ -139,7 +141,7 @@ def check_outcome(argv: list[str], status: int, err: str, before: set[Path], roo
         assert len(lines) == 1, f"{shown}: {len(lines)} lines on stderr\n{err}"
         assert lines[0].startswith("multihead"), f"{shown}: {lines[0]}"
         assert len(lines[0]) < 600, f"{shown}: a message of {len(lines[0])} characters"
-    after = snapshot(root)
+    after = snapshot(*roots)
     assert not [p for p in after if p.name.endswith(".tmp")], f"{shown}: temporary files left"
     if status != 0:
         assert after == before, f"{shown}: left {sorted(map(str, after - before))}"
@@ -170,9 +172,9 @@ def test_hostile_arguments(
             out = tmp_path / f"out{runs}"
             runs += 1
             argv = [verb, *base_args(verb, s, out), f"{option}={value}"]
-            before = snapshot(root) | snapshot(tmp_path)
+            before = snapshot(root, tmp_path)
             status, err = call(argv, capsys, stdin=NON_UTF8)
-            check_outcome(argv, status, err, before - snapshot(tmp_path), root)
+            check_outcome(argv, status, err, before, (root, tmp_path))
             if status != 0:
                 assert not out.exists(), f"{argv}: created {out}"
 
@@ -189,8 +191,10 @@ def test_hostile_stdin(
     argv = [verb, *base_args(verb, sandbox, tmp_path / "out")]
     if verb == "translate":
         argv = argv[:-1]  # read the dates from stdin
+    roots = (sandbox["dir"].parent, tmp_path)
+    before = snapshot(*roots)
     status, err = call(argv, capsys, stdin=stdin)
-    check_outcome(argv, status, err, snapshot(sandbox["dir"].parent), sandbox["dir"].parent)
+    check_outcome(argv, status, err, before, roots)
 
 
 # --- one test per item of the issue, each failing before its fix --------------------------

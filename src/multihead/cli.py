@@ -108,14 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     status: 0 done, 1 failed while running, 2 arguments or input refused, 130 interrupted.
 
     Expected failures print one line on stderr; ``MULTIHEAD_DEBUG=1`` shows tracebacks instead.
-    ``--help`` and usage errors raise ``SystemExit`` with 0 or 2, as argparse does.
+    ``--help`` raises ``SystemExit(0)``, as argparse does; usage errors return 2.
     """
     debug = os.environ.get("MULTIHEAD_DEBUG", "") not in ("", "0")
     name = "multihead"
     try:
         parser = build_parser()
-        # --help and usage errors end in SystemExit (0 or 2), as argparse does everywhere.
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                raise  # --help: exits as argparse always does
+            return exc.code if isinstance(exc.code, int) else 2  # a usage error, printed
         if getattr(args, "_run", None) is None:
             parser.print_help()
             return 2
