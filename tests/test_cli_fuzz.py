@@ -198,6 +198,21 @@ def test_hostile_stdin(
     check_outcome(argv, status, err, before, roots)
 
 
+@pytest.mark.parametrize("value", ["", NON_UTF8, "\0", "-1"])
+@pytest.mark.parametrize(
+    "argv",
+    [["train"], ["translate", "--checkpoint", "DATES"], ["train", "copy", "--resume"]],
+)
+def test_hostile_positionals(
+    argv: list[str], value: str, sandbox: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(sandbox["dates"]) if a == "DATES" else a for a in argv]
+    roots = (sandbox["dir"].parent,)
+    before = snapshot(*roots)
+    status, err = call([*argv, value], capsys)
+    check_outcome([*argv, value], status, err, before, roots)
+
+
 # --- one test per item of the issue, each failing before its fix --------------------------
 
 

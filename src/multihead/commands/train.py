@@ -7,6 +7,7 @@ Training stops early once the task's validation metric reaches --target.
 
 Writes into --out (default runs/TASK): checkpoint.pt (and checkpoint.prev.pt, the one before),
 metrics.jsonl and loss.png. Ctrl-C saves a checkpoint; --resume continues from it exactly.
+One run at a time per folder: a second fails at once, naming the PID that holds the folder.
 For data-parallel training launch the same command with torchrun (gloo on CPU, NCCL on GPU).
 
 Example:

@@ -368,7 +368,9 @@ def train(
     Writes into ``config.out_dir`` (process 0 only): ``checkpoint.pt`` at every evaluation, at
     the end and on Ctrl-C (which then re-raises ``KeyboardInterrupt``); ``metrics.jsonl`` with
     one JSON object per log (``"split": "train"``) or evaluation (``"valid"``) step and a
-    ``"summary"`` row with time and throughput at the end; ``loss.png`` at the end.
+    ``"summary"`` row with time and throughput at the end; ``loss.png`` at the end. The folder
+    is locked for the run: another live run there raises
+    :class:`~multihead.train.rundir.RunDirLocked` at once, naming its PID.
 
     Example:
         >>> from multihead.train.recipes import get_recipe
