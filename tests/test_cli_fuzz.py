@@ -34,6 +34,12 @@ TINY_TRAIN = ["--batch-size", "2", "--d-model", "8", "--layers", "1", "--heads",
 NON_UTF8 = b"caf\xe9 \xff\xfe".decode("utf-8", "surrogateescape")  # as Python decodes argv
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative paths among the hostile values (``-1``, ``nan``) land in the test's folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Checkpoints of untrained tiny models and files of every hostile kind."""
@@ -90,7 +96,7 @@ STDIN_VERBS = {"translate", "classify", "recognize"}
 
 # Arguments that keep each verb's run tiny when a hostile value is valid. Later occurrences of
 # an option override earlier ones, so the value under test is appended after these.
-def base_args(verb: str, s: dict[str, Path], out: Path) -> list[str]:
+def base_args(verb: str, s: dict[str, Path], out: Path | str) -> list[str]:
     table = {
         "explain": [],
         "demo": ["--steps", "1", "--test-size", "2", "--no-progress", "--out", str(out)],
@@ -217,14 +223,15 @@ def test_hostile_positionals(
 
 
 @pytest.mark.parametrize("verb", ["train", "demo", "visualize"])
-@pytest.mark.parametrize("where", ["file", "under_file"])
+@pytest.mark.parametrize("where", ["file", "under_file", "empty"])
 def test_out_is_a_file_or_under_one(
     verb: str, where: str, sandbox: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = sandbox["file"] if where == "file" else sandbox["file"] / "sub"
+    out = {"file": sandbox["file"], "under_file": sandbox["file"] / "sub", "empty": ""}[where]
     argv = [verb, *base_args(verb, sandbox, out)]
     status, err = call(argv, capsys)
-    assert status == 2 and "a file, not a folder" in err, err
+    expected = "must name a folder" if where == "empty" else "a file, not a folder"
+    assert status == 2 and expected in err, err
     assert "Traceback" not in err
 
 
@@ -239,7 +246,7 @@ def test_explain_negative_digits(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 2 and "--digits" in err and "[0, 15]" in err, err
 
 
-def test_explain_json_into_a_closed_pipe() -> None:
+def test_explain_json_into_a_closed_pipe(tmp_path: Path) -> None:
     """``multihead explain --json | head -c 1``: quiet, exit 1 (Python's code for EPIPE)."""
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen(
@@ -247,6 +254,7 @@ def test_explain_json_into_a_closed_pipe() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        cwd=tmp_path,
     )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # the reader goes away before a byte is written
@@ -353,6 +361,7 @@ def _slow_training(out: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"},
+        cwd=out.parent,
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 90

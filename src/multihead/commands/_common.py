@@ -186,6 +186,9 @@ def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """``path`` as a ``Path``, or a one-line :class:`CommandError` naming ``option`` when it is
     a file or lies under a file. Nothing is created: the command creates the folder when it
     first writes, so a command refused later leaves nothing behind."""
+    if not str(path).strip():
+        # Path("") is ".", so an empty value would quietly write into the current folder.
+        raise CommandError(f"{option} must name a folder, got an empty value")
     try:
         return check_directory(path, option)
     except OSError as exc:

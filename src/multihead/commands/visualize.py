@@ -47,8 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out",
-        type=Path,
-        default=None,
+        default=None,  # a str, so that an empty value is refused rather than read as "."
         help="folder for the pictures (default: 'attention' next to the checkpoint)",
     )
     parser.add_argument(
