@@ -373,11 +373,22 @@ def _slow_training(out: Path) -> subprocess.Popen[str]:
     return proc
 
 
-def test_sigint_mid_training(tmp_path: Path) -> None:
+def test_second_training_is_refused_then_sigint_mid_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One slow training in a subprocess: a second one into its folder fails at once naming
+    its PID; then Ctrl-C stops it with 130, one last line, a checkpoint and no lock left."""
     out = tmp_path / "run"
     proc = _slow_training(out)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        status, err = call(
+            ["train", "copy", "--steps", "1", *TINY_TRAIN, "--out", str(out)], capsys
+        )
+        assert status == 1, err
+        assert f"PID {proc.pid}" in err and "in use" in err, err
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
@@ -386,20 +397,34 @@ def test_sigint_mid_training(tmp_path: Path) -> None:
     assert not list(out.glob("*.tmp")) and not (out / LOCK_NAME).exists()
 
 
-def test_second_training_in_one_folder_is_refused_then_a_stale_lock_is_taken_over(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("flock", [True, False])
+def test_stale_lock_of_a_killed_run_is_taken_over(
+    flock: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A killed run leaves its lock file (with its PID) behind; the next run takes it over.
+    Without fcntl the PID decides: a live one still refuses."""
+    import multihead.train.rundir as rundir
+
+    if not flock:
+        monkeypatch.setattr(rundir, "fcntl", None)
     out = tmp_path / "run"
-    proc = _slow_training(out)
-    try:
-        argv = ["train", "copy", "--steps", "1", *TINY_TRAIN, "--no-progress", "--out", str(out)]
-        status, err = call(argv, capsys)
-        assert status == 1, err
-        assert f"PID {proc.pid}" in err and "in use" in err, err
-    finally:
-        proc.kill()  # SIGKILL: no cleanup, the lock file stays behind
-        proc.communicate(timeout=60)
-    assert (out / LOCK_NAME).exists()
+    out.mkdir()
+    (out / LOCK_NAME).write_text(f"{_dead_pid()}\n")
+    argv = ["train", "copy", "--steps", "1", *TINY_TRAIN, "--no-progress", "--out", str(out)]
     status, err = call(argv, capsys)
     assert status == 0, err
     assert not (out / LOCK_NAME).exists()
+    if not flock:
+        (out / LOCK_NAME).write_text(f"{os.getpid()}\n")  # alive: this very process
+        status, err = call([*argv, "--steps", "2", "--resume"], capsys)
+        assert status == 1 and f"PID {os.getpid()}" in err, err
