@@ -2,7 +2,8 @@
 
 :func:`worked_example` runs the library (``MultiHeadAttention`` and the attention kernel) and
 plain float64 arithmetic written out separately on the same matrices (row-vector convention:
-Q = X W_Q, so ``nn.Linear`` holds W_Q^T) and raises if they disagree by more than 1e-9;
+Q = X W_Q, so ``nn.Linear`` holds W_Q^T) and raises if they disagree by more than 1e-9
+(relative to the value, for values above 1);
 :func:`render` prints the steps. The command line is :mod:`multihead.commands.explain`.
 """
 
@@ -22,6 +23,8 @@ Matrix = tuple[tuple[float, ...], ...]
 
 X_DEFAULT: Matrix = ((1.0, 2.0), (3.0, 4.0))
 W_V_DEFAULT: Matrix = ((0.0, 1.0), (1.0, 0.0))
+MAX_ENTRY = 1e6  # largest magnitude of an input entry (see _as_array)
+MAX_DIGITS = 15  # float64 holds about 15 significant decimal digits
 
 
 def identity(n: int) -> Matrix:
@@ -73,6 +76,15 @@ def _as_array(m: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a rectangular matrix of numbers, got {m!r}") from None
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix, got shape {arr.shape}")
+    # NaN and inf have no worked example to show; huge entries overflow Q K^T in float32 (the
+    # library's check would then blame itself), so the example stays within +-MAX_ENTRY.
+    bad = np.argwhere(~np.isfinite(arr) | (np.abs(arr) > MAX_ENTRY))
+    if bad.size:
+        i, j = (int(v) for v in bad[0])
+        raise ValueError(
+            f"{name} must hold finite numbers within +-{MAX_ENTRY:g}, got {arr[i, j]} at row "
+            f"{i + 1}, column {j + 1}"
+        )
     return arr
 
 
@@ -164,7 +176,7 @@ def library(mats: dict[str, np.ndarray], num_heads: int, causal: bool) -> Explan
         concat = heads_out.transpose(1, 2).flatten(2)  # (1, N, H * d_k)
         output = mha.out_proj(concat)
         direct, _ = mha(x, causal=causal)
-        if not torch.allclose(direct, output, rtol=0, atol=1e-12):
+        if not torch.allclose(direct, output, rtol=1e-12, atol=1e-12):
             raise RuntimeError("MultiHeadAttention.forward disagrees with its own steps")
     d_k = mha.head_dim
     result = Explanation(num_heads=num_heads, d_k=d_k)
@@ -205,7 +217,10 @@ def _disagreement(a: Explanation, b: Explanation) -> float:
         if not np.array_equal(np.isfinite(x), np.isfinite(y)):
             return math.inf
         if finite.any():
-            worst = max(worst, float(np.abs(x[finite] - y[finite]).max()))
+            # Relative to the value's size (at least 1): float64 keeps ~16 digits, so entries
+            # near MAX_ENTRY have absolute rounding far above 1e-9 while still agreeing.
+            gap = np.abs(x[finite] - y[finite]) / np.maximum(1.0, np.abs(y[finite]))
+            worst = max(worst, float(gap.max()))
     return worst
 
 
@@ -243,6 +258,8 @@ def _fmt(m: np.ndarray, digits: int) -> list[str]:
 
 
 def render(results: list[Explanation], mats: dict[str, np.ndarray], digits: int = 4) -> str:
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= MAX_DIGITS:
+        raise ValueError(f"digits must be an int in [0, {MAX_DIGITS}], got {digits!r}")
     lines: list[str] = []
 
     def block(title: str, m: np.ndarray, note: str = "") -> None:

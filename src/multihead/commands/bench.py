@@ -53,6 +53,15 @@ import sys
 from typing import Any
 
 from multihead.bench import suite
+from multihead.commands._common import (
+    MAX_BATCH,
+    MAX_BLOCK,
+    MAX_THREADS,
+    MAX_WIDTH,
+    check_out_dir,
+    float_in,
+    int_in,
+)
 from multihead.functional import backend_names
 
 
@@ -70,16 +79,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     causal.add_argument(
         "--both", dest="causal", action="store_const", const="both", help="(default)"
     )
-    parser.add_argument("--window", type=int, help="local backend window (default 256)")
-    parser.add_argument("--batch", type=int, help="B (default 1)")
-    parser.add_argument("--heads", type=int, help="H (default 8)")
-    parser.add_argument("--head-dim", type=int, help="D (default 64)")
+    parser.add_argument(
+        "--window", type=int_in(1, MAX_BLOCK), help="local backend window (default 256)"
+    )
+    parser.add_argument("--batch", type=int_in(1, MAX_BATCH), help="B (default 1)")
+    parser.add_argument("--heads", type=int_in(1, MAX_WIDTH), help="H (default 8)")
+    parser.add_argument("--head-dim", type=int_in(1, MAX_WIDTH), help="D (default 64)")
     parser.add_argument("--dtype", help="float32 (default), bfloat16 or float16")
     parser.add_argument("--memory", action="store_true", help="measure peak memory (slow)")
-    parser.add_argument("--max-memory-gb", type=float, help="memory budget in GiB")
-    parser.add_argument("--case-budget", type=float, help="seconds per case (default 5)")
-    parser.add_argument("--repeat", type=int, help="timed runs per case (default 5)")
-    parser.add_argument("--threads", type=int, help="torch threads while timing")
+    parser.add_argument(
+        "--max-memory-gb", type=float_in(0, lo_open=True), help="memory budget in GiB"
+    )
+    parser.add_argument(
+        "--case-budget", type=float_in(0, 3600, lo_open=True), help="seconds per case (default 5)"
+    )
+    parser.add_argument("--repeat", type=int_in(1, 10_000), help="timed runs per case (default 5)")
+    parser.add_argument("--threads", type=int_in(1, MAX_THREADS), help="torch threads while timing")
     parser.add_argument("--out", metavar="DIR", help="write bench.md, bench.json, bench.png")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--quick", action="store_true", help="tiny sweep (seconds)")
@@ -195,6 +210,8 @@ def build_config(args: argparse.Namespace) -> suite.BenchConfig:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep and print Markdown (or JSON); write files under ``--out``."""
     config = build_config(args)
+    if args.out:
+        check_out_dir(args.out)  # before the sweep, not after minutes of timing
     report = suite.run_suite(config, progress=sys.stderr.isatty())
     if args.out:
         paths = suite.write_report(report, args.out)

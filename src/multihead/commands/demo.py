@@ -41,7 +41,17 @@ from typing import Any
 
 import torch
 
-from multihead.commands._common import auto_threads, set_threads
+from multihead.commands._common import (
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_THREADS,
+    auto_threads,
+    check_out_dir,
+    float_in,
+    int_in,
+    set_threads,
+    utf8_text,
+)
 from multihead.commands.translate import safe_checkpoint_reason
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer, TransformerConfig, num_parameters
@@ -100,27 +110,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"default {DEFAULT_OUT}")
     parser.add_argument("--fresh", action="store_true", help="retrain even if a checkpoint exists")
     parser.add_argument(
-        "--steps", type=int, help=f"most training updates (default {defaults.steps})"
+        "--steps",
+        type=int_in(1, MAX_STEPS),
+        help=f"most training updates (default {defaults.steps})",
     )
     parser.add_argument(
         "--target",
-        type=float,
+        type=float_in(0, 1, lo_open=True),
         default=defaults.target,
         help=f"stop at this validation exact match (default {defaults.target})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and data")
+    parser.add_argument(
+        "--seed", type=int_in(0, MAX_SEED), default=0, help="seed of initialisation and data"
+    )
     parser.add_argument(
         "--test-size",
-        type=int,
+        type=int_in(1, 100_000),
         default=TEST_SIZE,
         metavar="N",
         help=f"held-out test dates (default {TEST_SIZE}); validation uses half as many, <= 500",
     )
-    parser.add_argument("--example", default=DEFAULT_EXAMPLE, help="input of attention.png")
+    parser.add_argument(
+        "--example", type=utf8_text, default=DEFAULT_EXAMPLE, help="input of attention.png"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or eval lines")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_in(1, MAX_THREADS),
         metavar="N",
         help="CPU threads for torch (default: the cores the load average leaves free)",
     )
@@ -200,21 +216,9 @@ def _unfinished(trained: TrainedModel, steps: int | None) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead demo``; returns the exit status."""
     began = time.perf_counter()
-    # Inline range checks; the shared numeric-option helper of commands/_common.py can take
-    # these over once it lands.
-    if not 1 <= args.test_size <= 1_000_000:
-        raise CommandError(f"--test-size must be in [1, 1000000], got {args.test_size}")
-    if not 0.0 < args.target <= 1.0:  # also rejects nan
-        raise CommandError(f"--target must be in (0, 1], got {args.target}")
-    if args.steps is not None and not 1 <= args.steps <= 10_000_000:
-        raise CommandError(f"--steps must be in [1, 10000000], got {args.steps}")
-    if args.seed < 0:
-        raise CommandError(f"--seed must be >= 0, got {args.seed}")
-    if args.threads is not None and not 1 <= args.threads <= 1024:
-        raise CommandError(f"--threads must be in [1, 1024], got {args.threads}")
     threads = args.threads if args.threads is not None else auto_threads()
     set_threads(threads)
-    out = Path(args.out)
+    out = check_out_dir(args.out)
     ckpt_path = out / CHECKPOINT_NAME
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     recipe = get_recipe("dates", task_seed=0)

@@ -4,7 +4,7 @@ The default input is the articles' example: X = [[1, 2], [3, 4]] (two tokens, d_
 W_Q = W_K = I, W_V = [[0, 1], [1, 0]], W_O = I, shown with one head and with two heads.
 Every number is computed by the library (``MultiHeadAttention`` and the attention kernel) and
 cross-checked against plain float64 arithmetic written out separately; a disagreement larger
-than 1e-9 is an error.
+than 1e-9 (relative, for values above 1) is an error. Entries must be finite, within +-1e6.
 
 Matrices follow the articles' row-vector convention: Q = X W_Q (so ``nn.Linear`` holds W_Q^T).
 
@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from multihead.explain import X_DEFAULT, ExplainConfig, Matrix, render, worked_example
+from multihead.commands._common import int_in, shorten
+from multihead.explain import MAX_DIGITS, X_DEFAULT, ExplainConfig, Matrix, render, worked_example
 
 __all__ = ["configure", "run"]
 
@@ -30,10 +31,10 @@ def _parse_matrix(text: str) -> Matrix:
         rows = tuple(tuple(float(v) for v in row.split(",")) for row in text.split(";"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a matrix like '1,2;3,4' (rows separated by ';'), got {text!r}"
+            f"expected a matrix like '1,2;3,4' (rows separated by ';'), got {shorten(text)!r}"
         ) from None
     if len({len(r) for r in rows}) != 1:
-        raise argparse.ArgumentTypeError(f"rows of {text!r} have different lengths")
+        raise argparse.ArgumentTypeError(f"rows of {shorten(text)!r} have different lengths")
     return rows
 
 
@@ -52,12 +53,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
             help=f"{what} (default: identity; W_V swaps the two columns for 2-wide X)",
         )
     parser.add_argument(
-        "--heads", type=int, nargs="+", default=[1, 2], help="head counts to show (default: 1 2)"
+        "--heads",
+        type=int_in(1, 4096),
+        nargs="+",
+        default=[1, 2],
+        help="head counts to show, each dividing the width of X (default: 1 2)",
     )
     parser.add_argument(
         "--causal", action="store_true", help="apply a causal mask (token i sees tokens <= i)"
     )
-    parser.add_argument("--digits", type=int, default=4, help="decimals to print (default: 4)")
+    parser.add_argument(
+        "--digits",
+        type=int_in(0, MAX_DIGITS),
+        default=4,
+        help=f"decimals to print, 0 to {MAX_DIGITS} (default: 4)",
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from multihead.commands._common import MAX_SEED, MAX_THREADS, float_in, int_in, utf8_text
 from multihead.decoding import sample
 from multihead.errors import CommandError
 from multihead.modules.models import DecoderLM
@@ -32,6 +33,7 @@ from multihead.train.recipes import load_trained
 __all__ = ["DEFAULT_CHECKPOINT", "configure", "generate_text", "run"]
 
 DEFAULT_CHECKPOINT = "runs/text/checkpoint.pt"
+MAX_NEW_TOKENS = 100_000  # one model call each; more is a typo, not a request
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,12 +41,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}"
     )
-    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="characters to add")
-    parser.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is safer")
-    parser.add_argument("--top-k", type=int, help="sample among the k most likely characters")
-    parser.add_argument("--top-p", type=float, help="sample within this probability nucleus")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    parser.add_argument(
+        "--prompt", type=utf8_text, default="\n", help="text to continue (default: a newline)"
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int_in(1, MAX_NEW_TOKENS),
+        default=200,
+        help=f"characters to add, 1 to {MAX_NEW_TOKENS:,}",
+    )
+    parser.add_argument(
+        "--temperature", type=float_in(0, lo_open=True), default=1.0, help="> 0; lower is safer"
+    )
+    parser.add_argument("--top-k", type=int_in(1), help="sample among the k most likely characters")
+    parser.add_argument(
+        "--top-p",
+        type=float_in(0, 1, lo_open=True),
+        help="sample within this probability nucleus, in (0, 1]",
+    )
+    parser.add_argument(
+        "--seed", type=int_in(0, MAX_SEED), default=0, help="seed of the sampler (>= 0)"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object")
     parser.add_argument(
         "--quantize",
@@ -55,7 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_in(1, MAX_THREADS),
         help="CPU threads (default: the physical cores that are free, 1 on a busy machine)",
     )
 
@@ -113,16 +130,6 @@ def generate_text(
 
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead generate``; returns the exit status."""
-    if args.max_new_tokens < 1:
-        raise CommandError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not args.temperature > 0:
-        raise CommandError(f"--temperature must be > 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise CommandError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise CommandError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.threads is not None and args.threads < 1:
-        raise CommandError(f"--threads must be >= 1, got {args.threads}")
     apply_thread_policy(args.threads)
     path = Path(args.checkpoint)
     if not path.exists():

@@ -7,6 +7,7 @@ Training stops early once the task's validation metric reaches --target.
 
 Writes into --out (default runs/TASK): checkpoint.pt (and checkpoint.prev.pt, the one before),
 metrics.jsonl and loss.png. Ctrl-C saves a checkpoint; --resume continues from it exactly.
+One run at a time per folder: a second fails at once, naming the PID that holds the folder.
 For data-parallel training launch the same command with torchrun (gloo on CPU, NCCL on GPU).
 
 Example:
@@ -26,7 +27,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from multihead.commands._common import set_threads
+from multihead.commands._common import (
+    MAX_BATCH,
+    MAX_BLOCK,
+    MAX_LAYERS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_THREADS,
+    MAX_WIDTH,
+    check_out_dir,
+    float_in,
+    int_in,
+    set_threads,
+    utf8_text,
+)
 from multihead.errors import CommandError
 from multihead.modules.models import TransformerConfig, ViTConfig
 from multihead.tasks import TASK_NAMES
@@ -47,27 +61,39 @@ __all__ = ["configure", "run"]
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``multihead train``."""
     parser.add_argument("task", metavar="TASK", help=f"one of: {', '.join(TASK_NAMES)}")
-    parser.add_argument("--steps", type=int, help="optimiser updates in total")
-    parser.add_argument("--batch-size", type=int, help="examples per update (per process)")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--warmup", type=int, help="linear warm-up updates")
+    parser.add_argument("--steps", type=int_in(1, MAX_STEPS), help="optimiser updates in total")
+    parser.add_argument(
+        "--batch-size", type=int_in(1, MAX_BATCH), help="examples per update (per process)"
+    )
+    parser.add_argument("--lr", type=float_in(0, 10, lo_open=True), help="peak learning rate")
+    parser.add_argument("--warmup", type=int_in(0, MAX_STEPS), help="linear warm-up updates")
     parser.add_argument(
         "--schedule", choices=("inverse_sqrt", "cosine"), help="decay after warm-up"
     )
-    parser.add_argument("--d-model", type=int, help="model width")
-    parser.add_argument("--layers", type=int, help="layers (encoder and decoder each, for seq2seq)")
-    parser.add_argument("--heads", type=int, help="attention heads")
+    parser.add_argument("--d-model", type=int_in(1, MAX_WIDTH), help="model width")
     parser.add_argument(
-        "--eval-every", type=int, help="updates between evaluations (0: at the end)"
+        "--layers",
+        type=int_in(1, MAX_LAYERS),
+        help="layers (encoder and decoder each, for seq2seq)",
     )
-    parser.add_argument("--target", type=float, help="stop when the validation metric reaches this")
+    parser.add_argument("--heads", type=int_in(1, MAX_WIDTH), help="attention heads")
+    parser.add_argument(
+        "--eval-every",
+        type=int_in(0, MAX_STEPS),
+        help="updates between evaluations (0: at the end)",
+    )
+    parser.add_argument(
+        "--target", type=float_in(0), help="stop when the validation metric reaches this (>= 0)"
+    )
     parser.add_argument(
         "--block-size",
-        type=int,
+        type=int_in(1, MAX_BLOCK),
         default=TEXT_BLOCK_SIZE,
         help=f"context length (text task, default {TEXT_BLOCK_SIZE})",
     )
-    parser.add_argument("--text", metavar="FILE", help="UTF-8 text file to learn (text task)")
+    parser.add_argument(
+        "--text", metavar="FILE", type=utf8_text, help="UTF-8 text file to learn (text task)"
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default runs/TASK)")
     parser.add_argument(
         "--resume",
@@ -78,11 +104,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
-    parser.add_argument("--seed", type=int, help="seed of initialisation and data (default 0)")
+    parser.add_argument(
+        "--seed", type=int_in(0, MAX_SEED), help="seed of initialisation and data (default 0)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or eval lines")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_in(1, MAX_THREADS),
         metavar="N",
         help="CPU threads for torch (default: torch's choice); on a busy machine 1 can be faster",
     )
@@ -131,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task not in TASK_NAMES:
         raise CommandError(f"unknown task {args.task!r}; choose one of: {', '.join(TASK_NAMES)}")
     set_threads(args.threads)
-    out = Path(args.out if args.out is not None else os.path.join("runs", args.task))
+    out = check_out_dir(args.out if args.out is not None else os.path.join("runs", args.task))
     resume = _resume_path(args, out)
     ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt is not None and ckpt.get("task") != args.task:
@@ -186,11 +214,10 @@ def run(args: argparse.Namespace) -> int:
         model = recipe.build_model(seed=config.seed)
         result = train(model, recipe, config, resume_from=resume, dist_info=info)
     except KeyboardInterrupt:
-        if info.is_main:
-            print(
-                f"continue with: multihead train {args.task} --resume --out {out}", file=sys.stderr
-            )
-        raise
+        # The CLI prints this as the one line after "interrupted".
+        raise KeyboardInterrupt(
+            f"continue with: multihead train {args.task} --resume --out {out}"
+        ) from None
     finally:
         cleanup_distributed()
     if not info.is_main:

@@ -39,7 +39,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from multihead.commands._common import auto_threads, set_threads
+from multihead.commands._common import MAX_THREADS, auto_threads, float_in, int_in, set_threads
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer
 from multihead.tasks.date_reading import (
@@ -79,26 +79,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pivot",
-        type=int,
+        type=int_in(1000, 2900),
         default=DEFAULT_PIVOT,
         metavar="YEAR",
         help=f"two-digit years name a year in [YEAR, YEAR + 99] (default {DEFAULT_PIVOT})",
     )
     parser.add_argument(
         "--min-confidence",
-        type=float,
+        type=float_in(0, 1),
         default=0.0,
         metavar="P",
         help="refuse answers the model gives with probability below P (0-1, default 0)",
     )
-    parser.add_argument("--beam", type=int, default=1, metavar="N", help="beam size (1: greedy)")
+    parser.add_argument(
+        "--beam", type=int_in(1, 64), default=1, metavar="N", help="beam size (1: greedy)"
+    )
     parser.add_argument(
         "--json", action="store_true", help="one JSON object per line: input, output, error, "
         "confidence"
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     parser.add_argument(
-        "--threads", type=int, metavar="N", help="CPU threads (default: the cores left free)"
+        "--threads",
+        type=int_in(1, MAX_THREADS),
+        metavar="N",
+        help="CPU threads (default: the cores left free)",
     )
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
+from multihead.commands._common import check_out_dir, utf8_text
 from multihead.tasks import TASK_NAMES
 from multihead.viz.stats import stats_dicts
 from multihead.viz.visualize import DEFAULT_CHECKPOINT, default_checkpoint, visualize
@@ -40,13 +41,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--text",
+        type=utf8_text,
         default=None,
         help='input to look at (default: a sample for the task, e.g. "Nov 22, 2026")',
     )
     parser.add_argument(
         "--out",
-        type=Path,
-        default=None,
+        default=None,  # a str, so that an empty value is refused rather than read as "."
         help="folder for the pictures (default: 'attention' next to the checkpoint)",
     )
     parser.add_argument(
@@ -64,7 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``multihead visualize``: see the module docstring."""
     checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint(args.task)
-    result = visualize(checkpoint, text=args.text, out_dir=args.out, task=args.task)
+    out = check_out_dir(args.out) if args.out is not None else None
+    result = visualize(checkpoint, text=args.text, out_dir=out, task=args.task)
     if args.json:
         print(
             json.dumps(

@@ -99,7 +99,8 @@ def build_spec(
         key = F.normalize(key, dim=-1)
         default_scale = math.sqrt(dk)
     else:
-        default_scale = 1.0 / math.sqrt(dk)
+        # With Dk == 0 every logit is an empty sum (0): any scale gives the same uniform rows.
+        default_scale = 1.0 / math.sqrt(dk) if dk else 1.0
     spec = AttentionSpec(
         query=query,
         key=key,

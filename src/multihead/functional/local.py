@@ -56,8 +56,12 @@ def _run(spec: AttentionSpec, block: int | None) -> Tensor:
     b, h, hkv, nq, nk, dk, dv = spec.shape
     g = h // hkv
     assert spec.window is not None
-    if nq == 0 or nk == 0:
-        return spec.query.new_zeros(b, h, nq, dv)
+    if b == 0 or h == 0 or nq == 0 or nk == 0:
+        # Nothing to compute; the block views below cannot be formed from an empty tensor.
+        # The sums over empty slices are exact zeros that keep the result on the autograd
+        # graph, so backward() works as it does on the other backends.
+        tie = sum(t.reshape(-1)[:0].sum() for t in (spec.query, spec.key, spec.value))
+        return spec.query.new_zeros(b, h, nq, dv) + tie
     offset = nk - nq  # bottom-right alignment: query i sits at key position i + offset
     # Keys farther away than any that exist change nothing; clamping keeps the spans short.
     left = min(spec.window[0], nk - 1)

@@ -8,6 +8,7 @@ then zeroed (PyTorch would return NaN there), and bottom-right causal alignment 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -39,6 +40,23 @@ def supports(spec: AttentionSpec) -> str | None:
     return None
 
 
+def _propagate_nan_queries(out: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """``out`` with NaN on every row whose query holds NaN or inf, as the reference gives.
+
+    PyTorch's fused CPU kernel returns zeros for such a row instead (its online softmax drops
+    the NaN maximum). ``query * 0`` is 0 for finite values and NaN otherwise, so its row sums
+    are exactly 0 or NaN and adding them changes nothing else. On the CPU one reduction decides
+    first whether any value is not finite (a sync costs nothing there), so clean inputs pay a
+    single pass over the query; on accelerators and while compiling the fix is always applied,
+    since a host sync would cost more than it saves.
+    """
+    # A false alarm (a sum that overflows) only runs the exact fix below.
+    cpu = query.device.type == "cpu" and not torch.compiler.is_compiling()
+    if cpu and math.isfinite(query.sum().item()):
+        return out
+    return out + (query * 0).sum(dim=-1, keepdim=True)  # (B, H, Nq, 1) broadcast over Dv
+
+
 def sdpa_attention(spec: AttentionSpec) -> AttentionResult:
     _, h, hkv, nq, nk, _, _ = spec.shape
     q, k, v = spec.query, spec.key, spec.value
@@ -52,11 +70,11 @@ def sdpa_attention(spec: AttentionSpec) -> AttentionResult:
 
     plain = spec.mask is None and spec.window is None and spec.alibi_slopes is None
     if plain and (not spec.causal or nq == nk):
-        # Nothing can leave a row empty: the fused kernel needs no help.
+        # Nothing can leave a row empty: the fused kernel needs no help, except with NaN.
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=spec.dropout_p, is_causal=spec.causal, scale=spec.scale, **kwargs
         )
-        return AttentionResult(out, None)
+        return AttentionResult(_propagate_nan_queries(out, q), None)
 
     mask = spec.merged_mask()
     assert mask is not None

@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,19 @@ def _fallback_hint(path: Path) -> str:
     return ""
 
 
+def _load_failure(exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in one short line of our own words.
+
+    Never PyTorch's advice to retry with ``weights_only=False``: for a file that failed the
+    safe load, that advice means running whatever code the file carries.
+    """
+    text = " ".join(str(exc).split())
+    if "weights_only" in text or "Weights only" in text:
+        return "it holds pickled objects beyond tensors and plain values, which a safe load refuses"
+    first = text.split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and verify a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
 
@@ -190,13 +204,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} is not a file")
+    if not os.access(p, os.R_OK):
+        raise PermissionError(f"checkpoint {str(p)!r} cannot be read: permission denied")
     try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols of files that then fail anyway; the error
+            # below says all there is to say, on one line.
+            warnings.simplefilter("ignore")
+            data = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, OSError, EOFError, UnpicklingError...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {str(p)!r} is truncated or corrupted and cannot be read "
-            f"({type(exc).__name__}: {reason}){_fallback_hint(p)}"
+            f"({_load_failure(exc)}){_fallback_hint(p)}"
         ) from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(

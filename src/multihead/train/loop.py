@@ -47,6 +47,7 @@ from multihead.train.distributed import (
 )
 from multihead.train.optim import SCHEDULES, make_optimizer, make_scheduler
 from multihead.train.plots import plot_loss_curve
+from multihead.train.rundir import lock_run_dir, removed_if_failed
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -367,7 +368,9 @@ def train(
     Writes into ``config.out_dir`` (process 0 only): ``checkpoint.pt`` at every evaluation, at
     the end and on Ctrl-C (which then re-raises ``KeyboardInterrupt``); ``metrics.jsonl`` with
     one JSON object per log (``"split": "train"``) or evaluation (``"valid"``) step and a
-    ``"summary"`` row with time and throughput at the end; ``loss.png`` at the end.
+    ``"summary"`` row with time and throughput at the end; ``loss.png`` at the end. The folder
+    is locked for the run: another live run there raises
+    :class:`~multihead.train.rundir.RunDirLocked` at once, naming its PID.
 
     Example:
         >>> from multihead.train.recipes import get_recipe
@@ -382,8 +385,23 @@ def train(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    began = time.perf_counter()
     info = dist_info if dist_info is not None else init_distributed(config.device)
+    if config.out_dir is None or not info.is_main:
+        return _train(model, recipe, config, resume_from, info)
+    # One run per folder: a second would interleave metrics.jsonl and replace checkpoints. A
+    # run that fails before writing anything takes the folder it created away again.
+    with removed_if_failed(config.out_dir, "out_dir") as folder, lock_run_dir(folder):
+        return _train(model, recipe, config, resume_from, info)
+
+
+def _train(
+    model: nn.Module,
+    recipe: Recipe,
+    config: TrainConfig,
+    resume_from: str | os.PathLike[str] | None,
+    info: DistInfo,
+) -> TrainResult:
+    began = time.perf_counter()
     device = torch.device(info.device)
     model.to(device)
     optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
@@ -417,7 +435,6 @@ def train(
     writer = info.is_main and out is not None
     if writer:
         assert out is not None and metrics_path is not None
-        out.mkdir(parents=True, exist_ok=True)
         # A resumed run drops what an earlier run logged after its last checkpoint, so the file
         # never has two different records for one step.
         kept = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= start]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -95,10 +96,10 @@ def _draw_panel(
     top = vmax if vmax is not None else max(float(data.max()), 1e-6)
     image = ax.imshow(data, cmap=cmap, vmin=0.0, vmax=top, aspect="auto", interpolation="nearest")
     pos, labels, size = tick_labels(key_tokens, width_in)
-    ax.set_xticks(pos, labels, rotation=90, fontsize=size)
+    ax.set_xticks(pos, [_literal(t) for t in labels], rotation=90, fontsize=size)
     if show_queries:
         pos, labels, size = tick_labels(query_tokens, height_in)
-        ax.set_yticks(pos, labels, fontsize=size)
+        ax.set_yticks(pos, [_literal(t) for t in labels], fontsize=size)
     else:
         ax.set_yticks([])
     ax.tick_params(length=0, pad=1.5)
@@ -191,8 +192,14 @@ def attention_grid(
     if image is not None and vmax is not None:
         fig.colorbar(image, ax=fig.axes, shrink=min(0.9, 3.0 / len(maps)), pad=0.01, aspect=30)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_literal(title), fontsize=10)
     return fig
+
+
+def _literal(text: str) -> str:
+    """``text`` shown as written: matplotlib reads ``$...$`` as TeX math (and fails on bad
+    TeX at draw time); an escaped dollar is drawn as a plain dollar."""
+    return text.replace("$", r"\$")
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None]) -> Path:
@@ -243,4 +250,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"path must end in one of {['.' + f for f in FORMATS]}, got {str(path)!r}")
     # No timestamps or version strings in the file: the same figure gives the same bytes.
     metadata = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None}
-    return write_atomic(target, lambda f: fig.savefig(f, format=fmt, metadata=metadata))
+    with warnings.catch_warnings():
+        # A character the font lacks is drawn as a box; one warning line per glyph says no more.
+        warnings.filterwarnings("ignore", message="Glyph .* missing", category=UserWarning)
+        return write_atomic(target, lambda f: fig.savefig(f, format=fmt, metadata=metadata))

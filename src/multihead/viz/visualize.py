@@ -149,6 +149,7 @@ def visualize(
         ['html', 'png', 'stats', 'svg']
     """
     from ..train.recipes import load_trained
+    from ..train.rundir import removed_if_failed
 
     path = Path(checkpoint)
     if not path.exists():
@@ -174,6 +175,12 @@ def visualize(
         text = DEFAULT_TEXTS.get(trained.task, _FALLBACK_TEXT)
     if not isinstance(text, str) or not text:
         raise ValueError(f"--text must be a non-empty string, got {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: undecodable bytes from the shell
+        raise ValueError(
+            f"--text is not valid UTF-8 text (undecodable byte at position {exc.start})"
+        ) from None
     if trained.task == "dates":
         # The date translator reads the normalised text (lower case, single spaces).
         text = model_source(text)
@@ -195,16 +202,20 @@ def visualize(
     out = Path(out_dir) if out_dir is not None else path.parent / "attention"
     title = f"Attention of the {trained.task} model (step {trained.step})"
     fig = attention_grid(maps, title=f"{title}: {subtitle}")
-    files = {
-        "png": save_figure(fig, out / "attention_grid.png"),
-        "svg": save_figure(fig, out / "attention_grid.svg"),
-        "html": write_attention_html(maps, out / "attention.html", title=title, subtitle=subtitle),
-    }
     table = stats_markdown(stats)
-    files["stats"] = write_atomic(
-        out / "attention_stats.md",
-        f"# Per-head attention statistics\n\n{title}: `{subtitle}`\n\n{table}\n".encode(),
-    )
+    # A failure while writing (a full disk, Ctrl-C) leaves no empty folder behind.
+    with removed_if_failed(out, "out_dir"):
+        files = {
+            "png": save_figure(fig, out / "attention_grid.png"),
+            "svg": save_figure(fig, out / "attention_grid.svg"),
+            "html": write_attention_html(
+                maps, out / "attention.html", title=title, subtitle=subtitle
+            ),
+        }
+        files["stats"] = write_atomic(
+            out / "attention_stats.md",
+            f"# Per-head attention statistics\n\n{title}: `{subtitle}`\n\n{table}\n".encode(),
+        )
     return VisualizeResult(
         task=trained.task, text=text, output=output, files=files, maps=maps, stats=stats
     )
