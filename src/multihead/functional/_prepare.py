@@ -41,11 +41,6 @@ def make_spec(
     check_qkv(query, key, value)
     b, h, nq, dk = query.shape
     nk = key.shape[2]
-    if dk == 0:
-        raise ValueError(
-            f"query and key must have a head size Dk >= 1 (the logit scale is 1/sqrt(Dk)), got "
-            f"query {tuple(query.shape)}"
-        )
     mask = check_mask(mask, (b, h, nq, nk), query.device)
     if alibi_slopes is not None:
         alibi_slopes = check_alibi_slopes(alibi_slopes, h, query.device)
