@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("multihead.commands.generate", "sample text from a trained language model"),
     "visualize": ("multihead.commands.visualize", "draw attention heatmaps and an HTML view"),
     "bench": ("multihead.commands.bench", "time attention backends against PyTorch"),
+    "recognize": ("multihead.commands.recognize", "recognize spoken words in WAV files"),
 }
 
 

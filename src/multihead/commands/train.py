@@ -87,6 +87,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="CPU threads for torch (default: torch's choice); on a busy machine 1 can be faster",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    # speech (issue 14)
+    from multihead.commands import train_speech
+
+    train_speech.add_options(parser)
 
 
 def _resume_path(args: argparse.Namespace, out: Path) -> Path | None:
@@ -120,6 +124,10 @@ def _model_config_from(ckpt: dict[str, Any], args: argparse.Namespace) -> dict[s
 
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead train``; returns the exit status."""
+    if args.task == "speech":  # issue 14
+        from multihead.commands import train_speech
+
+        return train_speech.run(args)
     if args.task not in TASK_NAMES:
         raise CommandError(f"unknown task {args.task!r}; choose one of: {', '.join(TASK_NAMES)}")
     set_threads(args.threads)
