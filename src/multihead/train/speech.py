@@ -101,8 +101,8 @@ class AugmentConfig:
 class SpeechTrainConfig:
     """Optimisation and stopping."""
 
-    max_epochs: int = 60
-    batch_size: int = 32
+    max_epochs: int = 40
+    batch_size: int = 64  # per-sample cost on a CPU falls by a third from 32 to 64
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_epochs: int = 2
@@ -138,12 +138,8 @@ class SpeechClassifier(nn.Module):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.config = config
         c = config.conv_channels
-        self.subsample = nn.Sequential(
-            nn.Conv2d(1, c, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(c, c, 3, stride=2, padding=1),
-            nn.GELU(),
-        )
+        self.conv1 = nn.Conv2d(1, c, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, stride=2, padding=1)
         bands = (config.n_mels + 3) // 4  # two stride-2 convolutions with padding 1
         self.project = nn.Linear(c * bands, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
@@ -175,7 +171,12 @@ class SpeechClassifier(nn.Module):
         b, _, m = features.shape
         if m != self.config.n_mels:
             raise ValueError(f"features must have {self.config.n_mels} mel bands, got {m}")
-        x = self.subsample(features.unsqueeze(1))  # (B, C, F/4, M/4)
+        once = (lengths - 1) // 2 + 1
+        x = F.gelu(self.conv1(features.unsqueeze(1)))  # (B, C, F/2, M/2)
+        # Zero the frames past each utterance's end, so the second convolution sees the same
+        # zeros there as at the end of an unpadded utterance: padding never changes a result.
+        past = torch.arange(x.shape[2], device=x.device)[None, :] >= once[:, None]  # (B, F/2)
+        x = F.gelu(self.conv2(x.masked_fill(past[:, None, :, None], 0.0)))  # (B, C, F/4, M/4)
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, F/4, C * M/4)
         x = self.dropout(self.project(x))  # (B, F/4, E)
         n = x.shape[1]
@@ -284,7 +285,9 @@ def predict_waves(
 ) -> Tensor:
     """Class probabilities for mono waveforms at ``mel.sample_rate``: ``-> (B, C)``.
 
-    Utterances are batched by similar length so little padding is computed.
+    Utterances are batched by similar length so little padding is computed. Features are
+    computed one utterance at a time, so a file's result never depends on the files it is
+    batched with.
     """
     model.eval()
     fb = mel_filterbank(mel)
@@ -292,8 +295,9 @@ def predict_waves(
     probs = torch.zeros(len(waves), model.head.out_features)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        x, lengths = pad_waves([waves[i] for i in idx])
-        feats, frames = batch_features(x, lengths, mel, fb)
+        one = [batch_features(*pad_waves([waves[i]]), mel, fb)[0][0] for i in idx]  # (F_i, M)
+        frames = torch.tensor([len(f) for f in one])
+        feats = torch.nn.utils.rnn.pad_sequence(one, batch_first=True)  # (B, F, M)
         logits = model(feats, frames)
         assert isinstance(logits, Tensor)
         probs[idx] = torch.softmax(logits, dim=-1)
