@@ -256,6 +256,14 @@ def test_augment_identity_and_shapes() -> None:
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    # --threads and the training test set torch's global thread count; give it back.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("digits")
