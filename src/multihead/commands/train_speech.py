@@ -64,7 +64,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-regex", metavar="REGEX", help="label = group 1 in the file name")
     group.add_argument("--split", choices=SPLITS, default="index", help="default: index")
     group.add_argument("--test-speaker", metavar="NAME", help="for --split speaker")
-    group.add_argument("--epochs", type=int, help="most passes over the data (default 40)")
+    group.add_argument("--epochs", type=int, help="most passes over the data (default 100)")
     group.add_argument(
         "--time-limit", type=float, metavar="S", help="stop after S seconds (default 270)"
     )
