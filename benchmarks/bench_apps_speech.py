@@ -32,9 +32,12 @@ from multihead.train.speech import (
     train_speech,
 )
 
-DEFAULT_DATA = os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "data", "spoken_digits"
-)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# ../shared next to the repository (a checkout in /work/main), or next to a worktree's parent.
+_CANDIDATES = [
+    os.path.join(_HERE, *([".."] * up), "shared", "data", "spoken_digits") for up in (2, 3)
+]
+DEFAULT_DATA = next((c for c in _CANDIDATES if os.path.isdir(c)), _CANDIDATES[0])
 
 
 def mfcc_stats(waves: Sequence[np.ndarray], mel: MelConfig, n_mfcc: int = 13) -> np.ndarray:
