@@ -21,6 +21,7 @@ explain: $(STAMP)
 
 test: $(STAMP)
 	sh scripts/ensure-chromium.sh
+	sh scripts/ensure-espeak.sh
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "visualize": ("multihead.commands.visualize", "draw attention heatmaps and an HTML view"),
     "bench": ("multihead.commands.bench", "time attention backends against PyTorch"),
     "classify": ("multihead.commands.classify", "label texts with a trained text classifier"),
+    "recognize": ("multihead.commands.recognize", "recognize spoken words in WAV files"),
 }
 
 

@@ -119,6 +119,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from multihead.commands import train_textclass
 
     train_textclass.configure(parser)
+    # speech (issue 14)
+    from multihead.commands import train_speech
+
+    train_speech.add_options(parser)
 
 
 def _resume_path(args: argparse.Namespace, out: Path) -> Path | None:
@@ -156,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
         from multihead.commands import train_textclass
 
         return train_textclass.run(args)
+    if args.task == "speech":  # issue 14
+        from multihead.commands import train_speech
+
+        return train_speech.run(args)
     if args.task not in TASK_NAMES:
         raise CommandError(f"unknown task {args.task!r}; choose one of: {', '.join(TASK_NAMES)}")
     set_threads(args.threads)

@@ -59,7 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--valid-fraction", type=float, default=0.1, help="held out when no --valid (0.1)"
     )
-    g.add_argument("--epochs", type=int, help="at most this many epochs (default 20)")
+    g.add_argument(
+        "--epochs", type=int, help="at most this many epochs (default: textclass 20, speech 100)"
+    )
     g.add_argument("--patience", type=int, help="stop after N epochs without gain (default 4)")
     g.add_argument("--max-len", type=int, help="word pieces kept per text (default 128)")
     g.add_argument("--vocab-size", type=int, help="WordPiece vocabulary (default: from data)")

@@ -1,0 +1,130 @@
+"""Spoken digits: our Transformer classifier vs MFCC statistics + logistic regression.
+
+Both are trained and tested in the same run on ``../shared/data/spoken_digits`` (the Free
+Spoken Digit Dataset's four speakers; not part of the repository), on the ``index`` split and on
+the ``speaker`` split rotated over every held-out speaker. Reports accuracy and training time.
+
+The baseline: 13 MFCCs (DCT-II of the same log-mel frames as ours, Davis & Mermelstein, 1980)
+and their first differences, summarised per recording by mean and standard deviation
+(52 numbers), standardised, then scikit-learn's ``LogisticRegression``.
+
+Usage: ``python benchmarks/bench_apps_speech.py [--data DIR] [--splits index,speaker]
+[--threads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from multihead.tasks.features import MelConfig, log_mel, mel_filterbank
+from multihead.tasks.speech import load_examples, scan_folder, speakers_of, split_examples
+from multihead.train.speech import (
+    SpeechModelConfig,
+    SpeechTrainConfig,
+    predict_waves,
+    train_speech,
+)
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# ../shared next to the repository (a checkout in /work/main), or next to a worktree's parent.
+_CANDIDATES = [
+    os.path.join(_HERE, *([".."] * up), "shared", "data", "spoken_digits") for up in (2, 3)
+]
+DEFAULT_DATA = next((c for c in _CANDIDATES if os.path.isdir(c)), _CANDIDATES[0])
+
+
+def mfcc_stats(waves: Sequence[np.ndarray], mel: MelConfig, n_mfcc: int = 13) -> np.ndarray:
+    """``(N, 4 * n_mfcc)``: mean and std over frames of the MFCCs and of their differences."""
+    from scipy.fft import dct
+
+    fb = mel_filterbank(mel)
+    rows = []
+    for w in waves:
+        feats = log_mel(torch.from_numpy(w), mel, fb)[0].numpy()  # (F, M)
+        c = dct(feats, type=2, norm="ortho", axis=1)[:, :n_mfcc]
+        d = np.diff(c, axis=0) if len(c) > 1 else np.zeros_like(c)
+        rows.append(np.concatenate([c.mean(0), c.std(0), d.mean(0), d.std(0)]))
+    return np.stack(rows)
+
+
+def baseline(train_w, train_y, test_w, test_y, mel: MelConfig) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    start = time.perf_counter()
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    clf.fit(mfcc_stats(train_w, mel), train_y)
+    seconds = time.perf_counter() - start
+    return float((clf.predict(mfcc_stats(test_w, mel)) == np.asarray(test_y)).mean()), seconds
+
+
+def ours(
+    train_w, train_y, test_w, test_y, mel: MelConfig, classes: int
+) -> tuple[float, float, str]:
+    result = train_speech(
+        train_w,
+        train_y,
+        classes,
+        mel=mel,
+        model_config=SpeechModelConfig(n_mels=mel.n_mels),
+        config=SpeechTrainConfig(),
+    )
+    probs = predict_waves(result.model, test_w, mel)
+    acc = float((probs.argmax(-1) == torch.tensor(test_y)).float().mean())
+    return acc, result.seconds, f"{result.epochs} ep, {result.stopped_by}"
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--splits", default="index,speaker")
+    parser.add_argument("--threads", type=int, default=None)
+    args, _ = parser.parse_known_args(argv)
+    if not os.path.isdir(args.data):
+        return f"skipped: no data folder {args.data!r} (the shared data is not in the repository)\n"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mel = MelConfig()
+    examples, _ = scan_folder(args.data)
+    labels = sorted({e.label for e in examples})
+    index = {label: i for i, label in enumerate(labels)}
+    cases: list[tuple[str, str | None]] = []
+    for split in args.splits.split(","):
+        if split == "speaker":
+            cases += [("speaker", s) for s in speakers_of(examples)]
+        else:
+            cases.append((split, None))
+    lines = [
+        f"load at start: {os.getloadavg()[0]:.1f} (1-min average, 2 cores), "
+        f"torch threads {torch.get_num_threads()}\n",
+        "| split | test | MFCC+LR acc | MFCC+LR s | ours acc | ours s | ours run | time ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split, speaker in cases:
+        train_ex, test_ex = split_examples(examples, split, test_speaker=speaker)
+        train_w, train_ex, _ = load_examples(train_ex, mel.sample_rate)
+        test_w, test_ex, _ = load_examples(test_ex, mel.sample_rate)
+        train_y = [index[e.label] for e in train_ex]
+        test_y = [index[e.label] for e in test_ex]
+        b_acc, b_s = baseline(train_w, train_y, test_w, test_y, mel)
+        o_acc, o_s, how = ours(train_w, train_y, test_w, test_y, mel, len(labels))
+        row = (
+            f"| {split} | {speaker or 'index 0-4'} | {b_acc:.1%} | {b_s:.1f} | {o_acc:.1%} | "
+            f"{o_s:.0f} | {how} | {o_s / b_s:.0f}x |"
+        )
+        print(row, file=sys.stderr, flush=True)
+        lines.append(row)
+    lines.append(f"\nload at end: {os.getloadavg()[0]:.1f}\n")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1:]))

@@ -1,0 +1,78 @@
+"""Recognize spoken words in WAV files with a checkpoint from ``multihead train speech``.
+
+Prints one label per file, in order. A file that cannot be used (missing, empty, not a WAV,
+truncated, 0 seconds, longer than the checkpoint allows) gets an empty line, and its reason goes
+to stderr; with --json each file gets one JSON object, with an "error" field for a refused one.
+Exit status: 0 when every file was recognized, 1 when any was refused, 2 for usage errors.
+
+Example:
+    multihead recognize --checkpoint runs/speech/checkpoint.pt 7_george_0.wav 3_lucas_1.wav
+    multihead recognize --checkpoint runs/speech/checkpoint.pt --json clips/*.wav
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from multihead.commands._common import set_threads
+from multihead.tasks.speech import WavError, read_wav
+from multihead.train.speech import load_speech_checkpoint, predict_waves
+
+__all__ = ["configure", "run"]
+
+_CHUNK = 32  # files read and recognized together: bounded memory, batched compute
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``multihead recognize``."""
+    parser.add_argument("files", nargs="+", metavar="FILE.wav", help="recordings to recognize")
+    parser.add_argument(
+        "--checkpoint",
+        default="runs/speech/checkpoint.pt",
+        help="a speech checkpoint (default: runs/speech/checkpoint.pt)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per file")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[tuple[int, str]]]:
+    for start in range(0, len(items), size):
+        yield [(start + i + 1, p) for i, p in enumerate(items[start : start + size])]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``multihead recognize``; returns the exit status."""
+    set_threads(args.threads)
+    model, mel, labels, max_seconds = load_speech_checkpoint(args.checkpoint)
+    refused = 0
+    for chunk in _chunks(args.files, _CHUNK):
+        waves: dict[int, np.ndarray] = {}
+        errors: dict[int, str] = {}
+        for number, path in chunk:
+            try:
+                waves[number], _ = read_wav(path, mel.sample_rate, max_seconds=max_seconds)
+            except WavError as exc:
+                errors[number] = str(exc)
+        probs = predict_waves(model, list(waves.values()), mel) if waves else None
+        row = dict(zip(waves, range(len(waves)), strict=True))
+        for number, path in chunk:
+            if number in errors:
+                refused += 1
+                print(f"multihead recognize: file {number}: {errors[number]}", file=sys.stderr)
+                print(json.dumps({"file": path, "error": errors[number]}) if args.json else "")
+                continue
+            assert probs is not None
+            p = probs[row[number]]
+            label = labels[int(p.argmax())]
+            if args.json:
+                scores = {lab: round(float(q), 4) for lab, q in zip(labels, p, strict=True)}
+                print(json.dumps({"file": path, "label": label, "probabilities": scores}))
+            else:
+                print(label)
+        sys.stdout.flush()
+    return 1 if refused else 0

@@ -1,0 +1,211 @@
+"""``multihead train speech``: a spoken-word classifier trained on a folder of WAV files.
+
+Labels come from sub-folders or from a file-name pattern (default ``^(\\w+?)_``, as in
+``7_george_12.wav``); files may be 8 or 16 kHz (any rate is resampled), mono or stereo, 8 to
+32-bit PCM. Broken files (empty, truncated, not WAV, 0 s, too long) are left out with a warning
+naming each one. Held-out test set: ``--test-data DIR``, or ``--split index`` (recordings 0-4 of
+every label and speaker), ``speaker`` (one whole speaker, ``--test-speaker``; default the last
+one alphabetically) or ``random``.
+
+Writes into --out (default runs/speech): checkpoint.pt, metrics.json, confusion.png.
+
+Example:
+    multihead train speech --data recordings/ --split speaker --test-speaker lucas
+    multihead recognize --checkpoint runs/speech/checkpoint.pt clip.wav
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from multihead.commands._common import set_threads
+from multihead.errors import CommandError
+from multihead.tasks.features import MelConfig
+from multihead.tasks.speech import (
+    MAX_SECONDS,
+    SPLITS,
+    SpeechExample,
+    load_examples,
+    scan_folder,
+    split_examples,
+)
+from multihead.train.speech import (
+    SpeechModelConfig,
+    SpeechTrainConfig,
+    confusion_matrix,
+    plot_confusion,
+    predict_waves,
+    save_speech_checkpoint,
+    train_speech,
+)
+from multihead.viz.heatmaps import write_atomic
+
+__all__ = ["add_options", "run"]
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Declare the speech options of ``multihead train`` (the shared ones -- ``--steps``,
+    ``--batch-size``, ``--lr``, ``--d-model``, ``--layers``, ``--heads``, ``--out``, ``--seed``,
+    ``--threads``, ``--json``, ``--no-progress`` -- are the train command's own)."""
+    group = parser.add_argument_group(
+        "speech", "multihead train speech --data DIR: spoken words from a folder of WAV files"
+    )
+    # --data may be declared already by another task's block (textclass); share it then.
+    if "--data" not in parser._option_string_actions:
+        group.add_argument("--data", metavar="PATH", help="training data (speech: a WAV folder)")
+    group.add_argument("--test-data", metavar="DIR", help="a separate folder of test WAV files")
+    group.add_argument("--label-regex", metavar="REGEX", help="label = group 1 in the file name")
+    group.add_argument("--split", choices=SPLITS, default="index", help="default: index")
+    group.add_argument("--test-speaker", metavar="NAME", help="for --split speaker")
+    if "--epochs" not in parser._option_string_actions:  # textclass declares it too
+        group.add_argument("--epochs", type=int, help="most passes over the data (default 100)")
+    group.add_argument(
+        "--time-limit", type=float, metavar="S", help="stop after S seconds (default 270)"
+    )
+    group.add_argument(
+        "--max-seconds",
+        type=float,
+        default=MAX_SECONDS,
+        metavar="S",
+        help=f"refuse recordings longer than S seconds (default {MAX_SECONDS:g})",
+    )
+
+
+def _warn_refused(refused: list[str], what: str) -> None:
+    if not refused:
+        return
+    print(f"warning: left out {len(refused)} {what} file(s):", file=sys.stderr)
+    for message in refused[:10]:
+        print(f"  {message}", file=sys.stderr)
+    if len(refused) > 10:
+        print(f"  ... and {len(refused) - 10} more", file=sys.stderr)
+
+
+def _examples(args: argparse.Namespace) -> tuple[list[SpeechExample], list[SpeechExample]]:
+    if args.data is None:
+        raise CommandError("train speech: --data DIR (a folder of WAV files) is required")
+    examples, skipped = scan_folder(args.data, args.label_regex)
+    _warn_refused(skipped, "unlabelled")
+    if not examples:
+        raise CommandError(f"--data: no labelled .wav files in {args.data!r}")
+    if args.test_data is not None:
+        test, skipped = scan_folder(args.test_data, args.label_regex)
+        _warn_refused(skipped, "unlabelled test")
+        if not test:
+            raise CommandError(f"--test-data: no labelled .wav files in {args.test_data!r}")
+        return examples, test
+    return split_examples(examples, args.split, test_speaker=args.test_speaker, seed=args.seed or 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``multihead train speech``; returns the exit status."""
+    set_threads(args.threads)
+    out = Path(args.out if args.out is not None else os.path.join("runs", "speech"))
+    mel = MelConfig()
+    train_ex, test_ex = _examples(args)
+    train_waves, train_ex, refused = load_examples(
+        train_ex, mel.sample_rate, max_seconds=args.max_seconds
+    )
+    _warn_refused(refused, "training")
+    test_waves, test_ex, refused = load_examples(
+        test_ex, mel.sample_rate, max_seconds=args.max_seconds
+    )
+    _warn_refused(refused, "test")
+    labels = sorted({e.label for e in train_ex}, key=lambda s: (len(s), s))
+    if len(labels) < 2:
+        raise CommandError(f"--data: a classifier needs at least 2 labels, found {labels}")
+    index = {label: i for i, label in enumerate(labels)}
+    unseen = [e.path for e in test_ex if e.label not in index]
+    _warn_refused([f"{p}: its label is not among the training labels" for p in unseen], "test")
+    keep = [i for i, e in enumerate(test_ex) if e.label in index]
+    test_ex, test_waves = [test_ex[i] for i in keep], [test_waves[i] for i in keep]
+
+    defaults = SpeechModelConfig()
+    model_config = SpeechModelConfig(
+        n_mels=mel.n_mels,
+        d_model=args.d_model or defaults.d_model,
+        num_layers=args.layers or defaults.num_layers,
+        num_heads=args.heads or defaults.num_heads,
+        d_ff=2 * (args.d_model or defaults.d_model),
+    )
+    base = SpeechTrainConfig()
+    config = SpeechTrainConfig(
+        max_epochs=args.epochs or base.max_epochs,
+        batch_size=args.batch_size or base.batch_size,
+        lr=args.lr or base.lr,
+        time_limit_s=args.time_limit if args.time_limit is not None else base.time_limit_s,
+        seed=args.seed or 0,
+    )
+    chatty = not (args.no_progress or args.json)
+    if chatty:
+        print(
+            f"training on {len(train_waves)} recordings of {len(labels)} labels, "
+            f"testing on {len(test_waves)}"
+        )
+
+    def progress(record: dict[str, float]) -> None:
+        if chatty:
+            print(
+                f"epoch {record['epoch']:.0f}: loss {record['loss']:.4f}, validation accuracy "
+                f"{record['valid_accuracy']:.3f} ({record['seconds']:.0f} s)",
+                flush=True,
+            )
+
+    result = train_speech(
+        train_waves,
+        [index[e.label] for e in train_ex],
+        len(labels),
+        mel=mel,
+        model_config=model_config,
+        config=config,
+        progress=progress,
+        max_steps=args.steps,
+    )
+    metrics: dict[str, Any] = {
+        "task": "speech",
+        "train_files": len(train_waves),
+        "test_files": len(test_waves),
+        "labels": labels,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "stopped_by": result.stopped_by,
+        "valid_accuracy": round(result.valid_accuracy, 4),
+        "train_seconds": round(result.seconds, 1),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    if test_waves:
+        probs = predict_waves(result.model, test_waves, mel)
+        actual = torch.tensor([index[e.label] for e in test_ex])
+        matrix = confusion_matrix(probs.argmax(-1), actual, len(labels))
+        accuracy = float(matrix.diag().sum()) / len(test_waves)
+        metrics["test_accuracy"] = round(accuracy, 4)
+        metrics["confusion"] = matrix.tolist()
+        plot_confusion(matrix, labels, out / "confusion.png", title=f"test accuracy {accuracy:.1%}")
+    checkpoint = save_speech_checkpoint(
+        out / "checkpoint.pt",
+        result.model,
+        mel=mel,
+        labels=labels,
+        max_seconds=args.max_seconds,
+        extra={"metrics": {k: v for k, v in metrics.items() if k != "confusion"}},
+    )
+    metrics["checkpoint"] = str(checkpoint)
+    write_atomic(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    test = f"{metrics['test_accuracy']:.1%}" if test_waves else "no test files"
+    print(
+        f"speech: {result.epochs} epoch(s) in {result.seconds:.0f} s ({result.stopped_by}); "
+        f"validation {result.valid_accuracy:.1%}, test {test}"
+    )
+    print(f"wrote {out}/ (checkpoint.pt, metrics.json{', confusion.png' if test_waves else ''})")
+    sys.stdout.flush()
+    return 0

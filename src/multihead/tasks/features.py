@@ -1,0 +1,157 @@
+"""Log-mel features in plain torch: a mel filterbank and a short-time Fourier transform.
+
+``torchaudio`` would need a torch build of its own, so the filterbank is written out here. It
+follows the HTK mel scale (Young et al., *The HTK Book*, Sec. 5.4):
+``mel(f) = 2595 * log10(1 + f / 700)``. ``n_mels`` triangular filters have their peaks at
+points evenly spaced in mel between ``f_min`` and ``f_max``; each triangle rises from the
+previous point to its peak and falls to the next, with height 1 (as HTK and
+``librosa.filters.mel(htk=True, norm=None)``). Power spectra come from :func:`torch.stft`
+(periodic Hann window, frames centred with reflect padding), and the features are
+``log(mel_power + 1e-6)``.
+
+:func:`cmvn` normalises each utterance to zero mean and unit variance per mel band over its
+real frames (cepstral mean and variance normalisation), which removes the recording's gain and
+the fixed colouring of its microphone and channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["MelConfig", "cmvn", "frames_for", "hz_to_mel", "log_mel", "mel_filterbank", "mel_to_hz"]
+
+_LOG_FLOOR = 1e-6  # keeps log() finite in digital silence, far below any real signal's power
+
+
+@dataclass(frozen=True, kw_only=True)
+class MelConfig:
+    """Front-end settings, saved in checkpoints so recognition computes the same features."""
+
+    sample_rate: int = 8000  # telephone band: enough for words, and the FSDD's own rate
+    n_fft: int = 256  # 32 ms at 8 kHz
+    hop_length: int = 80  # 10 ms, the usual speech frame rate
+    n_mels: int = 40
+    f_min: float = 20.0
+    f_max: float | None = None  # None: sample_rate / 2
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MelConfig.{name} must be an int >= 1, got {value!r}")
+        top = self.sample_rate / 2 if self.f_max is None else self.f_max
+        if not 0.0 <= self.f_min < top <= self.sample_rate / 2:
+            raise ValueError(
+                f"MelConfig needs 0 <= f_min < f_max <= sample_rate / 2, got f_min={self.f_min}, "
+                f"f_max={self.f_max}, sample_rate={self.sample_rate}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MelConfig:
+        return cls(**d)
+
+
+def hz_to_mel(f: Tensor | float) -> Tensor:
+    """HTK mel scale: ``2595 * log10(1 + f / 700)``."""
+    return 2595.0 * torch.log10(1.0 + torch.as_tensor(f, dtype=torch.float64) / 700.0)
+
+
+def mel_to_hz(m: Tensor | float) -> Tensor:
+    """Inverse of :func:`hz_to_mel`."""
+    return 700.0 * (10.0 ** (torch.as_tensor(m, dtype=torch.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(config: MelConfig) -> Tensor:
+    """Triangular mel filters over the ``n_fft // 2 + 1`` FFT bins.
+
+    Shapes: -> ``(n_mels, n_fft // 2 + 1)``, float32.
+
+    Example:
+        >>> fb = mel_filterbank(MelConfig(n_mels=10))
+        >>> fb.shape, bool((fb >= 0).all()), round(float(fb.max()), 2)
+        (torch.Size([10, 129]), True, 1.0)
+    """
+    top = config.sample_rate / 2 if config.f_max is None else config.f_max
+    edges = torch.linspace(
+        float(hz_to_mel(config.f_min)),
+        float(hz_to_mel(top)),
+        config.n_mels + 2,
+        dtype=torch.float64,
+    )
+    hz = mel_to_hz(edges)  # (n_mels + 2,) left edge, peaks, right edge
+    bins = torch.linspace(0, config.sample_rate / 2, config.n_fft // 2 + 1, dtype=torch.float64)
+    left, peak, right = hz[:-2, None], hz[1:-1, None], hz[2:, None]  # (n_mels, 1) each
+    rising = (bins - left) / (peak - left)
+    falling = (right - bins) / (right - peak)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
+
+
+def log_mel(waves: Tensor, config: MelConfig, filterbank: Tensor | None = None) -> Tensor:
+    """Log-mel features of a batch of waveforms.
+
+    Args:
+        waves: ``(B, T)`` samples at ``config.sample_rate`` (or ``(T,)`` for one).
+        config: the front end.
+        filterbank: a precomputed :func:`mel_filterbank` (computed when ``None``).
+
+    Returns:
+        ``features (B, F, n_mels)`` with ``F = T // hop_length + 1`` frames.
+
+    Example:
+        >>> feats = log_mel(torch.randn(2, 8000), MelConfig())
+        >>> feats.shape
+        torch.Size([2, 101, 40])
+    """
+    if waves.ndim == 1:
+        waves = waves.unsqueeze(0)
+    if waves.ndim != 2:
+        raise ValueError(f"waves must be (B, T) or (T,), got shape {tuple(waves.shape)}")
+    fb = mel_filterbank(config) if filterbank is None else filterbank
+    window = torch.hann_window(config.n_fft, periodic=True, dtype=waves.dtype, device=waves.device)
+    spec = torch.stft(
+        waves,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )  # (B, n_fft // 2 + 1, F)
+    power = spec.real**2 + spec.imag**2
+    mel = torch.matmul(fb.to(power), power)  # (B, n_mels, F)
+    return torch.log(mel + _LOG_FLOOR).transpose(1, 2)
+
+
+def frames_for(num_samples: Tensor | int, config: MelConfig) -> Tensor:
+    """Frames :func:`log_mel` gives ``num_samples`` samples (centred framing)."""
+    return torch.as_tensor(num_samples) // config.hop_length + 1
+
+
+def cmvn(features: Tensor, lengths: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Per-utterance, per-band mean and variance normalisation over the real frames.
+
+    Shapes: ``features (B, F, M)``, ``lengths (B,)`` real frames -> ``(B, F, M)`` with the
+    padded frames set to 0.
+
+    Example:
+        >>> x = torch.randn(2, 50, 4) * 3 + 7
+        >>> y = cmvn(x, torch.tensor([50, 20]))
+        >>> abs(float(y[1, :20].mean())) < 1e-5, round(float(y[1, :20].std(unbiased=False)), 2)
+        (True, 1.0)
+    """
+    b, f, _ = features.shape
+    if lengths is None:
+        lengths = torch.full((b,), f, dtype=torch.long, device=features.device)
+    real = (torch.arange(f, device=features.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+    count = real.sum(dim=1, keepdim=True).clamp(min=1).to(features.dtype)  # (B, 1, 1)
+    mean = features.masked_fill(~real, 0.0).sum(dim=1, keepdim=True) / count
+    centred = (features - mean).masked_fill(~real, 0.0)
+    var = (centred**2).sum(dim=1, keepdim=True) / count
+    return centred / torch.sqrt(var + eps)
