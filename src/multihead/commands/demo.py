@@ -285,8 +285,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = train(model, recipe, config, resume_from=resume_from, dist_info=DistInfo())
         except KeyboardInterrupt:
-            print("run `multihead demo` again to continue from the checkpoint", file=sys.stderr)
-            raise
+            # The CLI prints this as the one line after "interrupted", as for train.
+            raise KeyboardInterrupt(
+                "run `multihead demo` again to continue from the checkpoint"
+            ) from None
         train_info = {
             "steps": result.step,
             "stopped_early": result.stopped_early,
