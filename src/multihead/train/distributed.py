@@ -51,6 +51,13 @@ class DistInfo:
     local_rank: int = 0
     # Device this process computes on.
     device: str = "cpu"
+    # Consecutive ranks that share each sequence (context parallelism); 1: plain data parallel.
+    context_parallel: int = 1
+
+    @property
+    def data_rank(self) -> int:
+        """Index of this process's data shard: the ranks of a context group share one."""
+        return self.rank // self.context_parallel
 
     @property
     def is_main(self) -> bool:
