@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,30 +34,45 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _gradient_error() -> float:
-    """Largest difference between the DDP + context-parallel gradient and one process's."""
+def _gradient_error(context: int, positional: str) -> float:
+    """Largest difference between the gradient DDP applies with context parallelism and one
+    process's mean gradient over the data-parallel groups' batches."""
+    info = init_distributed("cpu")
     recipe = get_recipe("text", d_model=16, layers=2, heads=2, block_size=16)
-    batch = recipe.batch(4, 0)
+    recipe.model_config = replace(recipe.model_config, positional=positional)
+    batches = [recipe.batch(4, seed) for seed in range(info.world_size // context)]
     reference = recipe.build_model(seed=0)
-    recipe.loss(reference, batch, label_smoothing=0.1).loss.backward()
+    for batch in batches:
+        (recipe.loss(reference, batch, label_smoothing=0.1).loss / len(batches)).backward()
     model = recipe.build_model(seed=0)
-    info = setup_context_parallel(model, recipe, init_distributed("cpu"), 2)
+    info = setup_context_parallel(model, recipe, info, context)
     ddp = wrap_model(model, info)  # kept alive: its hooks average the gradients in backward
-    recipe.loss(ddp, batch, label_smoothing=0.1).loss.backward()
+    recipe.loss(ddp, batches[info.data_rank], label_smoothing=0.1).loss.backward()
     pairs = zip(model.parameters(), reference.parameters(), strict=True)
     error = max(float((p.grad - r.grad).abs().max()) for p, r in pairs)
     cleanup_distributed()
     return error
 
 
-def _rank(rank: int, port: int, cli_port: int, out: str) -> None:
-    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "MASTER_PORT": port}
+def _set_env(rank: int, world: int, port: int) -> None:
+    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": world, "MASTER_PORT": port}
     os.environ.update({k: str(v) for k, v in env.items()}, MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)
-    error = _gradient_error()
-    tmp = os.path.join(out + f".grad{rank}.tmp")
-    Path(tmp).write_text(repr(error))
-    os.replace(tmp, out + f".grad{rank}")
+
+
+def _write(path: str, value: float) -> None:
+    Path(path + ".tmp").write_text(repr(value))
+    os.replace(path + ".tmp", path)
+
+
+def _grad_rank(rank: int, world: int, port: int, out: str) -> None:
+    _set_env(rank, world, port)
+    _write(f"{out}.grad{rank}", _gradient_error(2, "alibi"))
+
+
+def _rank(rank: int, port: int, cli_port: int, out: str) -> None:
+    _set_env(rank, 2, port)
+    _write(f"{out}.grad{rank}", _gradient_error(2, "sinusoidal"))
     os.environ["MASTER_PORT"] = str(cli_port)  # a fresh store for the CLI's process group
     code = main([*ARGS, "--context-parallel", "2", "--device", "cpu", "--out", out])
     if code != 0:
@@ -80,6 +96,15 @@ def test_context_parallel_training_equals_one_process(tmp_path: Path, capsys) ->
     for want, have in zip(expected, got, strict=True):
         assert have["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6), (want, have)
         assert have["accuracy"] == want["accuracy"], (want, have)
+
+
+def test_context_and_data_parallel_in_a_world_of_4(tmp_path: Path) -> None:
+    """Two context groups of 2 ranks (ALiBi positions) on different batches: DDP applies the
+    mean of the two batches' single-process gradients."""
+    out = str(tmp_path / "world4")
+    mp.spawn(_grad_rank, args=(4, _free_port(), out), nprocs=4, join=True)
+    for rank in range(4):
+        assert float(Path(f"{out}.grad{rank}").read_text()) < 1e-5, rank
 
 
 @pytest.mark.parametrize(

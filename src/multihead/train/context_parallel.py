@@ -72,6 +72,7 @@ def sharded_lm_loss(
     cp: ContextParallel,
     *,
     label_smoothing: float,
+    positions: bool = True,
 ) -> StepOutput:
     """Next-token loss of full sequences ``x``, ``y`` ``(B, T)`` (the same on every rank of
     ``cp.group``) computed on this rank's shard.
@@ -79,9 +80,11 @@ def sharded_lm_loss(
     The returned loss has the value of the group's mean loss (for logging) and the gradient
     of ``P * (this rank's summed loss) / (group's token count)`` (see the module docstring);
     ``correct`` and ``predictions`` count the whole group's tokens, ``tokens`` this rank's.
+    ``positions=False`` for ALiBi models, which read global positions inside attention.
     """
     x_local, y_local = (shard_sequence(t, dim=1, layout=cp.layout, group=cp.group) for t in (x, y))
-    logits = model(x_local, positions=cp.positions(x_local.shape[1], device=x.device))
+    where = cp.positions(x_local.shape[1], device=x.device) if positions else None
+    logits = model(x_local, positions=where)  # (B, T/P, V)
     summed = F.cross_entropy(
         logits.float().flatten(0, 1),
         y_local.flatten(),

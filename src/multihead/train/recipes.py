@@ -395,7 +395,12 @@ class LanguageModelRecipe:
         x, y = batch  # (B, T) each
         if self.context_parallel is not None:
             return sharded_lm_loss(
-                model, x, y, self.context_parallel, label_smoothing=label_smoothing
+                model,
+                x,
+                y,
+                self.context_parallel,
+                label_smoothing=label_smoothing,
+                positions=self.model_config.positional != "alibi",
             )
         logits = model(x)  # (B, T, V)
         loss = F.cross_entropy(
