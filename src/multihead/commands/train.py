@@ -164,6 +164,14 @@ def _model_config_from(ckpt: dict[str, Any], args: argparse.Namespace) -> dict[s
     return config
 
 
+def _check_context_parallel(task: str, cp_size: int, block_size: int) -> None:
+    if cp_size > 1 and (task != "text" or block_size % (2 * cp_size)):
+        raise CommandError(
+            f"--context-parallel {cp_size} needs the text task and a --block-size divisible by "
+            f"{2 * cp_size} (zigzag chunks), got task {task!r} and {block_size}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead train``; returns the exit status."""
     if args.task == "textclass":  # issue 14: the user's own labelled texts
@@ -177,11 +185,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task not in TASK_NAMES:
         raise CommandError(f"unknown task {args.task!r}; choose one of: {', '.join(TASK_NAMES)}")
     cp_size = args.context_parallel or 1
-    if cp_size > 1 and (args.task != "text" or args.block_size % (2 * cp_size)):
-        raise CommandError(
-            f"--context-parallel {cp_size} needs the text task and a --block-size divisible by "
-            f"{2 * cp_size} (zigzag chunks), got task {args.task!r} and {args.block_size}"
-        )
+    _check_context_parallel(args.task, cp_size, args.block_size)
     set_threads(args.threads)
     out = check_out_dir(args.out if args.out is not None else os.path.join("runs", args.task))
     resume = _resume_path(args, out)
@@ -196,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         task_config = ckpt.get("task_config") or {}
         block_size = int(task_config.get("block_size", block_size))
         text_path = text_path if text_path is not None else task_config.get("path")
+        _check_context_parallel(args.task, cp_size, block_size)
     recipe = get_recipe(
         args.task,
         d_model=args.d_model,
