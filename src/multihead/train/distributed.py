@@ -89,7 +89,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
     Example:
         >>> init_distributed("cpu")  # without torchrun: a single process
-        DistInfo(rank=0, world_size=1, local_rank=0, device='cpu')
+        DistInfo(rank=0, world_size=1, local_rank=0, device='cpu', context_parallel=1)
     """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
