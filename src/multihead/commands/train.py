@@ -16,6 +16,7 @@ Example:
     multihead train text --steps 3000 && multihead generate --prompt "The "
     multihead train text --resume --steps 6000        # continue runs/text to step 6000
     torchrun --nproc_per_node 2 -m multihead.cli train sort --steps 500
+    torchrun --nproc_per_node 2 -m multihead.cli train text --context-parallel 2 --seq-len 4096
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from multihead.errors import CommandError
 from multihead.modules.models import TransformerConfig, ViTConfig
 from multihead.tasks import TASK_NAMES
 from multihead.train.checkpoint import load_checkpoint
+from multihead.train.context_parallel import setup_context_parallel
 from multihead.train.distributed import cleanup_distributed, init_distributed
 from multihead.train.loop import CHECKPOINT_NAME, TrainConfig, train
 from multihead.train.recipes import (
@@ -87,9 +89,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--block-size",
+        "--seq-len",
         type=int_in(1, MAX_BLOCK),
         default=TEXT_BLOCK_SIZE,
         help=f"context length (text task, default {TEXT_BLOCK_SIZE})",
+    )
+    parser.add_argument(
+        "--context-parallel",
+        type=int_in(1, MAX_BATCH),
+        metavar="C",
+        help="split each sequence across C torchrun processes (text task; --block-size a "
+        "multiple of 2C); the processes form world/C data-parallel groups",
     )
     parser.add_argument(
         "--text", metavar="FILE", type=utf8_text, help="UTF-8 text file to learn (text task)"
@@ -154,6 +164,14 @@ def _model_config_from(ckpt: dict[str, Any], args: argparse.Namespace) -> dict[s
     return config
 
 
+def _check_context_parallel(task: str, cp_size: int, block_size: int) -> None:
+    if cp_size > 1 and (task != "text" or block_size % (2 * cp_size)):
+        raise CommandError(
+            f"--context-parallel {cp_size} needs the text task and a --block-size divisible by "
+            f"{2 * cp_size} (zigzag chunks), got task {task!r} and {block_size}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead train``; returns the exit status."""
     if args.task == "textclass":  # issue 14: the user's own labelled texts
@@ -166,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         return train_speech.run(args)
     if args.task not in TASK_NAMES:
         raise CommandError(f"unknown task {args.task!r}; choose one of: {', '.join(TASK_NAMES)}")
+    cp_size = args.context_parallel or 1
+    _check_context_parallel(args.task, cp_size, args.block_size)
     set_threads(args.threads)
     out = check_out_dir(args.out if args.out is not None else os.path.join("runs", args.task))
     resume = _resume_path(args, out)
@@ -180,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         task_config = ckpt.get("task_config") or {}
         block_size = int(task_config.get("block_size", block_size))
         text_path = text_path if text_path is not None else task_config.get("path")
+        _check_context_parallel(args.task, cp_size, block_size)
     recipe = get_recipe(
         args.task,
         d_model=args.d_model,
@@ -220,6 +241,11 @@ def run(args: argparse.Namespace) -> int:
     info = init_distributed(config.device)
     try:
         model = recipe.build_model(seed=config.seed)
+        if cp_size > 1:
+            try:
+                info = setup_context_parallel(model, recipe, info, cp_size)
+            except ValueError as exc:
+                raise CommandError(f"--context-parallel: {exc}") from None
         result = train(model, recipe, config, resume_from=resume, dist_info=info)
     except KeyboardInterrupt:
         # The CLI prints this as the one line after "interrupted".

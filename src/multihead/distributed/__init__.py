@@ -18,13 +18,16 @@ from ._comm import ContextParallelError
 from .attention import METHODS, context_parallel_attention
 from .groups import context_parallel_groups
 from .layout import LAYOUTS, gather_sequence, global_positions, shard_sequence
+from .model import ContextParallel, enable_context_parallel
 
 __all__ = [
     "LAYOUTS",
     "METHODS",
+    "ContextParallel",
     "ContextParallelError",
     "context_parallel_attention",
     "context_parallel_groups",
+    "enable_context_parallel",
     "gather_sequence",
     "global_positions",
     "shard_sequence",

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .. import masks as M
 from .._validation import check_bool, check_choice, check_int, check_probability
 from ..cache import KVCache, StaticKVCache
+from ..distributed.model import ContextParallel, context_parallel_forward
 from ..functional import AttentionResult, AttentionSpec, get_backend, select_backend
 from ..functional._checks import check_mask
 from ..functional._prepare import build_spec
@@ -78,6 +79,9 @@ class MultiHeadAttention(nn.Module):
     masks are added to the logits. Returns ``(output (B, Nq, E), weights (B, H, Nq, Nk) or
     None)``. With a ``KVCache``, ``Nk`` counts the cached keys and ``key_padding_mask`` covers
     every token seen, ``(B, cache.length + Nq)``.
+
+    ``context_parallel`` (a :class:`~multihead.distributed.ContextParallel`, default ``None``):
+    self-attention over this rank's shard of each sequence (see ``docs/distributed.md``).
 
     Example:
         >>> mha = MultiHeadAttention(64, 8)
@@ -174,6 +178,8 @@ class MultiHeadAttention(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(num_heads), persistent=False)
         else:
             self.alibi_slopes = None
+        # Set by multihead.distributed.enable_context_parallel: sequences sharded across ranks.
+        self.context_parallel: ContextParallel | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -329,6 +335,12 @@ class MultiHeadAttention(nn.Module):
             positions: absolute positions ``(Nq,)`` or ``(B, Nq)`` of the query tokens, for
                 self-attention with ``rotary`` (default: counted from ``cache.length``).
         """
+        if self.context_parallel is not None:  # this rank's shard of each sequence
+            out = context_parallel_forward(
+                self, query, key, value, mask, key_padding_mask, causal, need_weights, window,
+                cache, positions,
+            )  # fmt: skip
+            return AttentionResult(out, None)
         # 1) project, 2) positions (RoPE), 3) cache, 4) attend, 5) concat heads + W_O.
         spec = self.attention_spec(
             query,

@@ -51,6 +51,13 @@ class DistInfo:
     local_rank: int = 0
     # Device this process computes on.
     device: str = "cpu"
+    # Consecutive ranks that share each sequence (context parallelism); 1: plain data parallel.
+    context_parallel: int = 1
+
+    @property
+    def data_rank(self) -> int:
+        """Index of this process's data shard: the ranks of a context group share one."""
+        return self.rank // self.context_parallel
 
     @property
     def is_main(self) -> bool:
@@ -82,7 +89,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
     Example:
         >>> init_distributed("cpu")  # without torchrun: a single process
-        DistInfo(rank=0, world_size=1, local_rank=0, device='cpu')
+        DistInfo(rank=0, world_size=1, local_rank=0, device='cpu', context_parallel=1)
     """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")

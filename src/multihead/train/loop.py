@@ -498,7 +498,9 @@ def _train(
                     raise KeyboardInterrupt
                 t0 = time.perf_counter()
                 torch.manual_seed(step_seed(config.seed, step, info.rank, stream=1))
-                batch = recipe.batch(config.batch_size, step_seed(config.seed, step, info.rank))
+                batch = recipe.batch(
+                    config.batch_size, step_seed(config.seed, step, info.data_rank)
+                )
                 batch = _to_device(batch, device)
                 with autocast:
                     output = recipe.loss(ddp_model, batch, label_smoothing=config.label_smoothing)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multihead.decoding import beam_search, greedy_decode
+from multihead.distributed import ContextParallel
 from multihead.modules.models import (
     DecoderLM,
     Seq2SeqTransformer,
@@ -55,6 +56,7 @@ from multihead.tasks import (
     SequenceTaskConfig,
 )
 from multihead.train.checkpoint import TrainedModel, load_trained
+from multihead.train.context_parallel import sharded_lm_loss
 from multihead.train.loop import StepOutput, TrainConfig
 
 __all__ = [
@@ -376,6 +378,8 @@ class LanguageModelRecipe:
         self.vocab = task.vocab
         self.model_config = model_config
         self.eval_batches = eval_batches
+        # Set by multihead.train.context_parallel: each sequence split across a process group.
+        self.context_parallel: ContextParallel | None = None
 
     def build_model(self, *, seed: int = 0) -> DecoderLM:
         """A freshly initialised model, seeded by ``seed``."""
@@ -389,6 +393,15 @@ class LanguageModelRecipe:
         self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], *, label_smoothing: float
     ) -> StepOutput:
         x, y = batch  # (B, T) each
+        if self.context_parallel is not None:
+            return sharded_lm_loss(
+                model,
+                x,
+                y,
+                self.context_parallel,
+                label_smoothing=label_smoothing,
+                positions=self.model_config.positional != "alibi",
+            )
         logits = model(x)  # (B, T, V)
         loss = F.cross_entropy(
             logits.float().flatten(0, 1), y.flatten(), label_smoothing=label_smoothing
