@@ -25,7 +25,9 @@ long N with O(N·W) compute; the chunked kernel's and the ring's buffers do not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import os
 import socket
@@ -207,7 +209,7 @@ def _label(case: list[str]) -> str:
     return f"{case[3]} P={case[1]} (gloo, 1 thread each)"
 
 
-def main() -> None:
+def _run(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", default="16384", help="comma-separated sequence lengths")
     parser.add_argument("--ranks", default="2", help="comma-separated world sizes")
@@ -226,7 +228,7 @@ def main() -> None:
     parser.add_argument("--bandwidth-gbps", default="1,10,100")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--case", nargs="*", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.case:
         kind, *rest = args.case
         if kind == "single":
@@ -308,5 +310,21 @@ def main() -> None:
         print(_projection(*proj, bws))
 
 
+class _Tee(io.StringIO):
+    """Keeps what is printed (``main`` returns it to ``benchmarks/run.py``) and still shows it."""
+
+    def write(self, s: str) -> int:
+        sys.__stdout__.write(s)
+        return super().write(s)
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Entry point of ``benchmarks/run.py``: run, print, and return the report."""
+    out = _Tee()
+    with contextlib.redirect_stdout(out):
+        _run(argv)
+    return out.getvalue()
+
+
 if __name__ == "__main__":
-    main()
+    _run(None)

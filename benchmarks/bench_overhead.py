@@ -12,8 +12,11 @@ Run: ``python benchmarks/bench_overhead.py [--repeat 2000]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -33,10 +36,13 @@ def _median_us(fn, repeat: int) -> float:
     return statistics.median(samples) / 1e3
 
 
-def main() -> None:
+def _run(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=2000)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat = min(args.repeat, 50)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}")
     print("| case | sdpa (us) | attention() (us) | overhead (us) | ratio |")
@@ -70,5 +76,21 @@ def main() -> None:
             print(f"| {name} | {base:.1f} | {ours:.1f} | {ours - base:.1f} | {ours / base:.2f}x |")
 
 
+class _Tee(io.StringIO):
+    """Keeps what is printed (``main`` returns it to ``benchmarks/run.py``) and still shows it."""
+
+    def write(self, s: str) -> int:
+        sys.__stdout__.write(s)
+        return super().write(s)
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Entry point of ``benchmarks/run.py``: run, print, and return the report."""
+    out = _Tee()
+    with contextlib.redirect_stdout(out):
+        _run(argv)
+    return out.getvalue()
+
+
 if __name__ == "__main__":
-    main()
+    _run(None)

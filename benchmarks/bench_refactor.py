@@ -12,7 +12,9 @@ Run: ``python benchmarks/bench_refactor.py --old /tmp/oldpkg``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import os
 import statistics
 import sys
@@ -26,11 +28,17 @@ from multihead import MultiHeadAttention
 CONFIGS = [(8, 512, 512, 8), (4, 1024, 512, 8), (32, 64, 256, 4)]  # (B, N, E, H)
 
 
-def main() -> None:
+def _run(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--old", required=True)
+    parser.add_argument("--old", help="folder holding the earlier package as multihead_old")
     parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat = min(args.repeat, 3)
+    if args.old is None:
+        print("skipped: give --old FOLDER with an earlier multihead copied as multihead_old")
+        return
     sys.path.insert(0, args.old)
     old = importlib.import_module("multihead_old")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}")
@@ -62,5 +70,21 @@ def main() -> None:
         )
 
 
+class _Tee(io.StringIO):
+    """Keeps what is printed (``main`` returns it to ``benchmarks/run.py``) and still shows it."""
+
+    def write(self, s: str) -> int:
+        sys.__stdout__.write(s)
+        return super().write(s)
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Entry point of ``benchmarks/run.py``: run, print, and return the report."""
+    out = _Tee()
+    with contextlib.redirect_stdout(out):
+        _run(argv)
+    return out.getvalue()
+
+
 if __name__ == "__main__":
-    main()
+    _run(None)
