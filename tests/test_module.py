@@ -237,3 +237,46 @@ def test_projection_hooks_run_on_the_training_path():
     mha.q_proj.register_forward_hook(lambda module, args, out: seen.append(out.shape))
     mha(torch.randn(2, 3, 8))
     assert seen == [torch.Size([2, 3, 8])]
+
+
+# --- checks at the module's boundary (found in review of the one-route forward) -----------
+
+
+def test_flags_are_type_checked_at_the_module_boundary():
+    mha = MultiHeadAttention(16, 4)
+    x = torch.randn(2, 3, 16)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        mha(x, causal="no")
+    with pytest.raises(TypeError, match="need_weights must be a bool"):
+        mha(x, need_weights="no")
+
+
+def test_key_padding_mask_on_another_device_is_refused_before_the_cache_changes():
+    from multihead.cache import KVCache
+
+    mha = MultiHeadAttention(16, 4, device="meta")
+    cache = KVCache()
+    x = torch.randn(1, 2, 16, device="meta")
+    mha(x, causal=True, cache=cache)
+    with pytest.raises(ValueError, match="key_padding_mask must be on the query's device"):
+        mha(
+            x[:, :1],
+            causal=True,
+            cache=cache,
+            key_padding_mask=torch.ones(1, 3, dtype=torch.bool),
+        )
+    assert cache.length == 2
+
+
+def test_a_quantized_module_takes_masks():
+    from multihead.quantize import quantize
+
+    mha = MultiHeadAttention(64, 4).eval()
+    x = torch.randn(2, 10, 64)
+    mask = torch.ones(10, 10, dtype=torch.bool).tril()
+    for weights in (None, "int8"):
+        q = quantize(mha) if weights is None else quantize(mha, weights=weights)
+        out = q(x, mask=mask).output
+        want = mha(x, mask=mask).output
+        assert torch.isfinite(out).all()
+        assert (out - want).norm() / want.norm() < 0.1

@@ -283,9 +283,11 @@ class MultiHeadAttention(nn.Module):
         batch: int,
         nq: int,
         nk: int,
+        device: torch.device | None = None,
     ) -> Tensor | None:
-        """Check ``mask`` and ``key_padding_mask`` and combine them into one 4-D mask (or
-        ``None``). Called before any cache changes, so a failing call leaves the cache as is."""
+        """Check ``mask`` and ``key_padding_mask`` (against ``device``, the query's, when given)
+        and combine them into one 4-D mask (or ``None``). Called before any cache changes, so a
+        failing call leaves the cache as is."""
         if mask is not None:
             M.check_mask_dtype(mask, "mask")
             if mask.dim() == 3:
@@ -295,13 +297,18 @@ class MultiHeadAttention(nn.Module):
                         f"got shape {tuple(mask.shape)}"
                     )
                 mask = mask.unsqueeze(1)
-            mask = check_mask(mask, (batch, self.num_heads, nq, nk), self.q_proj.weight.device)
+            mask = check_mask(mask, (batch, self.num_heads, nq, nk), device)
         if key_padding_mask is not None:
             M.check_mask_dtype(key_padding_mask, "key_padding_mask")
             if key_padding_mask.shape != (batch, nk):
                 raise ValueError(
                     f"key_padding_mask must be (B, Nk) = {(batch, nk)}, "
                     f"got shape {tuple(key_padding_mask.shape)}"
+                )
+            if device is not None and key_padding_mask.device != device:
+                raise ValueError(
+                    f"key_padding_mask must be on the query's device {device}, "
+                    f"got {key_padding_mask.device}"
                 )
             key_padding_mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, Nk)
         if mask is None or key_padding_mask is None:
@@ -377,6 +384,8 @@ class MultiHeadAttention(nn.Module):
         :class:`~multihead.functional.AttentionSpec` (projected, rotated, cached). Updates
         ``cache`` as :meth:`forward` does; :meth:`why_backend` uses a copy."""
         self._check_input(query, "query", self.embed_dim, "embed_dim")
+        check_bool(causal, "causal")
+        check_bool(need_weights, "need_weights")
         self_attention = (key is None or key is query) and (value is None or value is query)
         b, nq, _ = query.shape
         if positions is not None:
@@ -410,7 +419,7 @@ class MultiHeadAttention(nn.Module):
             key = query if key is None else key
             value = key if value is None else value
             self._check_shapes(query, key, value)
-            full_mask = self.build_mask(mask, key_padding_mask, b, nq, key.shape[1])
+            full_mask = self.build_mask(mask, key_padding_mask, b, nq, key.shape[1], query.device)
             q, k, v = self.project(query, key, value)
             if self.rotary is not None:
                 q, k = self._rotate(q, k, 0, positions, self_attention)
@@ -457,7 +466,7 @@ class MultiHeadAttention(nn.Module):
             value = key if value is None else value
             self._check_shapes(query, key, value)
             k, v = self._project_kv(key, value)
-        full_mask = self.build_mask(mask, key_padding_mask, b, nq, k.shape[2])
+        full_mask = self.build_mask(mask, key_padding_mask, b, nq, k.shape[2], query.device)
         if not cache.is_set:
             cache.set(k, v)  # only once the call is known to be valid
         return self._project_query(query), k, v, full_mask
@@ -500,7 +509,7 @@ class MultiHeadAttention(nn.Module):
             key_padding_mask = key_padding_mask[:, total - nk :]
         # Masks are checked before the cache changes, so that a failed call leaves it as it
         # was (a retried step must not append its tokens twice).
-        full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk)
+        full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk, query.device)
         q, k, v = self.project(query, query, query)
         if self.rotary is not None:
             q, k = self._rotate(q, k, offset, positions, True)
@@ -556,6 +565,11 @@ class MultiHeadAttention(nn.Module):
             >>> why.split()[0], "sdpa: fused kernels do not return attention weights" in why
             ('math', True)
         """
+        if self.context_parallel is not None:
+            return (
+                "context_parallel (the sequence is sharded over the process group: "
+                "multihead.distributed.context_parallel_attention)"
+            )
         with torch.no_grad():
             spec = self.attention_spec(
                 query,
