@@ -280,3 +280,14 @@ def test_a_quantized_module_takes_masks():
         want = mha(x, mask=mask).output
         assert torch.isfinite(out).all()
         assert (out - want).norm() / want.norm() < 0.1
+
+
+def test_a_named_backend_that_cannot_run_a_cached_step_leaves_the_cache_unchanged():
+    from multihead.cache import KVCache
+
+    mha = MultiHeadAttention(16, 4, backend="sdpa").eval()
+    cache = KVCache()
+    mha(torch.randn(1, 2, 16), causal=True, cache=cache)
+    with pytest.raises(ValueError, match="sdpa"):
+        mha(torch.randn(1, 1, 16), causal=True, cache=cache, need_weights=True)
+    assert cache.length == 2 and cache.num_stored == 2

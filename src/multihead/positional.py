@@ -357,6 +357,38 @@ class RotaryEmbedding(nn.Module):
             cos, sin = cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
         return cos, sin
 
+    def rotate_qk(
+        self,
+        q: Tensor,
+        k: Tensor,
+        offset: int = 0,
+        positions: Tensor | None = None,
+        *,
+        same_tokens: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Rotate queries ``(B, H, Nq, D)`` and keys ``(B, Hkv, Nk, D)`` of one attention call.
+
+        Self-attention (``same_tokens``): both at ``positions`` (``(N,)`` or ``(B, N)``), or
+        counted from ``offset``. Otherwise (cross-attention over one sequence) keys sit at
+        ``0 .. Nk - 1`` and queries bottom-right, the last query at the last key.
+        """
+        if not same_tokens:
+            nq, nk = q.shape[2], k.shape[2]
+            if nk < nq:
+                raise ValueError(
+                    f"rotary attention aligns queries bottom-right with the keys, so it "
+                    f"needs Nq <= Nk, got Nq={nq} and Nk={nk}"
+                )
+            cos, sin = self.cos_sin_range(0, nk, dtype=q.dtype, device=q.device)
+            return self.rotate(q, cos[nk - nq :], sin[nk - nq :]), self.rotate(k, cos, sin)
+        if positions is None:
+            cos, sin = self.cos_sin_range(offset, q.shape[2], dtype=q.dtype, device=q.device)
+        else:
+            cos, sin = self.cos_sin(positions, dtype=q.dtype, device=q.device)
+            if positions.dim() == 2:
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, N, D): every head
+        return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+
     @staticmethod
     def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotate ``x (..., N, D)`` by precomputed ``cos``/``sin`` broadcastable to it."""

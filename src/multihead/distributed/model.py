@@ -124,7 +124,7 @@ def context_parallel_forward(
         if positions is None:
             positions = cp.positions(n, device=query.device)
         positions = check_positions(positions, b, n)
-        q, k = mha._rotate(q, k, 0, positions, True)
+        q, k = mha.rotary.rotate_qk(q, k, 0, positions)
     elif positions is not None:
         raise ValueError("positions needs rotary=True (ALiBi reads global positions itself)")
     out = context_parallel_attention(

@@ -409,7 +409,7 @@ class MultiHeadAttention(nn.Module):
                     "StaticKVCache for cross-attention)"
                 )
             q, k, v, full_mask, window = self._self_cached(
-                query, mask, key_padding_mask, causal, window, cache, positions
+                query, mask, key_padding_mask, causal, need_weights, window, cache, positions
             )
         elif cache is not None:
             raise TypeError(
@@ -422,7 +422,7 @@ class MultiHeadAttention(nn.Module):
             full_mask = self.build_mask(mask, key_padding_mask, b, nq, key.shape[1], query.device)
             q, k, v = self.project(query, key, value)
             if self.rotary is not None:
-                q, k = self._rotate(q, k, 0, positions, self_attention)
+                q, k = self.rotary.rotate_qk(q, k, 0, positions, same_tokens=self_attention)
         return build_spec(
             q,
             k,
@@ -477,6 +477,7 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None,
         key_padding_mask: Tensor | None,
         causal: bool,
+        need_weights: bool,
         window: int | tuple[int, int] | None,
         cache: KVCache,
         positions: Tensor | None,
@@ -512,34 +513,26 @@ class MultiHeadAttention(nn.Module):
         full_mask = self.build_mask(mask, key_padding_mask, b, nq, nk, query.device)
         q, k, v = self.project(query, query, query)
         if self.rotary is not None:
-            q, k = self._rotate(q, k, offset, positions, True)
+            q, k = self.rotary.rotate_qk(q, k, offset, positions)
+        if self.backend != "auto":
+            # A named backend that cannot run the call must fail before the cache changes:
+            # plan on stand-ins of the keys the cache is about to return.
+            stand_in = AttentionSpec(
+                query=q,
+                key=k.new_empty((*k.shape[:2], nk, k.shape[3])),
+                value=v.new_empty((*v.shape[:2], nk, v.shape[3])),
+                mask=full_mask,
+                causal=causal and nq > 1,
+                window=M.as_window(window, causal=causal),
+                scale=1.0,
+                dropout_p=self.dropout if self.training else 0.0,
+                need_weights=need_weights,
+                alibi_slopes=self.alibi_slopes,
+            )
+            select_backend(stand_in, self.backend)
         k, v = cache.update(k, v)  # every key to attend to, the new ones last
         assert k.shape[2] == nk, (k.shape, nk)
         return q, k, v, full_mask, window
-
-    def _rotate(
-        self, q: Tensor, k: Tensor, offset: int, positions: Tensor | None, same_tokens: bool
-    ) -> tuple[Tensor, Tensor]:
-        """RoPE: on the new queries and keys of self-attention (same tokens) at ``positions``
-        or from ``offset``; for cross-attention, keys at ``0..Nk-1`` and queries bottom-right."""
-        rotary = self.rotary
-        assert rotary is not None
-        if not same_tokens:
-            nq, nk = q.shape[2], k.shape[2]
-            if nk < nq:
-                raise ValueError(
-                    f"rotary attention aligns queries bottom-right with the keys, so it "
-                    f"needs Nq <= Nk, got Nq={nq} and Nk={nk}"
-                )
-            cos, sin = rotary.cos_sin_range(0, nk, dtype=q.dtype, device=q.device)
-            return rotary.rotate(q, cos[nk - nq :], sin[nk - nq :]), rotary.rotate(k, cos, sin)
-        if positions is None:
-            cos, sin = rotary.cos_sin_range(offset, q.shape[2], dtype=q.dtype, device=q.device)
-        else:
-            cos, sin = rotary.cos_sin(positions, dtype=q.dtype, device=q.device)
-            if positions.dim() == 2:
-                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, N, D): every head
-        return rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
 
     def why_backend(
         self,
