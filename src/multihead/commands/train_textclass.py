@@ -205,9 +205,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
+    members = ", ".join(f"{m['best_epoch']}/{m['epochs_run']}" for m in result.members)
     print(
-        f"textclass: {result.epochs_run} epoch(s) in {result.train_seconds:.1f} s, best epoch "
-        f"{result.best_epoch}" + (" (stopped early)" if result.stopped_early else "")
+        f"textclass: {len(result.members)} model(s) averaged, {result.epochs_run} epoch(s) in "
+        f"{result.train_seconds:.1f} s, best/run epochs {members}"
     )
     for name, m in (("validation", result.valid), ("test", result.test)):
         if m is not None:

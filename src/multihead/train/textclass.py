@@ -329,7 +329,7 @@ def train_text_classifier(
         >>> import tempfile
         >>> data = generated_examples(200)
         >>> r = train_text_classifier(data[:160], data[160:], out_dir=tempfile.mkdtemp(),
-        ...     config=TextClassConfig(epochs=1, d_model=32, d_ff=64))
+        ...     config=TextClassConfig(epochs=1, d_model=32, d_ff=64, ensemble=2))
         >>> r.labels
         ['neg', 'pos']
     """
