@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("tokenizers")
 
 from multihead.cli import main
+from multihead.modules import EncoderClassifier, TransformerConfig
 from multihead.tasks.textclass import (
     TextDataWarning,
     TextExample,
@@ -36,7 +37,7 @@ from multihead.train.textclass import (
 # Small and quick: about 2 s of training on one thread.
 TINY = TextClassConfig(
     d_model=32, num_heads=2, d_ff=64, dropout=0.1, word_dropout=0.0, lr=3e-3, epochs=5,
-    patience=5, batch_size=16, ema_decay=0.9,
+    patience=5, batch_size=16, ema_decay=0.9, ensemble=2,
 )  # fmt: skip
 EXPECTED = [("good film", "1"), ("a, quoted; text", "0"), ("dull", "0")]
 
@@ -216,13 +217,53 @@ def test_checkpoint_loads_and_predicts(trained) -> None:
     assert weights.shape == (5,) and float(weights.sum()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_ensemble_averages_its_members(trained) -> None:
+    result, _ = trained
+    ckpt = load_checkpoint(result.checkpoint)
+    assert len(ckpt["models"]) == 2 and len(result.members) == 2
+    assert [m["seed"] for m in result.members] == [0, 1]
+    clf = load_text_classifier(result.checkpoint)
+    texts = ["the film is good", "the plot is dull and slow", "x"]
+    _, probs = clf.predict(texts)
+    # Reference: each member rebuilt on its own from the saved weights, softmax, then mean.
+    config = TransformerConfig.from_dict(ckpt["model_config"])
+    ids, mask = clf.tokenizer.encode_batch(texts, max_len=clf.max_len)
+    member_probs = []
+    for state in ckpt["models"]:
+        model = EncoderClassifier(config).eval()
+        model.load_state_dict(state)
+        with torch.no_grad():
+            member_probs.append(torch.softmax(model(ids, mask).double(), -1))
+    assert not torch.allclose(member_probs[0], member_probs[1])  # different seeds
+    torch.testing.assert_close(probs.double(), sum(member_probs) / 2, atol=1e-5, rtol=0)
+
+
+def test_old_single_model_checkpoint_still_loads(trained, tmp_path: Path) -> None:
+    result, _ = trained
+    ckpt = load_checkpoint(result.checkpoint)
+    del ckpt["models"]  # as written before ensembles: only "model"
+    save_checkpoint(tmp_path / "old.pt", ckpt)
+    clf = load_text_classifier(tmp_path / "old.pt")
+    assert len(clf.models) == 1
+    with pytest.raises(ValueError, match="ensemble"):
+        TextClassConfig(ensemble=0)
+
+
 def test_imbalanced_classes_get_weights(tmp_path: Path) -> None:
     data = generated_examples(300, seed=4)
     pos = [e for e in data if e.label == "pos"][:120]
     neg = [e for e in data if e.label == "neg"][:30]
-    config = TextClassConfig(d_model=16, num_heads=2, d_ff=32, epochs=1)
+    config = TextClassConfig(d_model=16, num_heads=2, d_ff=32, epochs=1, ensemble=1)
     result = train_text_classifier(pos + neg, pos[:5] + neg[:5], config=config, out_dir=tmp_path)
     assert result.class_weights == pytest.approx([150 / (2 * 30), 150 / (2 * 120)])
+
+
+def test_ensemble_stops_adding_members_when_time_is_up(tmp_path: Path) -> None:
+    data = generated_examples(120, seed=5)
+    config = TextClassConfig(d_model=16, num_heads=2, d_ff=32, epochs=1, max_seconds=1e-6)
+    result = train_text_classifier(data[:100], data[100:], config=config, out_dir=tmp_path)
+    assert len(result.members) == 1  # the first member always runs
+    assert len(load_text_classifier(result.checkpoint).models) == 1
 
 
 def test_missing_tokenizers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,12 +287,13 @@ def test_train_textclass_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
         warnings.simplefilter("ignore")
         code = main(
             ["train", "textclass", "--data", str(train), "--test", str(tmp_path / "test.txt"),
-             "--out", str(out), "--epochs", "2", "--d-model", "16", "--heads", "2", "--json"]
+             "--out", str(out), "--epochs", "2", "--d-model", "16", "--heads", "2", "--ensemble", "2", "--json"]
         )  # fmt: skip
     assert code == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert summary["examples"] == {"train": 108, "valid": 12, "test": 2}
+    assert [m["seed"] for m in summary["members"]] == [0, 1]
     assert summary["test"]["n"] == 2 and 0 <= summary["test"]["accuracy"] <= 1
     assert "1 invalid UTF-8 byte" in captured.err
     for name in ("checkpoint.pt", "report.json", "confusion.png", "attention.png"):

@@ -66,6 +66,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-len", type=int, help="word pieces kept per text (default 128)")
     g.add_argument("--vocab-size", type=int, help="WordPiece vocabulary (default: from data)")
     g.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this")
+    g.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="train K models (seeds seed..seed+K-1) and average them (default 3)",
+    )
 
 
 def _read(path: str, args: argparse.Namespace) -> list[TextExample]:
@@ -91,6 +97,7 @@ def _config(args: argparse.Namespace) -> TextClassConfig:
         "max_len": args.max_len,
         "vocab_size": args.vocab_size,
         "max_seconds": None if args.max_minutes is None else 60.0 * args.max_minutes,
+        "ensemble": args.ensemble,
     }
     return TextClassConfig(**{k: v for k, v in given.items() if v is not None})
 
@@ -111,6 +118,7 @@ def _summary(result: TextClassResult, out: Path, sizes: dict[str, int]) -> dict[
         "model_config": result.model_config,
         "valid": strip(result.valid),
         "test": strip(result.test),
+        "members": result.members,
         "history": result.history,
         "checkpoint": str(result.checkpoint),
         "out_dir": str(out),
@@ -197,9 +205,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
+    members = ", ".join(f"{m['best_epoch']}/{m['epochs_run']}" for m in result.members)
     print(
-        f"textclass: {result.epochs_run} epoch(s) in {result.train_seconds:.1f} s, best epoch "
-        f"{result.best_epoch}" + (" (stopped early)" if result.stopped_early else "")
+        f"textclass: {len(result.members)} model(s) averaged, {result.epochs_run} epoch(s) in "
+        f"{result.train_seconds:.1f} s, best/run epochs {members}"
     )
     for name, m in (("validation", result.valid), ("test", result.test)):
         if m is not None:

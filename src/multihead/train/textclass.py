@@ -10,7 +10,11 @@ being tuned to one:
   (on small data an "epoch" is several passes, at least :data:`MIN_UPDATES_PER_EPOCH` updates),
   with early stopping on validation macro-F1 and the best weights kept;
 * class-weighted cross-entropy (``n / (C * n_c)``, sklearn's "balanced") when the most
-  frequent class is over 1.5 times as common as the rarest.
+  frequent class is over 1.5 times as common as the rarest;
+* an ensemble of :attr:`TextClassConfig.ensemble` such models trained from different seeds
+  on the same tokenizer, whose probabilities are averaged (Dietterich, 2000): single models
+  on a few thousand sentences differ by a point or two from seed to seed, and the average is
+  steadier and better than a typical member.
 
 Everything the classifier needs (weights, config, labels, tokenizer JSON) is in one checkpoint
 written atomically with :func:`multihead.train.checkpoint.save_checkpoint`.
@@ -79,11 +83,21 @@ class TextClassConfig:
     ema_decay: float | None = None
     label_smoothing: float = 0.0
     class_weights: str = "auto"  # "auto" (when imbalanced) | "balanced" | "none"
-    max_seconds: float | None = None  # stop after the epoch that passes this wall time
-    seed: int = 0
+    # Stop after the epoch that passes this wall time (all members together; a member after
+    # the first starts only if it is expected to finish in time).
+    max_seconds: float | None = None
+    seed: int = 0  # member k of the ensemble uses seed + k
+    # Members trained (seeds seed, seed + 1, ...) and averaged. 3 fits three ~70-s SST-2
+    # trainings in the 5-minute budget on 2 CPU cores.
+    ensemble: int = 3
+    # Members after the first start only if one as slow as the slowest so far would end within
+    # this many seconds of the start (and within max_seconds): extra members are a bonus that
+    # small data sets can afford; on large data, or a busy machine, the run gets fewer of them
+    # rather than taking K times as long. None: always train all of them.
+    ensemble_seconds: float | None = 300.0
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "num_heads", "d_ff", "max_len", "batch_size", "epochs"):
+        for name in ("d_model", "num_heads", "d_ff", "max_len", "batch_size", "epochs", "ensemble"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -93,6 +107,10 @@ class TextClassConfig:
             raise ValueError(
                 f"class_weights must be 'auto', 'balanced' or 'none', got {self.class_weights!r}"
             )
+        for name in ("max_seconds", "ensemble_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value!r}")
         for name in ("dropout", "word_dropout", "ema_decay", "label_smoothing"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -116,10 +134,15 @@ class TextClassResult:
     test: dict[str, Any] | None
     class_weights: list[float] | None
     model_config: dict[str, Any] = field(default_factory=dict)
+    # One entry per ensemble member: seed, epochs_run, best_epoch, best validation accuracy.
+    members: list[dict[str, Any]] = field(default_factory=list)
 
 
 class TextClassifier:
-    """A trained classifier: the model, its tokenizer and label names.
+    """A trained classifier: its model(s), tokenizer and label names.
+
+    With several models (an ensemble) the class probabilities are their mean and the word
+    attention is the mean of theirs.
 
     Example:
         >>> clf = load_text_classifier("runs/textclass/checkpoint.pt")  # doctest: +SKIP
@@ -129,22 +152,28 @@ class TextClassifier:
 
     def __init__(
         self,
-        model: EncoderClassifier,
+        model: EncoderClassifier | Sequence[EncoderClassifier],
         tokenizer: WordPieceTokenizer,
         labels: Sequence[str],
         max_len: int,
     ) -> None:
-        self.model, self.tokenizer = model.eval(), tokenizer
+        models = [model] if isinstance(model, EncoderClassifier) else list(model)
+        if not models:
+            raise ValueError("model must be an EncoderClassifier or a non-empty list of them")
+        self.models = [m.eval() for m in models]
+        self.model = self.models[0]  # the first member, for code that wants a single model
+        self.tokenizer = tokenizer
         self.labels, self.max_len = list(labels), max_len
 
     @torch.no_grad()
     def probabilities(self, texts: Sequence[str], *, batch_size: int = 64) -> Tensor:
-        """Class probabilities ``(B, C)`` for ``texts``, columns in :attr:`labels` order."""
-        self.model.eval()
+        """Class probabilities ``(B, C)`` for ``texts``, columns in :attr:`labels` order
+        (the mean over the ensemble's members)."""
         out = []
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokenizer.encode_batch(texts[i : i + batch_size], max_len=self.max_len)
-            out.append(torch.softmax(self.model(ids, mask).float(), dim=-1))
+            probs = [torch.softmax(m.eval()(ids, mask).float(), dim=-1) for m in self.models]
+            out.append(torch.stack(probs).mean(0))
         return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 
     def predict(self, texts: Sequence[str]) -> tuple[list[str], Tensor]:
@@ -162,10 +191,11 @@ class TextClassifier:
         """
         words, piece_word = self.tokenizer.word_index(text, max_len=self.max_len)
         ids, mask = self.tokenizer.encode_batch([text], max_len=self.max_len)
-        maps = self.model.attention_maps(ids, mask).encoder_self
-        if not maps or not piece_word:
+        maps = [m.attention_maps(ids, mask).encoder_self for m in self.models]
+        if not all(maps) or not piece_word:
             return words, torch.full((len(words),), 1.0 / max(1, len(words)))
-        pooled = maps[-1][0].float().mean(dim=(0, 1))  # (N,): heads, then queries
+        # (N,): heads, then queries, then ensemble members
+        pooled = torch.stack([m[-1][0].float().mean(dim=(0, 1)) for m in maps]).mean(0)
         weights = torch.zeros(len(words)).index_add_(
             0, torch.tensor(piece_word), pooled[: len(piece_word)]
         )
@@ -238,16 +268,22 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def _evaluate(
-    model: nn.Module, rows: list[list[int]], targets: list[int], pad_id: int, num_classes: int
+    model: nn.Module | Sequence[nn.Module],
+    rows: list[list[int]],
+    targets: list[int],
+    pad_id: int,
+    num_classes: int,
 ) -> dict[str, Any]:
-    model.eval()
+    # Several models: an ensemble, scored on the mean of their probabilities.
+    models = [model] if isinstance(model, nn.Module) else list(model)
     predictions, loss_sum = [], 0.0
     for i in range(0, len(rows), 128):
         ids, mask = _pad(rows[i : i + 128], pad_id)
-        logits = model(ids, mask).float()
+        probs = torch.stack([torch.softmax(m.eval()(ids, mask).float(), -1) for m in models])
+        log_probs = probs.mean(0).clamp_min(1e-12).log()
         target = torch.tensor(targets[i : i + 128])
-        loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
-        predictions += logits.argmax(-1).tolist()
+        loss_sum += float(nn.functional.nll_loss(log_probs, target, reduction="sum"))
+        predictions += log_probs.argmax(-1).tolist()
     metrics = classification_metrics(targets, predictions, num_classes)
     metrics["loss"] = loss_sum / max(1, len(rows))
     metrics["predictions"] = predictions
@@ -293,7 +329,7 @@ def train_text_classifier(
         >>> import tempfile
         >>> data = generated_examples(200)
         >>> r = train_text_classifier(data[:160], data[160:], out_dir=tempfile.mkdtemp(),
-        ...     config=TextClassConfig(epochs=1, d_model=32, d_ff=64))
+        ...     config=TextClassConfig(epochs=1, d_model=32, d_ff=64, ensemble=2))
         >>> r.labels
         ['neg', 'pos']
     """
@@ -303,8 +339,6 @@ def train_text_classifier(
     if not valid:
         raise ValueError("valid must hold at least one example (early stopping needs it)")
     index = {label: i for i, label in enumerate(labels)}
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
 
     texts = [e.text for e in train]
     vocab_size = config.vocab_size or suggest_vocab_size(texts)
@@ -320,18 +354,6 @@ def train_text_classifier(
     counts = [Counter(train_y)[i] for i in range(len(labels))]
     weights = _class_weights(counts, config.class_weights)
     model_config = build_model_config(config, tokenizer.vocab_size, len(labels), len(train))
-    model = EncoderClassifier(model_config)
-
-    # A small data set is passed over several times per "epoch", so that early stopping and
-    # the schedule see enough updates between evaluations to mean something.
-    passes = math.ceil(MIN_UPDATES_PER_EPOCH / math.ceil(len(train_rows) / config.batch_size))
-    steps_per_epoch = passes * math.ceil(len(train_rows) / config.batch_size)
-    ema_decay = config.ema_decay if config.ema_decay is not None else 1 - 2 / steps_per_epoch
-    total = steps_per_epoch * config.epochs
-    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(
-        optimizer, schedule="cosine", warmup=min(steps_per_epoch, total // 10), total_steps=total
-    )
     out = Path(out_dir)
     ckpt_path = out / "checkpoint.pt"
     payload_base = {
@@ -343,6 +365,118 @@ def train_text_classifier(
         "tokenizer": tokenizer.to_json(),
         "max_len": config.max_len,
     }
+    data = _Data(train_rows, train_y, valid_rows, valid_y, tokenizer.pad_id, tokenizer.unk_id)
+    start = time.perf_counter()
+    states: list[dict[str, Tensor]] = []
+    runs: list[_Member] = []
+    for k in range(config.ensemble):
+        elapsed = time.perf_counter() - start
+        # A member after the first starts only if one as slow as the slowest so far still fits
+        # the budget: a busy machine gets fewer members rather than a run past max_seconds.
+        slowest = max((r.history[-1]["seconds"] for r in runs), default=0.0)
+        limits = [t for t in (config.max_seconds, config.ensemble_seconds) if t is not None]
+        if k and limits and elapsed + slowest > min(limits):
+            if log is not None:
+                log(f"ensemble: {k} member(s); another would not end within {min(limits):g} s")
+            break
+        budget = None if config.max_seconds is None else config.max_seconds - elapsed
+        if k and log is not None:
+            log(f"ensemble member {k + 1}/{config.ensemble} (seed {config.seed + k})")
+
+        def save(state: dict[str, Tensor], epoch: int) -> None:
+            # Written at each member's best epoch, so a stop at any time leaves a checkpoint
+            # with the members finished so far plus the current one's best weights.
+            models = [*states, state]
+            save_checkpoint(
+                ckpt_path, {**payload_base, "model": models[0], "models": models, "epoch": epoch}
+            )
+
+        run = _train_member(data, model_config, config, config.seed + k, weights, budget, save, log)
+        states.append(run.state)
+        runs.append(run)
+    train_seconds = time.perf_counter() - start
+    models = []
+    for state in states:
+        model = EncoderClassifier(model_config)
+        model.load_state_dict(state)
+        models.append(model)
+    valid_metrics = _evaluate(models, valid_rows, valid_y, tokenizer.pad_id, len(labels))
+    test_metrics = None
+    if test:
+        test_rows, test_y = encode(test)
+        test_metrics = _evaluate(models, test_rows, test_y, tokenizer.pad_id, len(labels))
+    return TextClassResult(
+        checkpoint=ckpt_path,
+        labels=labels,
+        epochs_run=sum(len(r.history) for r in runs),
+        best_epoch=runs[0].best_epoch,
+        stopped_early=any(r.stopped_early for r in runs),
+        train_seconds=train_seconds,
+        history=[row for r in runs for row in r.history],
+        valid=valid_metrics,
+        test=test_metrics,
+        class_weights=None if weights is None else weights.tolist(),
+        model_config=model_config.to_dict(),
+        members=[
+            {
+                "seed": config.seed + k,
+                "epochs_run": len(r.history),
+                "best_epoch": r.best_epoch,
+                "valid_accuracy": r.history[r.best_epoch - 1]["valid_accuracy"],
+                "valid_macro_f1": r.history[r.best_epoch - 1]["valid_macro_f1"],
+            }
+            for k, r in enumerate(runs)
+        ],
+    )
+
+
+@dataclass
+class _Data:
+    train_rows: list[list[int]]
+    train_y: list[int]
+    valid_rows: list[list[int]]
+    valid_y: list[int]
+    pad_id: int
+    unk_id: int
+
+
+@dataclass
+class _Member:
+    state: dict[str, Tensor]
+    history: list[dict[str, float]]
+    best_epoch: int
+    stopped_early: bool
+
+
+def _train_member(
+    data: _Data,
+    model_config: TransformerConfig,
+    config: TextClassConfig,
+    seed: int,
+    weights: Tensor | None,
+    max_seconds: float | None,
+    save: Callable[[dict[str, Tensor], int], None],
+    log: Callable[[str], None] | None,
+) -> _Member:
+    """Train one model from ``seed``, early-stopped on validation macro-F1; its best
+    (moving-average) weights, per-epoch history and best epoch (``history`` rows carry
+    ``member``, the seed)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    num_classes = model_config.num_classes
+    assert num_classes is not None  # build_model_config sets it
+    model = EncoderClassifier(model_config)
+    train_rows, train_y = data.train_rows, data.train_y
+    # A small data set is passed over several times per "epoch", so that early stopping and
+    # the schedule see enough updates between evaluations to mean something.
+    passes = math.ceil(MIN_UPDATES_PER_EPOCH / math.ceil(len(train_rows) / config.batch_size))
+    steps_per_epoch = passes * math.ceil(len(train_rows) / config.batch_size)
+    ema_decay = config.ema_decay if config.ema_decay is not None else 1 - 2 / steps_per_epoch
+    total = steps_per_epoch * config.epochs
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(
+        optimizer, schedule="cosine", warmup=min(steps_per_epoch, total // 10), total_steps=total
+    )
     history: list[dict[str, float]] = []
     best_f1, best_epoch, best_state = -1.0, 0, None
     averaged = copy.deepcopy(model)  # holds the moving average; evaluated and saved
@@ -354,10 +488,10 @@ def train_text_classifier(
         loss_sum, seen = 0.0, 0
         lengths = [len(r) for r in train_rows]
         for batch in [b for _ in range(passes) for b in _batches(lengths, config.batch_size, rng)]:
-            ids, mask = _pad([train_rows[i] for i in batch], tokenizer.pad_id)
+            ids, mask = _pad([train_rows[i] for i in batch], data.pad_id)
             if config.word_dropout > 0:
                 drop = (torch.rand(ids.shape) < config.word_dropout) & mask
-                ids = ids.masked_fill(drop, tokenizer.unk_id)
+                ids = ids.masked_fill(drop, data.unk_id)
             target = torch.tensor([train_y[i] for i in batch])
             loss = nn.functional.cross_entropy(
                 model(ids, mask), target, weight=weights, label_smoothing=config.label_smoothing
@@ -372,8 +506,9 @@ def train_text_classifier(
                     a.lerp_(p, 1.0 - ema_decay)
             loss_sum += float(loss.detach()) * len(batch)
             seen += len(batch)
-        v = _evaluate(averaged, valid_rows, valid_y, tokenizer.pad_id, len(labels))
+        v = _evaluate(averaged, data.valid_rows, data.valid_y, data.pad_id, num_classes)
         row = {
+            "member": seed,
             "epoch": epoch,
             "train_loss": loss_sum / seen,
             "valid_loss": v["loss"],
@@ -385,7 +520,7 @@ def train_text_classifier(
         if v["macro_f1"] > best_f1:
             best_f1, best_epoch = v["macro_f1"], epoch
             best_state = {k: t.detach().clone() for k, t in averaged.state_dict().items()}
-            save_checkpoint(ckpt_path, {**payload_base, "model": best_state, "epoch": epoch})
+            save(best_state, epoch)
         if log is not None:
             log(
                 f"epoch {epoch}: train loss {row['train_loss']:.4f}, valid loss {v['loss']:.4f}, "
@@ -395,30 +530,11 @@ def train_text_classifier(
         if epoch - best_epoch >= config.patience:
             stopped_early = True
             break
-        if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
             stopped_early = True
             break
-    train_seconds = time.perf_counter() - start
     assert best_state is not None  # at least one epoch ran
-    model.load_state_dict(best_state)
-    valid_metrics = _evaluate(model, valid_rows, valid_y, tokenizer.pad_id, len(labels))
-    test_metrics = None
-    if test:
-        test_rows, test_y = encode(test)
-        test_metrics = _evaluate(model, test_rows, test_y, tokenizer.pad_id, len(labels))
-    return TextClassResult(
-        checkpoint=ckpt_path,
-        labels=labels,
-        epochs_run=len(history),
-        best_epoch=best_epoch,
-        stopped_early=stopped_early,
-        train_seconds=train_seconds,
-        history=history,
-        valid=valid_metrics,
-        test=test_metrics,
-        class_weights=None if weights is None else weights.tolist(),
-        model_config=model_config.to_dict(),
-    )
+    return _Member(best_state, history, best_epoch, stopped_early)
 
 
 def load_text_classifier(path: str | os.PathLike[str]) -> TextClassifier:
@@ -432,7 +548,12 @@ def load_text_classifier(path: str | os.PathLike[str]) -> TextClassifier:
             f"{str(path)!r} holds a {ckpt.get('kind') or ckpt.get('task')!r} model, not a text "
             f"classifier from `multihead train textclass`"
         )
-    model = EncoderClassifier(TransformerConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    config = TransformerConfig.from_dict(ckpt["model_config"])
+    models = []
+    # "models" holds every ensemble member; checkpoints from before ensembles have "model".
+    for state in ckpt.get("models") or [ckpt["model"]]:
+        model = EncoderClassifier(config)
+        model.load_state_dict(state)
+        models.append(model)
     tokenizer = WordPieceTokenizer.from_json(ckpt["tokenizer"])
-    return TextClassifier(model, tokenizer, ckpt["labels"], int(ckpt["max_len"]))
+    return TextClassifier(models, tokenizer, ckpt["labels"], int(ckpt["max_len"]))
