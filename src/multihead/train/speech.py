@@ -16,7 +16,7 @@ voice is the real test:
 * SpecAugment (Park et al., 2019): random bands of frequencies and runs of frames set to the
   utterance mean.
 
-Random gain is not needed: per-utterance mean and variance normalisation (``cmvn``) removes it.
+Random gain is not needed: per-utterance normalisation (``normalise``) removes it.
 
 Shape legend: ``B`` batch, ``T`` samples, ``F`` frames, ``M`` mel bands, ``E`` model size,
 ``C`` classes.
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multihead.modules import EncoderLayer
-from multihead.tasks.features import MelConfig, cmvn, frames_for, log_mel, mel_filterbank
+from multihead.tasks.features import MelConfig, frames_for, log_mel, mel_filterbank, normalise
 from multihead.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -214,7 +214,7 @@ def batch_features(
     """
     feats = log_mel(waves, mel, filterbank)
     frames = frames_for(lengths, mel).clamp(max=feats.shape[1])
-    return cmvn(feats, frames), frames
+    return normalise(feats, frames, mel.norm), frames
 
 
 def add_noise(waves: Tensor, lengths: Tensor, aug: AugmentConfig, gen: torch.Generator) -> Tensor:
@@ -262,7 +262,7 @@ def augment_features(
     out = out[:, :f_out]  # frames past every utterance's end are padding
     real = torch.arange(f_out)[None, :] < new_frames[:, None]
     out = out.masked_fill(~real.unsqueeze(-1), 0.0)
-    # SpecAugment: zero is the mean after cmvn.
+    # SpecAugment: zero is the utterance's mean after normalisation.
     for _ in range(aug.freq_masks):
         width = torch.randint(0, aug.freq_mask_bands + 1, (b, 1), generator=gen)
         start = (torch.rand(b, 1, generator=gen) * (m - width + 1)).long()
