@@ -25,9 +25,7 @@ long N with O(N·W) compute; the chunked kernel's and the ring's buffers do not 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import io
 import json
 import os
 import socket
@@ -310,20 +308,11 @@ def _run(argv: list[str] | None) -> None:
         print(_projection(*proj, bws))
 
 
-class _Tee(io.StringIO):
-    """Keeps what is printed (``main`` returns it to ``benchmarks/run.py``) and still shows it."""
-
-    def write(self, s: str) -> int:
-        sys.__stdout__.write(s)
-        return super().write(s)
-
-
 def main(argv: list[str] | None = None) -> str:
     """Entry point of ``benchmarks/run.py``: run, print, and return the report."""
-    out = _Tee()
-    with contextlib.redirect_stdout(out):
-        _run(argv)
-    return out.getvalue()
+    from multihead.bench.harness import printed_report
+
+    return printed_report(_run, argv)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,8 @@ Run: ``python benchmarks/bench_overhead.py [--repeat 2000]``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import statistics
-import sys
 import time
 
 import torch
@@ -76,20 +73,11 @@ def _run(argv: list[str] | None) -> None:
             print(f"| {name} | {base:.1f} | {ours:.1f} | {ours - base:.1f} | {ours / base:.2f}x |")
 
 
-class _Tee(io.StringIO):
-    """Keeps what is printed (``main`` returns it to ``benchmarks/run.py``) and still shows it."""
-
-    def write(self, s: str) -> int:
-        sys.__stdout__.write(s)
-        return super().write(s)
-
-
 def main(argv: list[str] | None = None) -> str:
     """Entry point of ``benchmarks/run.py``: run, print, and return the report."""
-    out = _Tee()
-    with contextlib.redirect_stdout(out):
-        _run(argv)
-    return out.getvalue()
+    from multihead.bench.harness import printed_report
+
+    return printed_report(_run, argv)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ Run: ``python benchmarks/bench_refactor.py --old /tmp/oldpkg``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import io
 import os
 import statistics
 import sys
@@ -70,20 +68,11 @@ def _run(argv: list[str] | None) -> None:
         )
 
 
-class _Tee(io.StringIO):
-    """Keeps what is printed (``main`` returns it to ``benchmarks/run.py``) and still shows it."""
-
-    def write(self, s: str) -> int:
-        sys.__stdout__.write(s)
-        return super().write(s)
-
-
 def main(argv: list[str] | None = None) -> str:
     """Entry point of ``benchmarks/run.py``: run, print, and return the report."""
-    out = _Tee()
-    with contextlib.redirect_stdout(out):
-        _run(argv)
-    return out.getvalue()
+    from multihead.bench.harness import printed_report
+
+    return printed_report(_run, argv)
 
 
 if __name__ == "__main__":

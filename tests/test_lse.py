@@ -207,3 +207,19 @@ def test_chunked_gradient_exact_when_row_maximum_is_huge(value):
         grads[name] = qq.grad
     assert torch.isfinite(grads["chunked"]).all()
     torch.testing.assert_close(grads["chunked"].double(), grads["ref"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["auto", "math", "chunked"])
+def test_alibi_lse_matches_plain_float64(backend):
+    # ALiBi travels as slopes, like in attention(); reference written out here:
+    # logits + (-m_h * |i + Nk - Nq - j|), queries bottom-right.
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, n, 8, generator=g, dtype=F64) for n in (3, 5, 5))
+    slopes = torch.tensor([0.5, 0.25], dtype=F64)
+    out, lse = attention_with_lse(q, k, v, causal=True, alibi_slopes=slopes, backend=backend)
+    i = torch.arange(3)[:, None] + 2
+    j = torch.arange(5)[None, :]
+    logits = q @ k.transpose(-1, -2) / math.sqrt(8) - slopes[:, None, None] * (i - j).abs()
+    logits = logits.masked_fill(j > i, float("-inf"))
+    torch.testing.assert_close(lse, torch.logsumexp(logits, dim=-1), atol=1e-10, rtol=0)
+    torch.testing.assert_close(out, torch.softmax(logits, -1) @ v, atol=1e-10, rtol=0)

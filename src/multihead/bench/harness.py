@@ -8,6 +8,8 @@ statistics there, so a case is run in a fresh child process and its peak residen
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import platform
@@ -19,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -345,3 +348,21 @@ def time_interleaved(
             _sync()
             times[name].append(time.perf_counter() - start)
     return {name: Timing(statistics.median(ts), min(ts), len(ts)) for name, ts in times.items()}
+
+
+class _Tee(io.StringIO):
+    """Keeps what is printed and still shows it on the real standard output."""
+
+    def write(self, s: str) -> int:
+        if sys.__stdout__ is not None:
+            sys.__stdout__.write(s)
+        return super().write(s)
+
+
+def printed_report(run: Callable[[Any], None], argv: Any) -> str:
+    """Call ``run(argv)``, showing what it prints, and return that text: the ``main(argv) ->
+    str`` that ``benchmarks/run.py`` expects, for a benchmark written as a printing script."""
+    out = _Tee()
+    with contextlib.redirect_stdout(out):
+        run(argv)
+    return out.getvalue()

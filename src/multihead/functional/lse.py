@@ -47,6 +47,8 @@ def attention_with_lse(
     score: str = "dot",
     dropout_p: float = 0.0,
     backend: str = "auto",
+    *,
+    alibi_slopes: Tensor | None = None,
 ) -> AttentionWithLse:
     r""":func:`~multihead.functional.attention` plus the log-sum-exp of each query row's logits.
 
@@ -63,8 +65,8 @@ def attention_with_lse(
     ``ValueError``.
 
     Args:
-        query, key, value, mask, causal, window, scale, score, dropout_p, backend: as in
-            :func:`~multihead.functional.attention`.
+        query, key, value, mask, causal, window, scale, score, dropout_p, backend,
+            alibi_slopes: as in :func:`~multihead.functional.attention`.
 
     Returns:
         ``AttentionWithLse(output (B, H, Nq, Dv), lse (B, H, Nq))``. ``lse`` is float32 for
@@ -89,6 +91,7 @@ def attention_with_lse(
         scale=scale,
         score=score,
         dropout_p=dropout_p,
+        alibi_slopes=alibi_slopes,
     )
     chosen, _ = select_backend(spec, backend)
     if not chosen.exact:
