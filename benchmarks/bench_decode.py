@@ -67,6 +67,61 @@ def read_bandwidth_gbs(mib: int = 512, repeat: int = 7) -> tuple[float, float]:
     return nbytes / timings["sum"].min_s / 1e9, 2 * nbytes / timings["copy"].min_s / 1e9
 
 
+def _products(layout: str, x: torch.Tensor, bias: torch.Tensor, ws: list[torch.Tensor]) -> None:
+    for w in ws:
+        if layout == "linear":
+            torch.nn.functional.linear(x, w, bias)
+        elif layout == "addmm":
+            torch.addmm(bias, x, w)
+        else:
+            torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
+def layout_table(repeat: int, mib: int = 256) -> str:
+    """One activation row times GPT-2's weight shapes, in three layouts: ``F.linear`` on the
+    row-major ``(N, K)`` weight (``nn.Linear``, ours in float32), ``addmm`` on ``(K, N)``
+    (Hugging Face's ``Conv1D``) and oneDNN's prepacked layout (``quantize(weights="float32")``).
+    Each timing runs over enough copies of the matrix (``mib`` MiB) that none sits in a cache,
+    as in a decoding step."""
+    rows = []
+    for n, k in ((2304, 768), (768, 768), (3072, 768), (768, 3072), (50257, 768)):
+        copies = max(1, mib * 2**20 // (n * k * 4))
+        weights = [torch.randn(n, k) for _ in range(copies)]
+        transposed = [w.t().contiguous() for w in weights]
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in weights]
+        x, bias = torch.randn(1, k), torch.randn(n)
+
+        runs = {
+            "linear": functools.partial(_products, "linear", x, bias, weights),
+            "addmm": functools.partial(_products, "addmm", x, bias, transposed),
+            "packed": functools.partial(_products, "packed", x, bias, packed),
+        }
+        t = time_interleaved(runs, warmup=1, repeat=repeat)
+        gbs = {name: copies * n * k * 4 / t[name].median_s / 1e9 for name in runs}
+        rows.append(
+            [
+                f"({n}, {k})",
+                copies,
+                *(f"{gbs[name]:.1f}" for name in runs),
+                f"{gbs['packed'] / gbs['linear']:.2f}x",
+                f"{gbs['packed'] / gbs['addmm']:.2f}x",
+            ]
+        )
+        del weights, transposed, packed
+    return markdown_table(
+        [
+            "weight (N, K)",
+            "copies",
+            "F.linear (N, K) GB/s",
+            "addmm (K, N) GB/s",
+            "oneDNN packed GB/s",
+            "packed vs F.linear",
+            "packed vs addmm",
+        ],
+        rows,
+    )
+
+
 def kv_bytes_per_step(config: TransformerConfig, batch: int, new_tokens: int) -> float:
     """Mean bytes of keys and values read per step (float32), the cache growing from
     ``PROMPT`` to ``PROMPT + new_tokens - 1`` entries."""
@@ -108,9 +163,11 @@ def step_weight_bytes(model: nn.Module) -> int:
         if id(module) in skip or isinstance(module, nn.Embedding) or "positional" in name:
             continue
         if isinstance(module, WeightOnlyLinear):
-            tensors = list(module.state_dict().values())  # the same bytes as the packed form
-        else:
-            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+            # The portable form has the packed form's bytes; it is never shared (and a packed
+            # float32 layer makes it afresh, so its addresses cannot tell copies apart).
+            total += sum(t.numel() * t.element_size() for t in module.state_dict().values())
+            continue
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         for t in tensors:
             if t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
@@ -126,16 +183,22 @@ def variants(lm: DecoderLM) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Our float32 model and its quantized copies, with a note for formats that fell back."""
     models: dict[str, nn.Module] = {"float32": lm}
     notes: dict[str, str] = {}
-    for weights in ("bf16", "int8", "int4"):
+    # "float32-packed": the same float32 weights, prepacked for oneDNN (weights="float32").
+    for name, weights in (
+        ("float32-packed", "float32"),
+        ("bf16", "bf16"),
+        ("int8", "int8"),
+        ("int4", "int4"),
+    ):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             try:
-                models[weights] = quantize(lm, weights=weights)
+                models[name] = quantize(lm, weights=weights)
             except ValueError as exc:
-                notes[weights] = f"skipped: {exc}"
+                notes[name] = f"skipped: {exc}"
                 continue
         if caught:
-            notes[weights] = str(caught[0].message)
+            notes[name] = str(caught[0].message)
     return models, notes
 
 
@@ -158,7 +221,8 @@ def compare_with_hf(
     batches: list[int], new_tokens: int, repeat: int
 ) -> tuple[str, dict[str, float]]:
     """The speed and quality tables; returns the report and ``{name: speed-up vs HF}`` at
-    batch 1 (plus ``"float32 BW"``, the fraction of read bandwidth of ours in float32)."""
+    batch 1 (plus ``"float32 BW"`` and ``"float32-packed BW"``, the fraction of read bandwidth
+    of ours in float32 as ``nn.Linear`` layers and prepacked)."""
     hf, lm = gpt2_small()
     models, notes = variants(lm)
     weight_bytes = {name: step_weight_bytes(m) for name, m in models.items()}
@@ -212,8 +276,8 @@ def compare_with_hf(
             )
             if batch == 1:
                 summary[name] = hf_s / seconds
-                if name == "multihead float32":
-                    summary["float32 BW"] = gbs / read_gbs
+                if name in ("multihead float32", "multihead float32-packed"):
+                    summary[f"{fmt} BW"] = gbs / read_gbs
         print(f"batch {batch}: done", file=sys.stderr)
         if batch == batches[-1]:  # the most sequences
             for name, model in models.items():
@@ -403,7 +467,18 @@ def verdict(summary: dict[str, float], speedup: float, cache_tokens: int) -> lis
     lines = []
     if summary:
         lines += [
-            line("float32, fraction of read bandwidth", summary["float32 BW"], TARGET_FLOAT_BW, ""),
+            line(
+                "float32 (nn.Linear), fraction of read bandwidth",
+                summary["float32 BW"],
+                TARGET_FLOAT_BW,
+                "",
+            ),
+            line(
+                "float32 prepacked (`--quantize float32`), fraction of read bandwidth",
+                summary.get("float32-packed BW", 0.0),
+                TARGET_FLOAT_BW,
+                "",
+            ),
             line(
                 "int8 vs transformers float32", summary.get("multihead int8", 0.0), TARGET_INT8, "x"
             ),
@@ -454,6 +529,12 @@ def main(argv: list[str] | None = None) -> str:
         parts += ["### Quality on the trained character LM", "", quality]
     else:
         parts.append(f"No character LM at {text_checkpoint}: its quality table was skipped.\n")
+    if not args.quick:
+        parts += [
+            "### Weight layout of one matrix-vector product (float32, batch 1)",
+            "",
+            layout_table(args.repeat),
+        ]
     report, speedup = cache_speedup(cache_tokens, max(1, args.repeat - 1))
     parts += ["### Cached vs uncached", "", report]
     parts += ["### Targets", "", *verdict(summary, speedup, cache_tokens), ""]

@@ -16,11 +16,13 @@ from multihead.modules.feedforward import FeedForward
 from multihead.modules.models import DecoderLM, Seq2SeqTransformer, TransformerConfig
 from multihead.quantize import (
     BF16WeightLinear,
+    Float32PackedLinear,
     Int4WeightLinear,
     Int8DynamicLinear,
     Int8WeightLinear,
     QuantizedMultiHeadAttention,
     bf16_units,
+    float32_packing_available,
     load_quantized,
     quantization_of,
     quantize,
@@ -36,6 +38,14 @@ KERNELS = ["reference", "int8pack", "onednn"] + (["torch"] if torch_kernels_avai
 # (8-bit, one scale per token). The bound leaves a 4x margin over the worse of the two, and is
 # still far below what a wrong scale or a swapped q/k/v block gives (errors of order 100%).
 LOGIT_TOLERANCE = 0.08
+
+FORMATS = ["int8", "int4"] + (["bf16"] if bf16_units() else [])
+# Relative error of the layer against the float layer for Gaussian weights: int8 rounding and
+# bf16 activations ~0.5%; int4 with groups of 32 ~8%.
+FLOAT_TOLERANCE = {"int8": 0.02, "int4": 0.15, "bf16": 0.01}
+# weights="float32" rounds nothing: it only prepacks the float32 weights for oneDNN.
+PACKED = ["float32"] if float32_packing_available() else []
+needs_packing = pytest.mark.skipif(not PACKED, reason="oneDNN float32 packing unavailable")
 
 
 def small_seq2seq() -> Seq2SeqTransformer:
@@ -207,7 +217,7 @@ def padding_drift(model: nn.Module, ids: torch.Tensor) -> float:
     return float((alone - batched).abs().max())
 
 
-@pytest.mark.parametrize("weights", [None, "int8", "int4", "bf16"])
+@pytest.mark.parametrize("weights", [None, "int8", "int4", "bf16", *PACKED])
 def test_quantized_outputs_do_not_depend_on_batch_mates_or_padding(weights):
     lm = gpt_like(0)
     ids = torch.randint(1, 50, (4, 12))
@@ -253,10 +263,63 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     return layer.weight.double()
 
 
-FORMATS = ["int8", "int4"] + (["bf16"] if bf16_units() else [])
-# Relative error of the layer against the float layer for Gaussian weights: int8 rounding and
-# bf16 activations ~0.5%; int4 with groups of 32 ~8%.
-FLOAT_TOLERANCE = {"int8": 0.02, "int4": 0.15, "bf16": 0.01}
+@needs_packing
+@pytest.mark.parametrize(
+    ("k", "n", "bias", "lead"), [(64, 24, True, (3,)), (96, 50, False, (2, 5))]
+)
+def test_packed_float32_linear_equals_the_float_layer(k, n, bias, lead):
+    torch.manual_seed(0)
+    lin = nn.Linear(k, n, bias=bias)
+    layer = weight_only_linear(lin, "float32", group_size=32)
+    assert isinstance(layer, Float32PackedLinear)
+    x = torch.randn(*lead, k)
+    with torch.no_grad():
+        out = layer(x)
+        exact = torch.nn.functional.linear(
+            x.double(), lin.weight.double(), None if lin.bias is None else lin.bias.double()
+        )
+    assert out.shape == (*lead, n) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
+    # Its state dict is nn.Linear's, exactly: a float layer's loads into it and back.
+    assert layer.state_dict().keys() == lin.state_dict().keys()
+    assert torch.equal(layer.state_dict()["weight"], lin.weight)
+    other = nn.Linear(k, n, bias=bias)
+    other.load_state_dict(layer.state_dict())
+    fresh = Float32PackedLinear(k, n, bias)
+    fresh.load_state_dict(lin.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), out) and torch.equal(other.weight, lin.weight)
+    with pytest.raises(RuntimeError, match=r"expected shape \(24, 64\), got \(24, 63\)"):
+        Float32PackedLinear(64, 24).load_state_dict(
+            {"weight": torch.zeros(24, 63), "bias": torch.zeros(24)}
+        )
+    with pytest.raises(RuntimeError, match=r"Missing key.*weight"):
+        Float32PackedLinear(64, 24).load_state_dict({"bias": torch.zeros(24)})
+    with pytest.raises(TypeError, match=r"x must be float32 .* got torch.float64"):
+        layer(x.double())
+
+
+@needs_packing
+def test_packed_float32_model_decodes_like_the_float_model():
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=30, d_model=64, num_heads=4, d_ff=128)
+    lm = DecoderLM(config).eval()
+    q = quantize(lm, weights="float32")
+    assert isinstance(q.lm_head, Float32PackedLinear) and type(lm.lm_head) is nn.Linear
+    assert quantization_of(q) == {"weights": "float32"}
+    ids = torch.randint(0, 30, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(q(ids), lm(ids), rtol=1e-5, atol=1e-5)
+    prompt = ids[:1, :4]
+    with torch.no_grad():
+        steps = q.generate(prompt, 6, do_sample=False, use_cache=True)
+        # Each generated token is the float model's argmax on the packed model's own prefix.
+        logits = lm(steps[:, :-1])[0, 3:]
+    torch.testing.assert_close(
+        logits.gather(-1, steps[0, 4:, None]).squeeze(-1), logits.max(-1).values, atol=1e-4, rtol=0
+    )
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(q, weights="float32")
 
 
 @pytest.mark.parametrize("weights", FORMATS)
@@ -321,18 +384,28 @@ def test_bad_weight_only_arguments(monkeypatch):
         quantize(lm, weights="int4")
 
 
-def test_bf16_falls_back_to_float32_with_a_notice_where_the_cpu_has_no_bf16_units(monkeypatch):
-    monkeypatch.setattr(quantize_package, "bf16_units", lambda: False)
+@pytest.mark.parametrize(
+    ("weights", "probe", "notice"),
+    [
+        ("bf16", "bf16_units", "no bf16 units"),
+        ("float32", "float32_packing_available", "oneDNN's packed float32 linear does not run"),
+    ],
+)
+def test_formats_fall_back_to_float32_with_a_notice_where_the_cpu_lacks_the_kernel(
+    monkeypatch, weights, probe, notice
+):
+    monkeypatch.setattr(quantize_package, probe, lambda: False)
     lm = DecoderLM(TransformerConfig(vocab_size=20, d_model=32, num_heads=2, d_ff=64))
-    with pytest.warns(RuntimeWarning, match="no bf16 units.*keeping float32") as record:
-        q = quantize(lm, weights="bf16")
+    with pytest.warns(RuntimeWarning, match=f"{notice}.*keeping float32") as record:
+        q = quantize(lm, weights=weights)
     assert len(record) == 1 and len(str(record[0].message).splitlines()) == 1
-    assert type(q.lm_head) is nn.Linear and quantization_of(q)["fallback"] == "float32"
+    assert type(q.lm_head) is nn.Linear
+    assert quantization_of(q) == {"weights": weights, "fallback": "float32"}
     with pytest.raises(ValueError, match="already quantized"):
-        quantize(q, weights="bf16")
+        quantize(q, weights=weights)
 
 
-@pytest.mark.parametrize("weights", [None, *FORMATS])
+@pytest.mark.parametrize("weights", [None, *FORMATS, *PACKED])
 def test_quantized_checkpoints_save_and_load(weights, tmp_path):
     config = TransformerConfig(vocab_size=20, d_model=64, num_heads=2, d_ff=128)
     torch.manual_seed(0)
@@ -397,7 +470,7 @@ def test_generate_command_runs_a_quantized_model(tmp_path, capsys):
     base = ["generate", "--checkpoint", str(out / "checkpoint.pt"), "--json", "--top-k", "1"]
     base += ["--max-new-tokens", "5", "--threads", "1"]
     texts = {}
-    for mode in ("none", "dynamic", "int8", "int4"):
+    for mode in ("none", "dynamic", "int8", "int4", *PACKED):
         assert main([*base, "--quantize", mode]) == 0
         texts[mode] = json.loads(capsys.readouterr().out)["text"]
     assert all(len(t) == 5 for t in texts.values())

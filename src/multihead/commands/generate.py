@@ -65,10 +65,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON object")
     parser.add_argument(
         "--quantize",
-        choices=("none", "dynamic", "int8", "int4", "bf16"),
+        choices=("none", "dynamic", "int8", "int4", "bf16", "float32"),
         default="none",
         help="run a quantized copy (see docs/quantization.md): dynamic int8, or int8/int4/bf16 "
-        "weights (default none: float32)",
+        "weights, or float32 weights prepacked for oneDNN (default none: float32 nn.Linear)",
     )
     parser.add_argument(
         "--threads",

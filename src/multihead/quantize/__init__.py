@@ -8,7 +8,8 @@ Two families, one entry point, :func:`quantize`:
 * ``quantize(model, weights="int8" | "int4" | "bf16")``: **weight-only**
   (:mod:`multihead.quantize.weight_only`): every ``nn.Linear``, the LM head included, stores
   its weights in fewer bytes; activations and the key/value cache stay floating point. For
-  decoding, whose steps are bound by reading the weights.
+  decoding, whose steps are bound by reading the weights. ``weights="float32"`` rounds
+  nothing and only re-lays the float32 weights out for oneDNN's faster matrix-vector kernel.
 
 Quantized models save with :func:`save_quantized` and load with :func:`load_quantized` (a
 float model of the same configuration is the skeleton). Loading a float checkpoint into a
@@ -51,10 +52,12 @@ from .weight_only import (
     DEFAULT_GROUP_SIZE,
     WEIGHT_FORMATS,
     BF16WeightLinear,
+    Float32PackedLinear,
     Int4WeightLinear,
     Int8WeightLinear,
     WeightOnlyLinear,
     bf16_units,
+    float32_packing_available,
     int4_kernel_available,
     int8_kernel_available,
     weight_only_linear,
@@ -66,12 +69,14 @@ __all__ = [
     "MODES",
     "WEIGHT_FORMATS",
     "BF16WeightLinear",
+    "Float32PackedLinear",
     "Int4WeightLinear",
     "Int8DynamicLinear",
     "Int8WeightLinear",
     "QuantizedMultiHeadAttention",
     "WeightOnlyLinear",
     "bf16_units",
+    "float32_packing_available",
     "int4_kernel_available",
     "int8_kernel_available",
     "load_quantized",
@@ -149,7 +154,9 @@ def quantize(
             layers (``dtype``, ``kernel`` as in :mod:`multihead.quantize.dynamic`).
             ``"int8"`` (per-channel scales), ``"int4"`` (grouped scales) or ``"bf16"``:
             weight-only, every ``nn.Linear`` including the LM head. ``"bf16"`` on a CPU
-            without bf16 units keeps float32 weights and warns once.
+            without bf16 units keeps float32 weights and warns once. ``"float32"``: no
+            rounding, the weights prepacked for oneDNN (faster decoding steps; without oneDNN it
+            keeps ``nn.Linear`` and warns).
         group_size: int4 only: input channels per scale, 32-128, dividing every layer's input
             size. ``None``: 64, else 128, else 32, the first that divides them all.
         dtype, kernel: dynamic mode only.
@@ -192,10 +199,10 @@ def quantize(
     # (group_size matters for int4 only.)
     group_size = _check_group_size(model, group_size) if mode == "int4" else DEFAULT_GROUP_SIZE
     qmodel = copy.deepcopy(model)
-    if mode == "bf16" and not bf16_units():
+    missing = _missing_units(mode)
+    if missing:
         warnings.warn(
-            "weights='bf16': this CPU has no bf16 units (avx512_bf16/amx_bf16); keeping "
-            "float32 weights",
+            f"weights={mode!r}: {missing}; keeping float32 nn.Linear layers",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -204,10 +211,19 @@ def quantize(
     mark: dict[str, Any] = {"weights": mode}
     if mode == "int4":
         mark["group_size"] = group_size
-    if mode == "bf16" and not bf16_units():
+    if missing:
         mark["fallback"] = "float32"
     setattr(qmodel, _MARK, mark)
     return qmodel.eval()
+
+
+def _missing_units(mode: str) -> str | None:
+    """Why ``mode`` falls back to plain float32 layers on this machine, or ``None``."""
+    if mode == "bf16" and not bf16_units():
+        return "this CPU has no bf16 units (avx512_bf16/amx_bf16)"
+    if mode == "float32" and not float32_packing_available():
+        return "oneDNN's packed float32 linear does not run with this PyTorch/CPU"
+    return None
 
 
 def _check_group_size(model: nn.Module, group_size: Any) -> int:

@@ -13,6 +13,10 @@ Kernels: PyTorch's own CPU kernels, no new C++ here.
   ``group_size`` input channels.
 * ``bf16``: oneDNN's bf16 matrix product on a prepacked weight (``mkldnn._linear_pointwise``),
   which accumulates in float32. Only where the CPU has bf16 units (see :func:`bf16_units`).
+* ``float32``: no rounding at all; the float32 weights are held in oneDNN's own (blocked)
+  layout, which its matrix-vector kernel reads 1.5-2.3x faster than ``F.linear`` reads a
+  row-major ``(N, K)`` weight (measured in torch 2.13 on an AVX-512 CPU, one thread, weights
+  larger than the caches; ``benchmarks/RESULTS.md``). Inference only.
 
 Measured in torch 2.13 on an AVX-512 CPU: both integer kernels are vectorised only for
 bfloat16 activations; with float32 activations they run a scalar loop 10-20x *slower* than a
@@ -39,15 +43,17 @@ __all__ = [
     "DEFAULT_GROUP_SIZE",
     "WEIGHT_FORMATS",
     "BF16WeightLinear",
+    "Float32PackedLinear",
     "Int4WeightLinear",
     "Int8WeightLinear",
     "WeightOnlyLinear",
     "bf16_units",
+    "float32_packing_available",
     "int4_kernel_available",
     "int8_kernel_available",
 ]
 
-WEIGHT_FORMATS = ("int8", "int4", "bf16")
+WEIGHT_FORMATS = ("int8", "int4", "bf16", "float32")
 DEFAULT_GROUP_SIZE = 64  # int4: 32 is more accurate, 128 faster; 64 sits between (issue 13)
 _INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu wants N divisible by 16
 
@@ -135,6 +141,26 @@ def bf16_units() -> bool:
         lambda: torch.ops.mkldnn._linear_pointwise(
             torch.ones(1, 8, dtype=torch.bfloat16),
             torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8, dtype=torch.bfloat16), None),
+            None,
+            "none",
+            [],
+            "",
+        )
+    )
+
+
+@functools.cache
+def float32_packing_available() -> bool:
+    """Whether oneDNN's float32 linear on a prepacked weight runs with this PyTorch/CPU.
+
+    Example:
+        >>> isinstance(float32_packing_available(), bool)
+        True
+    """
+    return torch.backends.mkldnn.is_available() and _probe(
+        lambda: torch.ops.mkldnn._linear_pointwise(
+            torch.ones(1, 8),
+            torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8), None),
             None,
             "none",
             [],
@@ -388,10 +414,83 @@ class BF16WeightLinear(WeightOnlyLinear):
         return y if self.bias is None else y + self.bias
 
 
+class Float32PackedLinear(WeightOnlyLinear):
+    """float32 weights, unchanged, held only in oneDNN's blocked layout for its float32 kernel.
+
+    Nothing is rounded: results equal ``nn.Linear``'s up to the order of the float32 sums. The
+    state dict holds the plain ``(N, K)`` ``weight`` (unpacked on save), so it is the float
+    model's own: a float checkpoint loads into this layer and this layer's into a float model.
+    No autograd (the kernel has no backward); inputs must be float32.
+
+    Example:
+        >>> lin = nn.Linear(64, 32)
+        >>> if float32_packing_available():
+        ...     q = Float32PackedLinear.from_float(lin)
+        ...     x = torch.randn(3, 64)
+        ...     assert torch.allclose(q(x), lin(x), atol=1e-5)
+        ...     assert torch.equal(q.state_dict()["weight"], lin.weight)
+    """
+
+    format = "float32"
+    _packed: Tensor
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self._set_weight(torch.zeros(out_features, in_features))
+
+    def _set_weight(self, weight: Tensor) -> None:
+        # A plain attribute, not a buffer: an opaque oneDNN tensor has no storage that
+        # ``state_dict``, ``deepcopy`` of buffers or ``.to()`` could handle; the portable copy
+        # is made on save instead.
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.float().contiguous(), None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **options: Any) -> Float32PackedLinear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        layer._set_weight(linear.weight.detach())
+        _copy_bias(layer, linear)
+        return layer
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Float32PackedLinear:
+        copy = Float32PackedLinear(self.in_features, self.out_features, self.bias is not None)
+        copy.load_state_dict(self.state_dict())
+        return copy
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        destination[prefix + "weight"] = self._packed.to_dense()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # args: local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        missing_keys, unexpected_keys, error_msgs = args[2], args[3], args[4]
+        key = prefix + "weight"
+        weight = state_dict.get(key)
+        expected = (self.out_features, self.in_features)
+        if weight is None:
+            missing_keys.append(key)
+        elif not isinstance(weight, Tensor) or not weight.is_floating_point():
+            error_msgs.append(f"{key}: expected a float tensor, got {weight!r:.60}")
+        elif tuple(weight.shape) != expected:
+            error_msgs.append(f"{key}: expected shape {expected}, got {tuple(weight.shape)}")
+        else:
+            self._set_weight(weight.detach())
+        nn.Module._load_from_state_dict(self, state_dict, prefix, *args)
+        if key in unexpected_keys:  # nn.Module does not know the packed weight's key
+            unexpected_keys.remove(key)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float32:
+            raise TypeError(f"x must be float32 for a float32 packed layer, got {x.dtype}")
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+
 WEIGHT_LAYERS: dict[str, type[WeightOnlyLinear]] = {
     "int8": Int8WeightLinear,
     "int4": Int4WeightLinear,
     "bf16": BF16WeightLinear,
+    "float32": Float32PackedLinear,
 }
 
 
