@@ -14,10 +14,12 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from multihead.errors import CommandError
+from multihead.train.checkpoint import CheckpointError
 from multihead.train.rundir import check_directory
 
 __all__ = [
@@ -28,9 +30,11 @@ __all__ = [
     "MAX_STEPS",
     "MAX_THREADS",
     "MAX_WIDTH",
+    "add_threads_option",
     "check_out_dir",
     "float_in",
     "int_in",
+    "load_checkpoint_file",
     "set_threads",
     "shorten",
     "shorten_message",
@@ -56,6 +60,11 @@ def set_threads(threads: int | None) -> None:
     if threads < 1:
         raise CommandError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
+
+
+def add_threads_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """Declare ``--threads N`` (1 to ``MAX_THREADS``); ``help`` says what happens without it."""
+    parser.add_argument("--threads", type=int_in(1, MAX_THREADS), metavar="N", help=help)
 
 
 def auto_threads() -> int:
@@ -210,3 +219,20 @@ def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
         return check_directory(path, option)
     except OSError as exc:
         raise CommandError(str(exc)) from None
+
+
+T = TypeVar("T")
+
+
+def load_checkpoint_file(
+    path: str | os.PathLike[str], load: Callable[[Path], T], *, how_to_train: str
+) -> T:
+    """``load(path)``, or a one-line :class:`CommandError`: that there is no file at ``path``
+    and ``how_to_train`` one, or why the file cannot be used."""
+    target = Path(path)
+    if not target.exists():
+        raise CommandError(f"no checkpoint at {str(target)!r}; {how_to_train}")
+    try:
+        return load(target)
+    except CheckpointError as exc:
+        raise CommandError(str(exc)) from exc

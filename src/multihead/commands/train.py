@@ -34,8 +34,8 @@ from multihead.commands._common import (
     MAX_LAYERS,
     MAX_SEED,
     MAX_STEPS,
-    MAX_THREADS,
     MAX_WIDTH,
+    add_threads_option,
     check_out_dir,
     float_in,
     int_in,
@@ -118,11 +118,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int_in(0, MAX_SEED), help="seed of initialisation and data (default 0)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or eval lines")
-    parser.add_argument(
-        "--threads",
-        type=int_in(1, MAX_THREADS),
-        metavar="N",
-        help="CPU threads for torch (default: torch's choice); on a busy machine 1 can be faster",
+    add_threads_option(
+        parser, "CPU threads for torch (default: torch's choice); on a busy machine 1 can be faster"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     # textclass (issue 14)
@@ -133,6 +130,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from multihead.commands import train_speech
 
     train_speech.add_options(parser)
+
+
+# Options that override the recipe's TrainConfig field of the same name (None: keep it).
+_TRAIN_OPTIONS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "warmup",
+    "schedule",
+    "eval_every",
+    "target",
+    "device",
+    "seed",
+)
 
 
 def _resume_path(args: argparse.Namespace, out: Path) -> Path | None:
@@ -225,15 +236,7 @@ def run(args: argparse.Namespace) -> int:
             )
     config = with_train_overrides(
         base,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        schedule=args.schedule,
-        eval_every=args.eval_every,
-        target=args.target,
-        device=args.device,
-        seed=args.seed,
+        **{name: getattr(args, name) for name in _TRAIN_OPTIONS},
         bf16=True if args.bf16 else None,
         out_dir=str(out),
         progress=not (args.no_progress or args.json),

@@ -39,7 +39,13 @@ from typing import IO
 
 from tqdm import tqdm
 
-from multihead.commands._common import MAX_THREADS, auto_threads, float_in, int_in, set_threads
+from multihead.commands._common import (
+    add_threads_option,
+    auto_threads,
+    float_in,
+    int_in,
+    set_threads,
+)
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer
 from multihead.tasks.date_reading import (
@@ -99,12 +105,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "confidence"
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
-    parser.add_argument(
-        "--threads",
-        type=int_in(1, MAX_THREADS),
-        metavar="N",
-        help="CPU threads (default: the cores left free)",
-    )
+    add_threads_option(parser, "CPU threads (default: the cores left free)")
 
 
 def _check_options(args: argparse.Namespace) -> None:
