@@ -1,5 +1,6 @@
 """What several commands share: thread settings, option types with ranges, output folders,
-and messages that stay one readable line. (Atomic writes are in the library:
+checkpoint loading, the blocks batch commands stream their input in, and messages that stay
+one readable line. (Atomic writes are in the library:
 ``multihead.viz.heatmaps.write_atomic`` and ``multihead.train.checkpoint.save_checkpoint``.)
 
 Option types raise ``argparse.ArgumentTypeError``, so argparse reports them in one wording
@@ -9,10 +10,11 @@ everywhere: ``multihead demo: error: argument --target: must be in (0, 1], got 2
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,6 +35,7 @@ __all__ = [
     "add_threads_option",
     "check_out_dir",
     "float_in",
+    "in_blocks",
     "int_in",
     "load_checkpoint_file",
     "set_threads",
@@ -222,6 +225,19 @@ def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
 
 
 T = TypeVar("T")
+
+
+def in_blocks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter), read lazily: the batch commands
+    read, run and write one block at a time, so a long stream runs in bounded memory.
+
+    Example:
+        >>> list(in_blocks(range(5), 2))
+        [[0, 1], [2, 3], [4]]
+    """
+    it = iter(items)
+    while block := list(itertools.islice(it, size)):
+        yield block
 
 
 def load_checkpoint_file(

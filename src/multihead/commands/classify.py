@@ -24,7 +24,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from multihead.commands._common import load_checkpoint_file
+from multihead.commands._common import in_blocks, load_checkpoint_file
 from multihead.errors import CommandError
 from multihead.train.textclass import TextClassifier, load_text_classifier
 
@@ -96,14 +96,9 @@ def run(args: argparse.Namespace) -> int:
         inputs = ((f"input {i}", t) for i, t in enumerate(args.text, 1))
     else:
         inputs = _stdin_lines(sys.stdin.buffer)
-    refused, seen, block = 0, 0, []
-    for item in inputs:
-        block.append(item)
-        seen += 1
-        if len(block) == BLOCK:
-            refused += _classify_block(clf, block, args.json, sys.stdout)
-            block = []
-    if block:
+    refused, seen = 0, 0
+    for block in in_blocks(inputs, BLOCK):
+        seen += len(block)
         refused += _classify_block(clf, block, args.json, sys.stdout)
     if seen == 0:
         raise CommandError("no input: give texts as arguments or one per line on stdin")

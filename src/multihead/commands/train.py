@@ -43,7 +43,6 @@ from multihead.commands._common import (
     utf8_text,
 )
 from multihead.errors import CommandError
-from multihead.modules.models import TransformerConfig, ViTConfig
 from multihead.tasks import TASK_NAMES
 from multihead.train.checkpoint import load_checkpoint
 from multihead.train.context_parallel import setup_context_parallel
@@ -52,7 +51,6 @@ from multihead.train.loop import CHECKPOINT_NAME, TrainConfig, train
 from multihead.train.recipes import (
     RECIPE_DEFAULTS,
     TEXT_BLOCK_SIZE,
-    ClassifierRecipe,
     get_recipe,
     with_train_overrides,
 )
@@ -223,11 +221,7 @@ def run(args: argparse.Namespace) -> int:
     base = RECIPE_DEFAULTS[args.task].train
     if ckpt is not None:
         # The checkpoint's shape and settings win, so the run continues as it started.
-        model_config = _model_config_from(ckpt, args)
-        if isinstance(recipe, ClassifierRecipe):
-            recipe.model_config = ViTConfig.from_dict(model_config)
-        else:
-            recipe.model_config = TransformerConfig.from_dict(model_config)
+        recipe.model_config = type(recipe.model_config).from_dict(_model_config_from(ckpt, args))
         base = TrainConfig.from_dict(ckpt["train_config"])
         if (args.steps or base.steps) <= int(ckpt["step"]):
             raise CommandError(
