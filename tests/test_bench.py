@@ -68,6 +68,35 @@ def test_help_mentions_every_option(capsys):
     assert "Example:" in help_text and "multihead bench --quick" in help_text
 
 
+def test_every_option_reaches_its_config_field():
+    argv = ["bench", "--lengths", "64:256", "--backends", "sdpa", "--peers", "none"]
+    argv += ["--mode", "fwd", "--causal", "--window", "7", "--batch", "2", "--heads", "3"]
+    argv += ["--head-dim", "5", "--dtype", "bfloat16", "--memory", "--max-memory-gb", "1.5"]
+    argv += ["--case-budget", "0.25", "--repeat", "4", "--threads", "2"]
+    config = command.build_config(build_parser().parse_args(argv))
+    expected = suite.BenchConfig(
+        lengths=(64, 128, 256),
+        backends=("sdpa",),
+        peers=(),
+        modes=("fwd",),
+        causal=(True,),
+        window=7,
+        batch=2,
+        heads=3,
+        head_dim=5,
+        dtype="bfloat16",
+        memory=True,
+        max_memory_gb=1.5,
+        case_budget_s=0.25,
+        repeat=4,
+        threads=2,
+    )
+    assert config == expected
+    # Options left out keep the base config's values (--quick's here).
+    quick = command.build_config(build_parser().parse_args(["bench", "--quick"]))
+    assert quick == suite.BenchConfig.quick()
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

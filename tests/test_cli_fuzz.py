@@ -23,8 +23,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from multihead.cli import COMMANDS, build_parser, main
+from multihead.commands._common import in_blocks
 from multihead.train.checkpoint import save_checkpoint
 from multihead.train.recipes import get_recipe
 from multihead.train.rundir import LOCK_NAME
@@ -441,3 +444,23 @@ def test_stale_lock_of_a_killed_run_is_taken_over(
         (out / LOCK_NAME).write_text(f"{os.getpid()}\n")  # alive: this very process
         status, err = call([*argv, "--steps", "2", "--resume"], capsys)
         assert status == 1 and f"PID {os.getpid()}" in err, err
+
+
+@given(st.lists(st.integers(), max_size=40), st.integers(1, 12))
+def test_in_blocks_keeps_order_and_fills_every_block_but_the_last(items, size):
+    blocks = list(in_blocks(iter(items), size))
+    assert [x for block in blocks for x in block] == items
+    assert all(len(block) == size for block in blocks[:-1])
+    assert all(1 <= len(block) <= size for block in blocks)
+
+
+def test_in_blocks_reads_its_input_lazily():
+    read = []
+
+    def source():
+        for i in range(10):
+            read.append(i)
+            yield i
+
+    first = next(in_blocks(source(), 3))
+    assert first == [0, 1, 2] and read == [0, 1, 2]  # a stream is never read ahead of need

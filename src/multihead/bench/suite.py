@@ -311,23 +311,14 @@ def _run_case(
     stopped: dict[tuple[str, str, bool], str],
     key: tuple[str, str, bool],
 ) -> CaseResult:
-    predicted = predicted_bytes(
-        impl,
-        n,
-        mode=mode,
-        causal=causal,
-        batch=config.batch,
-        heads=config.heads,
-        head_dim=config.head_dim,
-        dtype=config.dtype,
-    )
+    # Where the case sits in the sweep, and the input shape every case of the sweep shares.
+    what: dict[str, Any] = dict(impl=impl, n=n, mode=mode, causal=causal)
+    shape = {name: getattr(config, name) for name in ("batch", "heads", "head_dim", "dtype")}
+    predicted = predicted_bytes(**what, **shape)
     result: dict[str, Any] = dict(
-        impl=impl,
+        **what,
         kind="peer" if impl in PEERS else "ours",
         exact=exact,
-        n=n,
-        mode=mode,
-        causal=causal,
         predicted_gib=predicted / 2**30,
     )
 
@@ -347,18 +338,7 @@ def _run_case(
             f"skipped: predicted ~{seconds:.3g} s per call > case budget "
             f"{config.case_budget_s:g} s (--case-budget)"
         )
-    case = _Case(
-        impl=impl,
-        n=n,
-        mode=mode,
-        causal=causal,
-        batch=config.batch,
-        heads=config.heads,
-        head_dim=config.head_dim,
-        window=config.window,
-        dtype=config.dtype,
-        seed=config.seed,
-    )
+    case = _Case(**what, **shape, window=config.window, seed=config.seed)
     try:
         timing = harness.time_within(
             _build(case), budget_s=config.case_budget_s, max_repeat=config.repeat

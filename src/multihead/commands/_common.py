@@ -1,5 +1,6 @@
 """What several commands share: thread settings, option types with ranges, output folders,
-and messages that stay one readable line. (Atomic writes are in the library:
+checkpoint loading, the blocks batch commands stream their input in, and messages that stay
+one readable line. (Atomic writes are in the library:
 ``multihead.viz.heatmaps.write_atomic`` and ``multihead.train.checkpoint.save_checkpoint``.)
 
 Option types raise ``argparse.ArgumentTypeError``, so argparse reports them in one wording
@@ -9,15 +10,18 @@ everywhere: ``multihead demo: error: argument --target: must be in (0, 1], got 2
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from multihead.errors import CommandError
+from multihead.train.checkpoint import CheckpointError
 from multihead.train.rundir import check_directory
 
 __all__ = [
@@ -28,9 +32,12 @@ __all__ = [
     "MAX_STEPS",
     "MAX_THREADS",
     "MAX_WIDTH",
+    "add_threads_option",
     "check_out_dir",
     "float_in",
+    "in_blocks",
     "int_in",
+    "load_checkpoint_file",
     "set_threads",
     "shorten",
     "shorten_message",
@@ -56,6 +63,11 @@ def set_threads(threads: int | None) -> None:
     if threads < 1:
         raise CommandError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
+
+
+def add_threads_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """Declare ``--threads N`` (1 to ``MAX_THREADS``); ``help`` says what happens without it."""
+    parser.add_argument("--threads", type=int_in(1, MAX_THREADS), metavar="N", help=help)
 
 
 def auto_threads() -> int:
@@ -210,3 +222,33 @@ def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
         return check_directory(path, option)
     except OSError as exc:
         raise CommandError(str(exc)) from None
+
+
+T = TypeVar("T")
+
+
+def in_blocks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter), read lazily: the batch commands
+    read, run and write one block at a time, so a long stream runs in bounded memory.
+
+    Example:
+        >>> list(in_blocks(range(5), 2))
+        [[0, 1], [2, 3], [4]]
+    """
+    it = iter(items)
+    while block := list(itertools.islice(it, size)):
+        yield block
+
+
+def load_checkpoint_file(
+    path: str | os.PathLike[str], load: Callable[[Path], T], *, how_to_train: str
+) -> T:
+    """``load(path)``, or a one-line :class:`CommandError`: that there is no file at ``path``
+    and ``how_to_train`` one, or why the file cannot be used."""
+    target = Path(path)
+    if not target.exists():
+        raise CommandError(f"no checkpoint at {str(target)!r}; {how_to_train}")
+    try:
+        return load(target)
+    except CheckpointError as exc:
+        raise CommandError(str(exc)) from exc

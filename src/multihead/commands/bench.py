@@ -145,6 +145,21 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+# Options that go to BenchConfig as given (one left out is None and keeps the base config's
+# value), each under its own name; --case-budget is the one whose field is named otherwise.
+_AS_GIVEN = (
+    "window",
+    "batch",
+    "heads",
+    "head_dim",
+    "dtype",
+    "memory",
+    "max_memory_gb",
+    "repeat",
+    "threads",
+)
+
+
 def build_config(args: argparse.Namespace) -> suite.BenchConfig:
     """The :class:`~multihead.bench.suite.BenchConfig` the options describe (``ValueError``
     naming the option on bad values)."""
@@ -168,40 +183,17 @@ def build_config(args: argparse.Namespace) -> suite.BenchConfig:
             raise ValueError(
                 f"--backends must be among {', '.join(registered)}; unknown: {', '.join(unknown)}"
             )
-    for option, value in (
-        ("--window", args.window),
-        ("--batch", args.batch),
-        ("--heads", args.heads),
-        ("--head-dim", args.head_dim),
-        ("--repeat", args.repeat),
-        ("--threads", args.threads),
-    ):
-        if value is not None and value < 1:
-            raise ValueError(f"{option} must be a positive integer, got {value}")
-    for option, fvalue in (
-        ("--max-memory-gb", args.max_memory_gb),
-        ("--case-budget", args.case_budget),
-    ):
-        if fvalue is not None and not fvalue > 0:
-            raise ValueError(f"{option} must be > 0, got {fvalue}")
+    # The numeric options need no check here: their argparse types refuse values out of range.
     if args.dtype is not None and args.dtype not in suite.DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(suite.DTYPES)}, got {args.dtype!r}")
-    overrides: dict[str, Any] = dict(
+    overrides: dict[str, Any] = {name: getattr(args, name) for name in _AS_GIVEN}
+    overrides.update(
+        case_budget_s=args.case_budget,
         lengths=parse_lengths(args.lengths) if args.lengths else None,
         backends=backends,
         peers=peers,
         modes=modes,
         causal=causal,
-        window=args.window,
-        batch=args.batch,
-        heads=args.heads,
-        head_dim=args.head_dim,
-        dtype=args.dtype,
-        memory=args.memory,
-        max_memory_gb=args.max_memory_gb,
-        case_budget_s=args.case_budget,
-        repeat=args.repeat,
-        threads=args.threads,
     )
     base = suite.BenchConfig.quick() if args.quick else suite.BenchConfig()
     return suite.with_overrides(base, **overrides)

@@ -22,11 +22,10 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import TextIO
 
+from multihead.commands._common import in_blocks, load_checkpoint_file
 from multihead.errors import CommandError
-from multihead.train.checkpoint import CheckpointError
 from multihead.train.textclass import TextClassifier, load_text_classifier
 
 __all__ = ["DEFAULT_CHECKPOINT", "configure", "run"]
@@ -86,29 +85,20 @@ def _classify_block(
 
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead classify``; returns the exit status."""
-    path = Path(args.checkpoint)
-    if not path.exists():
-        raise CommandError(
-            f"no checkpoint at {str(path)!r}; train one with `multihead train textclass --data "
-            f"FILE` (it writes runs/textclass/checkpoint.pt)"
-        )
-    try:
-        clf = load_text_classifier(path)
-    except CheckpointError as exc:
-        raise CommandError(str(exc)) from exc
+    clf = load_checkpoint_file(
+        args.checkpoint,
+        load_text_classifier,
+        how_to_train="train one with `multihead train textclass --data FILE` (it writes "
+        "runs/textclass/checkpoint.pt)",
+    )
     inputs: Iterable[tuple[str, str]]
     if args.text:
         inputs = ((f"input {i}", t) for i, t in enumerate(args.text, 1))
     else:
         inputs = _stdin_lines(sys.stdin.buffer)
-    refused, seen, block = 0, 0, []
-    for item in inputs:
-        block.append(item)
-        seen += 1
-        if len(block) == BLOCK:
-            refused += _classify_block(clf, block, args.json, sys.stdout)
-            block = []
-    if block:
+    refused, seen = 0, 0
+    for block in in_blocks(inputs, BLOCK):
+        seen += len(block)
         refused += _classify_block(clf, block, args.json, sys.stdout)
     if seen == 0:
         raise CommandError("no input: give texts as arguments or one per line on stdin")

@@ -44,7 +44,7 @@ import torch
 from multihead.commands._common import (
     MAX_SEED,
     MAX_STEPS,
-    MAX_THREADS,
+    add_threads_option,
     auto_threads,
     check_out_dir,
     float_in,
@@ -134,11 +134,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--example", type=utf8_text, default=DEFAULT_EXAMPLE, help="input of attention.png"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or eval lines")
-    parser.add_argument(
-        "--threads",
-        type=int_in(1, MAX_THREADS),
-        metavar="N",
-        help="CPU threads for torch (default: the cores the load average leaves free)",
+    add_threads_option(
+        parser, "CPU threads for torch (default: the cores the load average leaves free)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout only")
 

@@ -17,20 +17,30 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
-from multihead.commands._common import MAX_SEED, MAX_THREADS, float_in, int_in, utf8_text
+from multihead.commands._common import (
+    MAX_SEED,
+    MAX_THREADS,
+    float_in,
+    int_in,
+    load_checkpoint_file,
+    utf8_text,
+)
 from multihead.decoding import sample
 from multihead.errors import CommandError
 from multihead.modules.models import DecoderLM
 from multihead.quantize import quantize
 from multihead.tasks import CharVocab
 from multihead.threads import apply_thread_policy
-from multihead.train.checkpoint import CheckpointError
 from multihead.train.recipes import load_trained
 
-__all__ = ["DEFAULT_CHECKPOINT", "configure", "generate_text", "run"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["DEFAULT_CHECKPOINT", "SamplingOptions", "configure", "generate_text", "run"]
 
 DEFAULT_CHECKPOINT = "runs/text/checkpoint.pt"
 MAX_NEW_TOKENS = 100_000  # one model call each; more is a typo, not a request
@@ -77,6 +87,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class SamplingOptions(TypedDict, total=False):
+    """How each character is drawn; :func:`multihead.decoding.sample` checks and documents them
+    (defaults: temperature 1, no top-k or top-p cut)."""
+
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+
+
 def generate_text(
     model: DecoderLM,
     vocab: CharVocab,
@@ -84,14 +103,14 @@ def generate_text(
     *,
     max_new_tokens: int,
     context: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
     seed: int = 0,
+    **sampling: Unpack[SamplingOptions],
 ) -> str:
     """The characters sampled after ``prompt`` (the prompt itself not included).
 
-    Each step sees at most the last ``context`` characters, the model's training length.
+    Each step sees at most the last ``context`` characters, the model's training length;
+    ``sampling`` (``temperature``, ``top_k``, ``top_p``) goes to
+    :func:`multihead.decoding.sample`, the same generator seeded by ``seed`` throughout.
 
     Example:
         >>> from multihead.train.recipes import get_recipe
@@ -115,15 +134,8 @@ def generate_text(
     # longer contexts, and its positions stop at `context`.
     for _ in range(max_new_tokens):
         window = tokens[:, -context:]
-        new = sample(
-            model,
-            window,
-            max_new_tokens=1,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-        )[:, -1:]  # (1, 1)
+        step = sample(model, window, max_new_tokens=1, generator=generator, **sampling)
+        new = step[:, -1:]  # (1, 1): the one sampled token
         tokens = torch.cat([tokens, new], dim=1)
     return vocab.decode(tokens[0, n_prompt:])
 
@@ -132,15 +144,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``multihead generate``; returns the exit status."""
     apply_thread_policy(args.threads)
     path = Path(args.checkpoint)
-    if not path.exists():
-        raise CommandError(
-            f"no checkpoint at {str(path)!r}; run `multihead train text` first to train a "
-            f"language model"
-        )
-    try:
-        trained = load_trained(path)
-    except CheckpointError as exc:
-        raise CommandError(str(exc)) from exc
+    trained = load_checkpoint_file(
+        path,
+        load_trained,
+        how_to_train="run `multihead train text` first to train a language model",
+    )
     if trained.kind != "lm" or trained.vocab is None:
         raise CommandError(
             f"{str(path)!r} holds a {trained.task!r} model, not a language model from "

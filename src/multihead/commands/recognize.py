@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from multihead.commands._common import set_threads
+from multihead.commands._common import in_blocks, set_threads
 from multihead.tasks.speech import WavError, read_wav
 from multihead.train.speech import load_speech_checkpoint, predict_waves
 
@@ -40,17 +39,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[list[tuple[int, str]]]:
-    for start in range(0, len(items), size):
-        yield [(start + i + 1, p) for i, p in enumerate(items[start : start + size])]
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead recognize``; returns the exit status."""
     set_threads(args.threads)
     model, mel, labels, max_seconds = load_speech_checkpoint(args.checkpoint)
     refused = 0
-    for chunk in _chunks(args.files, _CHUNK):
+    for chunk in in_blocks(enumerate(args.files, 1), _CHUNK):
         waves: dict[int, np.ndarray] = {}
         errors: dict[int, str] = {}
         for number, path in chunk:

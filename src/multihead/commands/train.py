@@ -34,8 +34,8 @@ from multihead.commands._common import (
     MAX_LAYERS,
     MAX_SEED,
     MAX_STEPS,
-    MAX_THREADS,
     MAX_WIDTH,
+    add_threads_option,
     check_out_dir,
     float_in,
     int_in,
@@ -43,7 +43,6 @@ from multihead.commands._common import (
     utf8_text,
 )
 from multihead.errors import CommandError
-from multihead.modules.models import TransformerConfig, ViTConfig
 from multihead.tasks import TASK_NAMES
 from multihead.train.checkpoint import load_checkpoint
 from multihead.train.context_parallel import setup_context_parallel
@@ -52,7 +51,6 @@ from multihead.train.loop import CHECKPOINT_NAME, TrainConfig, train
 from multihead.train.recipes import (
     RECIPE_DEFAULTS,
     TEXT_BLOCK_SIZE,
-    ClassifierRecipe,
     get_recipe,
     with_train_overrides,
 )
@@ -118,11 +116,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int_in(0, MAX_SEED), help="seed of initialisation and data (default 0)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or eval lines")
-    parser.add_argument(
-        "--threads",
-        type=int_in(1, MAX_THREADS),
-        metavar="N",
-        help="CPU threads for torch (default: torch's choice); on a busy machine 1 can be faster",
+    add_threads_option(
+        parser, "CPU threads for torch (default: torch's choice); on a busy machine 1 can be faster"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     # textclass (issue 14)
@@ -133,6 +128,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from multihead.commands import train_speech
 
     train_speech.add_options(parser)
+
+
+# Options that override the recipe's TrainConfig field of the same name (None: keep it).
+_TRAIN_OPTIONS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "warmup",
+    "schedule",
+    "eval_every",
+    "target",
+    "device",
+    "seed",
+)
 
 
 def _resume_path(args: argparse.Namespace, out: Path) -> Path | None:
@@ -212,11 +221,7 @@ def run(args: argparse.Namespace) -> int:
     base = RECIPE_DEFAULTS[args.task].train
     if ckpt is not None:
         # The checkpoint's shape and settings win, so the run continues as it started.
-        model_config = _model_config_from(ckpt, args)
-        if isinstance(recipe, ClassifierRecipe):
-            recipe.model_config = ViTConfig.from_dict(model_config)
-        else:
-            recipe.model_config = TransformerConfig.from_dict(model_config)
+        recipe.model_config = type(recipe.model_config).from_dict(_model_config_from(ckpt, args))
         base = TrainConfig.from_dict(ckpt["train_config"])
         if (args.steps or base.steps) <= int(ckpt["step"]):
             raise CommandError(
@@ -225,15 +230,7 @@ def run(args: argparse.Namespace) -> int:
             )
     config = with_train_overrides(
         base,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        schedule=args.schedule,
-        eval_every=args.eval_every,
-        target=args.target,
-        device=args.device,
-        seed=args.seed,
+        **{name: getattr(args, name) for name in _TRAIN_OPTIONS},
         bf16=True if args.bf16 else None,
         out_dir=str(out),
         progress=not (args.no_progress or args.json),

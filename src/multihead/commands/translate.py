@@ -39,7 +39,14 @@ from typing import IO
 
 from tqdm import tqdm
 
-from multihead.commands._common import MAX_THREADS, auto_threads, float_in, int_in, set_threads
+from multihead.commands._common import (
+    add_threads_option,
+    auto_threads,
+    float_in,
+    in_blocks,
+    int_in,
+    set_threads,
+)
 from multihead.errors import CommandError
 from multihead.modules.models import Seq2SeqTransformer
 from multihead.tasks.date_reading import (
@@ -99,12 +106,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "confidence"
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
-    parser.add_argument(
-        "--threads",
-        type=int_in(1, MAX_THREADS),
-        metavar="N",
-        help="CPU threads (default: the cores left free)",
-    )
+    add_threads_option(parser, "CPU threads (default: the cores left free)")
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -280,17 +282,17 @@ def run(args: argparse.Namespace) -> int:
         stdin = sys.stdin.buffer
         bar = _progress(stdin, args.no_progress)
         lines, label = _stdin_lines(stdin), "line"
-    batch: list[tuple[str, str | None, str | None]] = []
-    count = 0
-    try:
-        for count, (text, bad) in enumerate(lines, 1):
-            batch.append((f"{label} {count}", text, bad))
+
+    def numbered() -> Iterator[tuple[str, str | None, str | None]]:
+        for number, (text, bad) in enumerate(lines, 1):
             if bar is not None:
                 bar.update(len((text or "").encode("utf-8", "replace")) + 1 if bar.total else 1)
-            if len(batch) == BATCH_LINES:
-                _flush(writer, batch, trained.model, trained, args)
-                batch = []
-        if batch:
+            yield f"{label} {number}", text, bad
+
+    count = 0
+    try:
+        for batch in in_blocks(numbered(), BATCH_LINES):
+            count += len(batch)
             _flush(writer, batch, trained.model, trained, args)
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, as other filters do.

@@ -41,13 +41,13 @@ always do, so every source names one date under the default pivot.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
+from multihead.tasks._seq2seq import SPLITS, Seq2SeqTaskBase, Split
 from multihead.tasks.date_reading import (
     DEFAULT_PIVOT,
     FIRST_YEAR,
@@ -58,7 +58,12 @@ from multihead.tasks.date_reading import (
     normalize,
 )
 from multihead.tasks.date_words import EN_WEEKDAY_ABBRS, MONTH_ABBRS, MONTHS, WEEKDAYS
-from multihead.tasks.vocab import CharVocab, Seq2SeqBatch, _check_choice, _check_int, encode_pairs
+from multihead.tasks.vocab import (
+    CharVocab,
+    _check_choice,
+    _check_int,
+    _config_or_default,
+)
 
 __all__ = [
     "FAMILIES",
@@ -73,8 +78,6 @@ __all__ = [
     "write_date",
 ]
 
-Split = Literal["train", "valid", "test"]
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 FAMILIES: tuple[str, ...] = (
     "iso", "iso_time", "compact", "ymd", "dmy", "mdy", "dmy_short", "mdy_short",
@@ -335,7 +338,7 @@ class DatesConfig:
         object.__setattr__(self, "families", value)
 
 
-class DatesTask:
+class DatesTask(Seq2SeqTaskBase):
     """Sample written dates and their ISO dates, and batch them as padded id tensors.
 
     Held-out splits never share a calendar day with training: the 730,485 days are permuted
@@ -355,11 +358,7 @@ class DatesTask:
     """
 
     def __init__(self, config: DatesConfig | None = None) -> None:
-        if config is None:
-            config = DatesConfig()
-        if not isinstance(config, DatesConfig):
-            raise TypeError(f"config must be a DatesConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = config = _config_or_default(config, DatesConfig)
         self.vocab = dates_vocab()
         n_held = round(NUM_DAYS * config.heldout_fraction / 2)
         order = np.random.default_rng(config.seed).permutation(NUM_DAYS)
@@ -378,11 +377,6 @@ class DatesTask:
         _check_split(split)
         base = FIRST_DATE.toordinal()
         return tuple(datetime.date.fromordinal(base + int(i)) for i in self._days[split])
-
-    def _rng(self, split: Split, rng_seed: int) -> np.random.Generator:
-        split_index = _check_split(split)
-        _check_int("rng_seed", rng_seed, 0)
-        return np.random.default_rng([self.config.seed, split_index + 1, int(rng_seed)])
 
     def _one(self, rng: np.random.Generator, split: Split, family: str) -> DateSample:
         window = family in _SHORT_YEAR or rng.random() < self.config.window_probability
@@ -424,42 +418,10 @@ class DatesTask:
             (model_source(s.text, s.order), s.target) for s in self.sample_full(n, split, rng_seed)
         ]
 
-    def encode(self, pairs: list[tuple[str, str]]) -> Seq2SeqBatch:
-        """Pad ``(model source, target)`` strings into a :class:`Seq2SeqBatch`."""
-        return encode_pairs(self.vocab, pairs)
-
-    def make_dataset(self, n: int, split: Split = "train", rng_seed: int = 0) -> Seq2SeqBatch:
-        """``n`` sampled pairs as one padded batch (equal to the first batch of :meth:`batches`)."""
-        return self.encode(self.sample(n, split, rng_seed))
-
-    def batches(
-        self,
-        batch_size: int,
-        split: Split = "train",
-        *,
-        num_batches: int | None = None,
-        rng_seed: int = 0,
-    ) -> Iterator[Seq2SeqBatch]:
-        """Fresh padded batches from one reproducible stream; endless when ``num_batches`` is None.
-
-        Example:
-            >>> [b.src.shape[0] for b in DatesTask().batches(3, num_batches=2)]
-            [3, 3]
-        """
-        _check_int("batch_size", batch_size, 1)
-        if num_batches is not None:
-            _check_int("num_batches", num_batches, 0)
-        return self._stream(self._rng(split, rng_seed), int(batch_size), split, num_batches)
-
-    def _stream(
-        self, rng: np.random.Generator, batch_size: int, split: Split, num_batches: int | None
-    ) -> Iterator[Seq2SeqBatch]:
+    def _draw(self, rng: np.random.Generator, n: int, split: Split) -> list[tuple[str, str]]:
+        # Each date's family is drawn just before it (sample_full draws all families first).
         families = self.config.families
-        produced = 0
-        while num_batches is None or produced < num_batches:
-            samples = [
-                self._one(rng, split, families[int(rng.integers(len(families)))])
-                for _ in range(batch_size)
-            ]
-            yield self.encode([(model_source(s.text, s.order), s.target) for s in samples])
-            produced += 1
+        samples = [
+            self._one(rng, split, families[int(rng.integers(len(families)))]) for _ in range(n)
+        ]
+        return [(model_source(s.text, s.order), s.target) for s in samples]

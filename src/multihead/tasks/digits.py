@@ -14,7 +14,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from multihead.tasks.vocab import _check_choice, _check_int
+from multihead.tasks.vocab import (
+    _check_batch_request,
+    _check_choice,
+    _check_int,
+    _config_or_default,
+)
 
 __all__ = ["NUM_CLASSES", "DigitsConfig", "DigitsTask", "load_digits_tensors"]
 
@@ -90,11 +95,7 @@ class DigitsTask:
     num_classes = NUM_CLASSES
 
     def __init__(self, config: DigitsConfig | None = None) -> None:
-        if config is None:
-            config = DigitsConfig()
-        if not isinstance(config, DigitsConfig):
-            raise TypeError(f"config must be a DigitsConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = config = _config_or_default(config, DigitsConfig)
         images, labels = load_digits_tensors()
         rng = np.random.default_rng(config.seed)
         labels_np = labels.numpy()
@@ -136,11 +137,7 @@ class DigitsTask:
             >>> x.shape, y.shape
             (torch.Size([4, 1, 8, 8]), torch.Size([4]))
         """
-        _check_int("batch_size", batch_size, 1)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-            )
+        batch_size = _check_batch_request(batch_size, generator)
         images, labels = self.split(split)
         idx = torch.randint(0, len(labels), (int(batch_size),), generator=generator)  # (B,)
         return images[idx], labels[idx]

@@ -13,25 +13,23 @@ most held-out strings are longer than 6 digits and almost never seen in training
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from multihead.tasks._seq2seq import Seq2SeqTaskBase, Split
 from multihead.tasks.vocab import (
     CharVocab,
-    Seq2SeqBatch,
     _check_choice,
     _check_int,
-    encode_pairs,
+    _config_or_default,
 )
 
 __all__ = ["DIGITS", "SEQUENCE_KINDS", "SequenceTask", "SequenceTaskConfig"]
 
 DIGITS = "0123456789"
 SEQUENCE_KINDS: tuple[str, ...] = ("copy", "reverse", "sort")
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +62,7 @@ class SequenceTaskConfig:
             )
 
 
-class SequenceTask:
+class SequenceTask(Seq2SeqTaskBase):
     """Sample digit strings and their copy, reversal or sorted form, batched like the dates task.
 
     Shapes: ``B`` batch, ``Ns <= max_len`` source length, ``Nt <= max_len + 2`` target length
@@ -81,11 +79,7 @@ class SequenceTask:
     """
 
     def __init__(self, config: SequenceTaskConfig | None = None) -> None:
-        if config is None:
-            config = SequenceTaskConfig()
-        if not isinstance(config, SequenceTaskConfig):
-            raise TypeError(f"config must be a SequenceTaskConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = config = _config_or_default(config, SequenceTaskConfig)
         self.vocab = CharVocab(DIGITS)
 
     def target(self, source: str) -> str:
@@ -101,13 +95,7 @@ class SequenceTask:
             return source[::-1]
         return "".join(sorted(source))
 
-    def _rng(self, split: str, rng_seed: int) -> np.random.Generator:
-        split_index = _check_choice("split", split, SPLITS)
-        _check_int("rng_seed", rng_seed, 0)
-        # One stream per (seed, split, rng_seed); this is the only thing that separates splits.
-        return np.random.default_rng([self.config.seed, split_index + 1, int(rng_seed)])
-
-    def _draw(self, rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
+    def _draw(self, rng: np.random.Generator, n: int, split: Split) -> list[tuple[str, str]]:
         cfg = self.config
         lengths = rng.integers(cfg.min_len, cfg.max_len + 1, size=n)
         digits = rng.integers(len(DIGITS), size=(n, cfg.max_len))
@@ -117,9 +105,7 @@ class SequenceTask:
             pairs.append((source, self.target(source)))
         return pairs
 
-    def sample(
-        self, n: int, split: Literal["train", "valid", "test"] = "train", rng_seed: int = 0
-    ) -> list[tuple[str, str]]:
+    def sample(self, n: int, split: Split = "train", rng_seed: int = 0) -> list[tuple[str, str]]:
         """``n`` pairs ``(source digits, target digits)`` from ``split``'s stream.
 
         Example:
@@ -128,52 +114,4 @@ class SequenceTask:
             True
         """
         _check_int("n", n, 1)
-        return self._draw(self._rng(split, rng_seed), int(n))
-
-    def encode(self, pairs: list[tuple[str, str]]) -> Seq2SeqBatch:
-        """Pad ``(source, target)`` strings into a :class:`Seq2SeqBatch`.
-
-        Example:
-            >>> SequenceTask().encode([("12", "12")]).tgt.tolist()
-            [[1, 5, 6, 2]]
-        """
-        return encode_pairs(self.vocab, pairs)
-
-    def make_dataset(
-        self, n: int, split: Literal["train", "valid", "test"] = "train", rng_seed: int = 0
-    ) -> Seq2SeqBatch:
-        """``n`` sampled pairs as one padded batch (equal to the first batch of :meth:`batches`).
-
-        Example:
-            >>> src, src_lengths, tgt = SequenceTask().make_dataset(8)
-            >>> src.shape[0], tgt.shape[0]
-            (8, 8)
-        """
-        return self.encode(self.sample(n, split, rng_seed))
-
-    def batches(
-        self,
-        batch_size: int,
-        split: Literal["train", "valid", "test"] = "train",
-        *,
-        num_batches: int | None = None,
-        rng_seed: int = 0,
-    ) -> Iterator[Seq2SeqBatch]:
-        """Fresh padded batches from one reproducible stream; endless when ``num_batches`` is None.
-
-        Example:
-            >>> [b.src.shape[0] for b in SequenceTask().batches(2, num_batches=3)]
-            [2, 2, 2]
-        """
-        _check_int("batch_size", batch_size, 1)
-        if num_batches is not None:
-            _check_int("num_batches", num_batches, 0)
-        return self._stream(self._rng(split, rng_seed), int(batch_size), num_batches)
-
-    def _stream(
-        self, rng: np.random.Generator, batch_size: int, num_batches: int | None
-    ) -> Iterator[Seq2SeqBatch]:
-        produced = 0
-        while num_batches is None or produced < num_batches:
-            yield self.encode(self._draw(rng, batch_size))
-            produced += 1
+        return self._draw(self._rng(split, rng_seed), int(n), split)

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from multihead.tasks.vocab import CharVocab, _check_choice, _check_int
+from multihead.tasks.vocab import CharVocab, _check_batch_request, _check_choice, _check_int
 
 __all__ = ["CharTextTask", "python_docs_text"]
 
@@ -137,11 +137,7 @@ class CharTextTask:
             >>> x.shape == y.shape == (2, 8)
             True
         """
-        _check_int("batch_size", batch_size, 1)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-            )
+        batch_size = _check_batch_request(batch_size, generator)
         data = self.split_data(split)
         T = self.block_size
         starts = torch.randint(0, len(data) - T, (int(batch_size),), generator=generator)  # (B,)

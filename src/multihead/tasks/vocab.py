@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -257,6 +257,29 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def _config_or_default(config: ConfigT | None, config_type: type[ConfigT]) -> ConfigT:
+    """``config``, or ``config_type()`` for None; a TypeError naming the type for anything else."""
+    if config is None:
+        return config_type()
+    if not isinstance(config, config_type):
+        raise TypeError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+    return config
+
+
+def _check_batch_request(batch_size: object, generator: object) -> int:
+    """``batch_size`` as an int >= 1, once ``generator`` is known to be a torch.Generator or None;
+    shared by the tasks' ``get_batch``."""
+    size = _check_int("batch_size", batch_size, 1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    return size
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> int:

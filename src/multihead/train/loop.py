@@ -19,7 +19,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -48,6 +47,7 @@ from multihead.train.distributed import (
 from multihead.train.optim import SCHEDULES, make_optimizer, make_scheduler
 from multihead.train.plots import plot_loss_curve
 from multihead.train.rundir import lock_run_dir, removed_if_failed
+from multihead.viz.heatmaps import write_atomic
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -290,14 +290,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _rewrite_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
 
 
 @dataclass

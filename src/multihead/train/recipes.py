@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -86,12 +86,26 @@ class RecipeDefaults:
     train: TrainConfig
 
 
-def _frozen(**kwargs: Any) -> Mapping[str, Any]:
-    return MappingProxyType(kwargs)
+def _frozen(base: Mapping[str, Any] | None = None, /, **changes: Any) -> Mapping[str, Any]:
+    return MappingProxyType({**(base or {}), **changes})
 
 
 # Seq2seq tasks are tiny (vocabularies of 14-80 characters, outputs of <= 17), so small
 # models train in a minute or two on a CPU; sizes below were tuned on a 2-core laptop CPU.
+_SEQ2SEQ_MODEL = _frozen(
+    d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, d_ff=256, dropout=0.0
+)
+_SEQ2SEQ_TRAIN = TrainConfig(
+    steps=1500,
+    batch_size=64,
+    lr=1e-3,
+    warmup=100,
+    schedule="inverse_sqrt",
+    label_smoothing=0.0,
+    eval_every=250,
+    target=0.99,
+)
+
 RECIPE_DEFAULTS: Mapping[str, RecipeDefaults] = MappingProxyType(
     {
         "dates": RecipeDefaults(
@@ -99,52 +113,25 @@ RECIPE_DEFAULTS: Mapping[str, RecipeDefaults] = MappingProxyType(
             # ISO order. The widened task (16 form families, 7 languages, years 1000-2999)
             # trains at this size: it reached 99.6% validation exact match after 1,250 steps
             # and 99.8% after 1,500 (seed 0). No dropout: fresh samples never repeat.
-            model=_frozen(
-                d_model=64,
-                num_heads=4,
-                num_encoder_layers=2,
-                num_decoder_layers=1,
-                d_ff=256,
-                dropout=0.0,
-            ),
-            train=TrainConfig(
+            model=_frozen(_SEQ2SEQ_MODEL, num_decoder_layers=1),
+            train=replace(
+                _SEQ2SEQ_TRAIN,
                 # The cosine schedule spans 2,000 steps; the target stops the run at ~1,500.
                 steps=2000,
                 batch_size=128,
                 lr=5e-3,
-                warmup=100,
                 # At a constant-ish rate exact match hovers near 98%; decaying to a small floor
                 # over the run settles the last digits.
                 schedule="cosine",
                 min_lr_ratio=0.05,
                 label_smoothing=0.1,
-                eval_every=250,
                 # 99.8% on 500 validation dates is at most one miss; the verifier turns the
                 # rest of the model's misses into refusals, never into wrong dates.
                 target=0.998,
             ),
         ),
         **{
-            kind: RecipeDefaults(
-                model=_frozen(
-                    d_model=64,
-                    num_heads=4,
-                    num_encoder_layers=2,
-                    num_decoder_layers=2,
-                    d_ff=256,
-                    dropout=0.0,
-                ),
-                train=TrainConfig(
-                    steps=1500,
-                    batch_size=64,
-                    lr=1e-3,
-                    warmup=100,
-                    schedule="inverse_sqrt",
-                    label_smoothing=0.0,
-                    eval_every=250,
-                    target=0.99,
-                ),
-            )
+            kind: RecipeDefaults(model=_SEQ2SEQ_MODEL, train=_SEQ2SEQ_TRAIN)
             for kind in ("copy", "reverse", "sort")
         },
         "text": RecipeDefaults(
@@ -175,6 +162,18 @@ RECIPE_DEFAULTS: Mapping[str, RecipeDefaults] = MappingProxyType(
                 eval_every=100,
             ),
         ),
+    }
+)
+
+
+# Which config fields ``layers`` sets: the encoder and decoder each for seq2seq models.
+_LAYER_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        **dict.fromkeys(
+            ("dates", "copy", "reverse", "sort"), ("num_encoder_layers", "num_decoder_layers")
+        ),
+        "text": ("num_decoder_layers",),
+        "digits": ("num_layers",),
     }
 )
 
@@ -258,7 +257,54 @@ def translate_texts(
     return outputs
 
 
-class Seq2SeqRecipe:
+ModelT = TypeVar("ModelT", Seq2SeqTransformer, DecoderLM, ViTClassifier)
+
+
+class _RecipeBase(Generic[ModelT]):
+    """What every recipe shares: its task and model config, how a fresh model is built, and the
+    plain values a checkpoint stores beside the weights."""
+
+    model_kind: str
+    # The model class the recipe trains; it is built from ``model_config`` alone.
+    model_type: Callable[[Any], ModelT]
+
+    def __init__(self, name: str, task: Any, model_config: Any, vocab: CharVocab | None) -> None:
+        self.name = name
+        self.task = task
+        self.vocab = vocab
+        self.model_config = model_config
+
+    def build_model(self, *, seed: int = 0) -> ModelT:
+        """A freshly initialised model, seeded by ``seed``."""
+        torch.manual_seed(seed)
+        return self.model_type(self.model_config)
+
+    def _task_config(self) -> dict[str, Any]:
+        out = {}
+        for key, value in vars(self.task.config).items():
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "task_config": self._task_config(),
+            "model_kind": self.model_kind,
+            "model_config": self.model_config.to_dict(),
+            "vocab": None if self.vocab is None else self.vocab.to_dict(),
+        }
+
+
+class _TensorPairBatches:
+    """``batch`` for tasks whose training batches are ``task.get_batch`` tensor pairs."""
+
+    task: CharTextTask | DigitsTask
+
+    def batch(self, batch_size: int, rng_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.task.get_batch("train", batch_size, torch.Generator().manual_seed(rng_seed))
+
+
+class Seq2SeqRecipe(_RecipeBase[Seq2SeqTransformer]):
     """Sequence-to-sequence training (dates, copy, reverse, sort) with teacher forcing.
 
     The loss is cross entropy of ``tgt[:, 1:]`` given ``tgt[:, :-1]``, ignoring PAD; evaluation
@@ -274,6 +320,10 @@ class Seq2SeqRecipe:
     higher_is_better = True
     metric = "exact_match"
     model_kind = "seq2seq"
+    model_type = Seq2SeqTransformer
+    task: DatesTask | SequenceTask
+    vocab: CharVocab
+    model_config: TransformerConfig
 
     def __init__(
         self,
@@ -284,18 +334,10 @@ class Seq2SeqRecipe:
         max_output_len: int,
         eval_size: int = 1000,
     ) -> None:
-        self.name = name
-        self.task = task
-        self.vocab = task.vocab
-        self.model_config = model_config
+        super().__init__(name, task, model_config, task.vocab)
         # Output tokens after BOS, EOS included.
         self.max_output_len = max_output_len
         self.eval_size = eval_size
-
-    def build_model(self, *, seed: int = 0) -> Seq2SeqTransformer:
-        """A freshly initialised model, seeded by ``seed``."""
-        torch.manual_seed(seed)
-        return Seq2SeqTransformer(self.model_config)
 
     def batch(self, batch_size: int, rng_seed: int) -> Seq2SeqBatch:
         return self.task.make_dataset(batch_size, "train", rng_seed=rng_seed)
@@ -344,17 +386,10 @@ class Seq2SeqRecipe:
         }
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {
-            "task": self.name,
-            "task_config": _task_config_dict(self.task.config),
-            "model_kind": self.model_kind,
-            "model_config": self.model_config.to_dict(),
-            "vocab": self.vocab.to_dict(),
-            "max_output_len": self.max_output_len,
-        }
+        return {**super().checkpoint_meta(), "max_output_len": self.max_output_len}
 
 
-class LanguageModelRecipe:
+class LanguageModelRecipe(_TensorPairBatches, _RecipeBase[DecoderLM]):
     """Next-character prediction on :class:`~multihead.tasks.CharTextTask` with a DecoderLM.
 
     Evaluation is the mean cross entropy over fixed validation windows (``loss``, in nats per
@@ -369,25 +404,18 @@ class LanguageModelRecipe:
     higher_is_better = False
     metric = "loss"
     model_kind = "lm"
+    model_type = DecoderLM
+    task: CharTextTask
+    vocab: CharVocab
+    model_config: TransformerConfig
 
     def __init__(
         self, task: CharTextTask, model_config: TransformerConfig, *, eval_batches: int = 8
     ) -> None:
-        self.name = "text"
-        self.task = task
-        self.vocab = task.vocab
-        self.model_config = model_config
+        super().__init__("text", task, model_config, task.vocab)
         self.eval_batches = eval_batches
         # Set by multihead.train.context_parallel: each sequence split across a process group.
         self.context_parallel: ContextParallel | None = None
-
-    def build_model(self, *, seed: int = 0) -> DecoderLM:
-        """A freshly initialised model, seeded by ``seed``."""
-        torch.manual_seed(seed)
-        return DecoderLM(self.model_config)
-
-    def batch(self, batch_size: int, rng_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.task.get_batch("train", batch_size, torch.Generator().manual_seed(rng_seed))
 
     def loss(
         self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], *, label_smoothing: float
@@ -422,17 +450,11 @@ class LanguageModelRecipe:
         loss = total / count
         return {"loss": loss, "bits_per_char": loss / math.log(2), "accuracy": correct / count}
 
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {
-            "task": self.name,
-            "task_config": {"path": self.task.path, "block_size": self.task.block_size},
-            "model_kind": self.model_kind,
-            "model_config": self.model_config.to_dict(),
-            "vocab": self.vocab.to_dict(),
-        }
+    def _task_config(self) -> dict[str, Any]:
+        return {"path": self.task.path, "block_size": self.task.block_size}
 
 
-class ClassifierRecipe:
+class ClassifierRecipe(_TensorPairBatches, _RecipeBase[ViTClassifier]):
     """Image classification of the scikit-learn digits with a small ViT.
 
     Example:
@@ -444,20 +466,12 @@ class ClassifierRecipe:
     higher_is_better = True
     metric = "accuracy"
     model_kind = "vit"
+    model_type = ViTClassifier
+    task: DigitsTask
+    model_config: ViTConfig
 
     def __init__(self, task: DigitsTask, model_config: ViTConfig) -> None:
-        self.name = "digits"
-        self.task = task
-        self.vocab = None
-        self.model_config = model_config
-
-    def build_model(self, *, seed: int = 0) -> ViTClassifier:
-        """A freshly initialised model, seeded by ``seed``."""
-        torch.manual_seed(seed)
-        return ViTClassifier(self.model_config)
-
-    def batch(self, batch_size: int, rng_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.task.get_batch("train", batch_size, torch.Generator().manual_seed(rng_seed))
+        super().__init__("digits", task, model_config, None)
 
     def loss(
         self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], *, label_smoothing: float
@@ -476,24 +490,8 @@ class ClassifierRecipe:
         out = self.loss(model, (images.to(device), labels.to(device)), label_smoothing=0.0)
         return {"accuracy": out.correct / out.predictions, "loss": float(out.loss)}
 
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {
-            "task": self.name,
-            "task_config": _task_config_dict(self.task.config),
-            "model_kind": self.model_kind,
-            "model_config": self.model_config.to_dict(),
-            "vocab": None,
-        }
-
 
 AnyRecipe = Seq2SeqRecipe | LanguageModelRecipe | ClassifierRecipe
-
-
-def _task_config_dict(config: Any) -> dict[str, Any]:
-    out = {}
-    for key, value in vars(config).items():
-        out[key] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 def get_recipe(
@@ -531,29 +529,15 @@ def get_recipe(
             not isinstance(value, int) or isinstance(value, bool) or value < 1
         ):
             raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+    cfg = _resize(
+        defaults, d_model=d_model, layers=layers, heads=heads, layer_keys=_LAYER_KEYS[name]
+    )
     if name == "digits":
-        cfg = _resize(
-            defaults, d_model=d_model, layers=layers, heads=heads, layer_keys=("num_layers",)
-        )
         return ClassifierRecipe(DigitsTask(DigitsConfig(seed=task_seed)), ViTConfig(**cfg))
     if name == "text":
-        cfg = _resize(
-            defaults,
-            d_model=d_model,
-            layers=layers,
-            heads=heads,
-            layer_keys=("num_decoder_layers",),
-        )
         text_task = CharTextTask(text_path, block_size=block_size)
         config = TransformerConfig(vocab_size=len(text_task.vocab), max_len=block_size, **cfg)
         return LanguageModelRecipe(text_task, config)
-    cfg = _resize(
-        defaults,
-        d_model=d_model,
-        layers=layers,
-        heads=heads,
-        layer_keys=("num_encoder_layers", "num_decoder_layers"),
-    )
     task: DatesTask | SequenceTask
     if name == "dates":
         task = DatesTask(DatesConfig(seed=task_seed))
