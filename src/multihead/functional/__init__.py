@@ -16,16 +16,18 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from . import chunked, linear, local, lowrank, reference, sdpa
-from ._prepare import SCORES, make_spec
+from ._prepare import SCORES, AttentionOptions, KernelOptions, make_spec, refusal
 from ._spec import AttentionResult, AttentionSpec
 from .lse import AttentionWithLse, attention_with_lse, merge_attention
 
 __all__ = [
     "SCORES",
+    "AttentionOptions",
     "AttentionResult",
     "AttentionSpec",
     "AttentionWithLse",
     "Backend",
+    "KernelOptions",
     "attention",
     "attention_with_lse",
     "backend_names",
@@ -136,9 +138,7 @@ def select_backend(spec: AttentionSpec, backend: str = "auto") -> tuple[Backend,
 
 
 def _why_not(backend: Backend, spec: AttentionSpec) -> str | None:
-    if spec.alibi_slopes is not None and not backend.alibi:
-        return "no ALiBi bias (alibi_slopes)"
-    return backend.supports(spec)
+    return refusal(spec, backend.supports, alibi=backend.alibi)
 
 
 def attention(
