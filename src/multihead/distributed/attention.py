@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from ..functional._checks import check_qkv, check_scale
+from ..functional._prepare import AttentionOptions, make_spec
 from ..functional._spec import _logit_dtype
-from ..functional.chunked import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, _block_sizes
-from ..masks import as_window
+from ..functional.chunked import _Geometry
 from ._comm import Comm
 from .layout import check_layout
-from .ring import CallConfig, blockwise_attention
+from .ring import BlockwiseAttention, CallConfig
 from .ulysses import ulysses_attention
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["METHODS", "context_parallel_attention"]
 
@@ -87,14 +88,14 @@ def context_parallel_attention(
             key,
             value,
             key_padding_mask,
-            causal,
-            window,
-            scale,
             method,
             layout,
             block_size,
-            alibi_slopes,
             comm,
+            causal=causal,
+            window=window,
+            scale=scale,
+            alibi_slopes=alibi_slopes,
         )
         work = _logit_dtype(query.dtype)  # float32 softmax for half inputs
         q, k, v = (t.to(work).contiguous() for t in (query, key, value))
@@ -107,15 +108,15 @@ def context_parallel_attention(
             key_padding_mask,
             slopes,
             causal=causal,
-            window=cfg.window,
-            scale=cfg.scale,
+            window=cfg.geo.window,
+            scale=cfg.geo.scale,
             layout=layout,
             comm=comm,
-            block_size=(cfg.block_q, cfg.block_k),
+            block_size=(cfg.geo.block_q, cfg.geo.block_k),
         )
     else:
         mask = None if key_padding_mask is None else key_padding_mask.contiguous()
-        out = blockwise_attention(q, k, v, mask, slopes, cfg, comm, method)
+        out = BlockwiseAttention.apply(q, k, v, mask, slopes, cfg, comm, method)
     return out.to(query.dtype)
 
 
@@ -132,24 +133,18 @@ def _config(
     key: Tensor,
     value: Tensor,
     key_padding_mask: Tensor | None,
-    causal: bool,
-    window: int | tuple[int, int] | None,
-    scale: float | None,
     method: str,
     layout: str,
     block_size: int | tuple[int, int] | None,
-    alibi_slopes: Tensor | None,
     comm: Comm,
+    **options: Unpack[AttentionOptions],
 ) -> CallConfig:
-    check_qkv(query, key, value)
-    check_scale(scale)
     check_layout(layout)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    b, h, n, dk = query.shape
-    hkv, nk, dv = key.shape[1], key.shape[2], value.shape[3]
+    # The checks and defaults of a single-process call, on this rank's shards.
+    geo = _Geometry.of(make_spec(query, key, value, **options), block_size)
+    b, h, n, nk = geo.b, geo.h, geo.nq, geo.nk
     if nk != n:
         raise ValueError(
             f"query and key shards must have the same length (self-attention over one sequence), "
@@ -180,30 +175,11 @@ def _config(
                 f"key_padding_mask must be this rank's (B, N/P) = ({b}, {n}) shard, "
                 f"got {tuple(key_padding_mask.shape)}"
             )
-    if alibi_slopes is not None:
-        if not isinstance(alibi_slopes, Tensor) or not alibi_slopes.is_floating_point():
-            raise TypeError("alibi_slopes must be a floating tensor (H,)")
-        if tuple(alibi_slopes.shape) != (h,):
-            raise ValueError(
-                f"alibi_slopes must have shape (H,) = ({h},), got {tuple(alibi_slopes.shape)}"
-            )
-    block_q, block_k = _block_sizes(block_size)
-    win = as_window(window, causal=causal)
     return CallConfig(
-        b=b,
-        h=h,
-        hkv=hkv,
-        n=n,
-        dk=dk,
-        dv=dv,
-        causal=causal,
-        window=win,
-        scale=1.0 / math.sqrt(dk) if scale is None else float(scale),
+        geo=geo,
         layout=layout,
         world=comm.world,
         rank=comm.rank,
         has_mask=key_padding_mask is not None,
-        block_q=block_q or DEFAULT_BLOCK_Q,
-        block_k=block_k or DEFAULT_BLOCK_K,
-        positional=causal or win is not None or alibi_slopes is not None,
+        positional=geo.causal or geo.window is not None or options.get("alibi_slopes") is not None,
     )

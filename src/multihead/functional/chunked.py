@@ -291,6 +291,20 @@ def _probability_shift(row_max: Tensor, row_sum: Tensor) -> tuple[Tensor, Tensor
     return shift, inv_sum
 
 
+def _backward_stats(
+    dout: Tensor, out: Tensor, row_max: Tensor, row_sum: Tensor, dlse: Tensor | None = None
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """``dout`` in the work dtype of ``out`` (both ``(B, H, Nq, Dv)``), and the ``stats`` of
+    :func:`_backward` from the forward's row maximum and row sum ``(B, Hkv, G, Nq)``, with
+    ``dlse`` ``(B, H, Nq)`` the gradient of the log-sum-exp where it is an output."""
+    dout = dout.to(out.dtype).contiguous()
+    delta = (dout * out).sum(dim=-1)  # rowsum(dO * O), FlashAttention-2; (B, H, Nq)
+    if dlse is not None:
+        delta = delta - dlse.to(out.dtype)
+    shift, inv_sum = _probability_shift(row_max, row_sum)
+    return dout, (shift, inv_sum, delta.view_as(row_max))
+
+
 def _log_sum_exp(row_max: Tensor, row_sum: Tensor) -> Tensor:
     """``m + log l`` per row, ``-inf`` on empty rows."""
     return torch.where(row_sum > 0, row_max + torch.log(row_sum.clamp_min(_TINY)), _NEG_INF)
@@ -400,12 +414,8 @@ class _ChunkedAttention(torch.autograd.Function):
     def backward(ctx: Any, dout: Tensor, dlse: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, bias, allowed, slopes, out, row_max, row_sum = ctx.saved_tensors
         geo: _Geometry = ctx.geo
-        work = out.dtype
-        wq, wk, wv = (t.to(work).contiguous() for t in (q, k, v))
-        dout = dout.to(work).contiguous()
-        delta = (dout * out).sum(dim=-1) - dlse.to(work)  # (B, H, Nq)
-        shift, inv_sum = _probability_shift(row_max, row_sum)
-        stats = (shift, inv_sum, delta.view(geo.b, geo.hkv, geo.g, geo.nq))
+        wq, wk, wv = (t.to(out.dtype).contiguous() for t in (q, k, v))
+        dout, stats = _backward_stats(dout, out, row_max, row_sum, dlse)
         bias_grad = bias is not None and ctx.needs_input_grad[3]
         dq, dk, dv, dbias = _backward(
             geo, ctx.plan, wq, wk, wv, dout, stats, allowed, bias, slopes, bias_grad
