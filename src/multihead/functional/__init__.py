@@ -121,7 +121,7 @@ def select_backend(spec: AttentionSpec, backend: str = "auto") -> tuple[Backend,
     """
     if backend != "auto":
         chosen = get_backend(backend)
-        reason = _why_not(chosen, spec)
+        reason = refusal(spec, chosen.supports, alibi=chosen.alibi)
         if reason is not None:
             raise ValueError(f"backend {backend!r} cannot run this call: {reason}")
         return chosen, {}
@@ -130,15 +130,11 @@ def select_backend(spec: AttentionSpec, backend: str = "auto") -> tuple[Backend,
         if not candidate.exact:
             skipped[candidate.name] = "approximate backends are only used when named"
             continue
-        reason = _why_not(candidate, spec)
+        reason = refusal(spec, candidate.supports, alibi=candidate.alibi)
         if reason is None:
             return candidate, skipped
         skipped[candidate.name] = reason
     raise RuntimeError("no exact backend supports this call; the 'math' backend is missing")
-
-
-def _why_not(backend: Backend, spec: AttentionSpec) -> str | None:
-    return refusal(spec, backend.supports, alibi=backend.alibi)
 
 
 def attention(
