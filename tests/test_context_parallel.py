@@ -55,6 +55,7 @@ def _cases(world: int) -> list[dict[str, Any]]:
         cases.append(dict(common, causal=True, window=5))
         cases.append(dict(common, causal=False, window=(4, 2)))
         cases.append(dict(common, causal=True, alibi=True))
+        cases.append(dict(common, causal=True, score="cosine"))
         cases.append(dict(common, causal=True, dtype="float32"))
     return cases
 
@@ -92,7 +93,14 @@ def _reference(case, q, k, v, pad, grad):
         )
         mask = bias[None].masked_fill(~mask, -math.inf)
     out = attention(
-        q, k, v, mask, causal=case["causal"], window=case.get("window"), backend="math"
+        q,
+        k,
+        v,
+        mask,
+        causal=case["causal"],
+        window=case.get("window"),
+        score=case.get("score", "dot"),
+        backend="math",
     ).output
     (out * grad.double()).sum().backward()
     return out.detach(), q.grad, k.grad, v.grad
@@ -114,6 +122,7 @@ def _run_case(case: dict[str, Any], world: int, group: Any = None) -> float:
         causal=case["causal"],
         key_padding_mask=shard(pad, 1) if case["pad"] else None,
         window=case.get("window"),
+        score=case.get("score", "dot"),
         method=case["method"],
         layout=layout,
         alibi_slopes=alibi_slopes(case["h"]) if case.get("alibi") else None,

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from ..functional._checks import check_qkv, check_scale
-from ..functional._spec import _logit_dtype
-from ..functional.chunked import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, _block_sizes
-from ..masks import as_window
+from ..functional import chunked
+from ..functional._prepare import AttentionOptions, kernel_spec
+from ..functional._spec import AttentionSpec, _logit_dtype
+from ..functional.chunked import _Geometry
 from ._comm import Comm
 from .layout import check_layout
-from .ring import CallConfig, blockwise_attention
+from .ring import BlockwiseAttention, CallConfig
 from .ulysses import ulysses_attention
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["METHODS", "context_parallel_attention"]
 
@@ -27,16 +29,13 @@ def context_parallel_attention(
     key: Tensor,
     value: Tensor,
     *,
-    causal: bool = False,
     key_padding_mask: Tensor | None = None,
-    window: int | tuple[int, int] | None = None,
-    scale: float | None = None,
     group: Any = None,
     method: str = "ring",
     layout: str = "contiguous",
-    alibi_slopes: Tensor | None = None,
     block_size: int | tuple[int, int] | None = None,
     timeout: float | None = 300.0,
+    **options: Unpack[AttentionOptions],
 ) -> Tensor:
     r"""Exact softmax attention of a sequence split along its length across a process group.
 
@@ -49,22 +48,20 @@ def context_parallel_attention(
         query: ``(B, H, N/P, Dk)``, this rank's shard (see :func:`shard_sequence`).
         key: ``(B, Hkv, N/P, Dk)`` with ``H % Hkv == 0`` (grouped-query attention).
         value: ``(B, Hkv, N/P, Dv)``.
-        causal: causal mask over global positions.
         key_padding_mask: ``(B, N/P)`` bool shard, ``True`` = real token; a query whose keys
             are all padding gets zeros.
-        window: sliding window over global positions, as in ``attention``.
-        scale: logit multiplier, default ``1/sqrt(Dk)``.
         group: the process group (default: the whole world); ``P`` is its size.
         method: ``"ring"`` (blocks passed around the ring with ``isend``/``irecv``, memory
             ``O(N/P)``), ``"allgather"`` (K/V gathered, memory ``O(N)``) or ``"ulysses"``
             (all-to-all to head shards; needs ``H % P == 0``).
         layout: ``"contiguous"`` or ``"zigzag"`` (the sequence in ``2P`` chunks, rank ``r``
             holding chunks ``r`` and ``2P-1-r``, which balances causal work).
-        alibi_slopes: ``(H,)`` ALiBi slopes (see :func:`multihead.positional.alibi_slopes`),
-            applied with global positions.
         block_size: the chunked kernel's ``(block_q, block_k)`` (default ``(256, 512)``).
         timeout: seconds any rank waits for another before raising
             :class:`ContextParallelError` (``None``: the process group's own timeout).
+        options: the keyword options of ``attention`` (:class:`AttentionOptions`), over
+            global positions: ``causal``, ``window``, ``scale``, ``score`` and ``alibi_slopes``
+            ``(H,)``. ``need_weights=True`` and ``dropout_p > 0`` raise ``ValueError``.
 
     Returns:
         ``(B, H, N/P, Dv)``, this rank's shard of the output, in ``query``'s dtype (the softmax
@@ -82,23 +79,12 @@ def context_parallel_attention(
     """
     comm = Comm(group, _check_timeout(timeout))
     with comm.guard("argument checks"):
-        cfg = _config(
-            query,
-            key,
-            value,
-            key_padding_mask,
-            causal,
-            window,
-            scale,
-            method,
-            layout,
-            block_size,
-            alibi_slopes,
-            comm,
+        cfg, spec = _config(
+            query, key, value, key_padding_mask, method, layout, block_size, comm, **options
         )
         work = _logit_dtype(query.dtype)  # float32 softmax for half inputs
-        q, k, v = (t.to(work).contiguous() for t in (query, key, value))
-        slopes = None if alibi_slopes is None else alibi_slopes.detach().to(q.device, work)
+        q, k, v = (t.to(work).contiguous() for t in (spec.query, spec.key, spec.value))
+        slopes = None if spec.alibi_slopes is None else spec.alibi_slopes.to(work)
     if method == "ulysses":
         out = ulysses_attention(
             q,
@@ -106,16 +92,16 @@ def context_parallel_attention(
             v,
             key_padding_mask,
             slopes,
-            causal=causal,
-            window=cfg.window,
-            scale=cfg.scale,
+            causal=cfg.geo.causal,
+            window=cfg.geo.window,
+            scale=cfg.geo.scale,
             layout=layout,
             comm=comm,
-            block_size=(cfg.block_q, cfg.block_k),
+            block_size=(cfg.geo.block_q, cfg.geo.block_k),
         )
     else:
         mask = None if key_padding_mask is None else key_padding_mask.contiguous()
-        out = blockwise_attention(q, k, v, mask, slopes, cfg, comm, method)
+        out = BlockwiseAttention.apply(q, k, v, mask, slopes, cfg, comm, method)
     return out.to(query.dtype)
 
 
@@ -132,24 +118,19 @@ def _config(
     key: Tensor,
     value: Tensor,
     key_padding_mask: Tensor | None,
-    causal: bool,
-    window: int | tuple[int, int] | None,
-    scale: float | None,
     method: str,
     layout: str,
     block_size: int | tuple[int, int] | None,
-    alibi_slopes: Tensor | None,
     comm: Comm,
-) -> CallConfig:
-    check_qkv(query, key, value)
-    check_scale(scale)
+    **options: Unpack[AttentionOptions],
+) -> tuple[CallConfig, AttentionSpec]:
     check_layout(layout)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    b, h, n, dk = query.shape
-    hkv, nk, dv = key.shape[1], key.shape[2], value.shape[3]
+    # The checks and defaults of a single-process call of the chunked kernel, which runs here.
+    spec = kernel_spec(chunked.supports, query, key, value, alibi=True, **options)
+    geo = _Geometry.of(spec, block_size)
+    b, h, n, nk = geo.b, geo.h, geo.nq, geo.nk
     if nk != n:
         raise ValueError(
             f"query and key shards must have the same length (self-attention over one sequence), "
@@ -180,30 +161,12 @@ def _config(
                 f"key_padding_mask must be this rank's (B, N/P) = ({b}, {n}) shard, "
                 f"got {tuple(key_padding_mask.shape)}"
             )
-    if alibi_slopes is not None:
-        if not isinstance(alibi_slopes, Tensor) or not alibi_slopes.is_floating_point():
-            raise TypeError("alibi_slopes must be a floating tensor (H,)")
-        if tuple(alibi_slopes.shape) != (h,):
-            raise ValueError(
-                f"alibi_slopes must have shape (H,) = ({h},), got {tuple(alibi_slopes.shape)}"
-            )
-    block_q, block_k = _block_sizes(block_size)
-    win = as_window(window, causal=causal)
-    return CallConfig(
-        b=b,
-        h=h,
-        hkv=hkv,
-        n=n,
-        dk=dk,
-        dv=dv,
-        causal=causal,
-        window=win,
-        scale=1.0 / math.sqrt(dk) if scale is None else float(scale),
+    cfg = CallConfig(
+        geo=geo,
         layout=layout,
         world=comm.world,
         rank=comm.rank,
         has_mask=key_padding_mask is not None,
-        block_q=block_q or DEFAULT_BLOCK_Q,
-        block_k=block_k or DEFAULT_BLOCK_K,
-        positional=causal or win is not None or alibi_slopes is not None,
+        positional=geo.causal or geo.window is not None or spec.alibi_slopes is not None,
     )
+    return cfg, spec

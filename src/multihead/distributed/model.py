@@ -15,7 +15,7 @@ with the attributes of :class:`~multihead.modules.MultiHeadAttention`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
@@ -49,6 +49,10 @@ class ContextParallel:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+
+    def options(self) -> dict[str, Any]:
+        """The fields, by name: keyword arguments of :func:`context_parallel_attention`."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def positions(self, local_len: int, device: Any = None) -> Tensor:
         """Global positions ``(N/P,)`` of this rank's ``local_len`` tokens."""
@@ -135,9 +139,6 @@ def context_parallel_forward(
         key_padding_mask=key_padding_mask,
         window=window,
         alibi_slopes=mha.alibi_slopes,
-        group=cp.group,
-        method=cp.method,
-        layout=cp.layout,
-        timeout=cp.timeout,
+        **cp.options(),
     )
     return mha.out_proj(out.transpose(1, 2).flatten(2))  # (B, H, N/P, Dv) -> (B, N/P, E)

@@ -22,18 +22,18 @@ that the structure forbids (half of all pairs under a causal mask).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..functional.chunked import _backward, _forward, _Geometry, _plan, _probability_shift
-from ..masks import Window
+from ..functional.chunked import _backward, _backward_stats, _forward, _Geometry, _plan
 from ._comm import Comm
 from .layout import segments
 
-__all__ = ["CallConfig", "blockwise_attention"]
+__all__ = ["BlockwiseAttention", "CallConfig"]
 
 _KV_TAG, _GRAD_TAG = 11, 12
 
@@ -42,22 +42,17 @@ _KV_TAG, _GRAD_TAG = 11, 12
 class CallConfig:
     """The static description of one context-parallel call on this rank."""
 
-    b: int
-    h: int
-    hkv: int
-    n: int  # local sequence length
-    dk: int
-    dv: int
-    causal: bool
-    window: Window | None
-    scale: float
+    geo: _Geometry  # shapes, structure and block sizes of this rank's shards (Nq = Nk = N/P)
     layout: str
     world: int
     rank: int
     has_mask: bool
-    block_q: int
-    block_k: int
     positional: bool  # whether positions matter (causal, window or ALiBi)
+
+    @property
+    def n(self) -> int:
+        """The local sequence length ``N/P``."""
+        return self.geo.nq
 
     def segments(self, rank: int) -> list[tuple[int, int, int]]:
         if not self.positional:
@@ -66,24 +61,11 @@ class CallConfig:
 
     @property
     def kv_numel(self) -> int:
-        return self.b * self.hkv * self.n * (self.dk + self.dv)
+        return self.geo.b * self.geo.hkv * self.n * (self.geo.dk + self.geo.dv)
 
     def geometry(self, nq: int, nk: int, offset: int) -> _Geometry:
-        return _Geometry(
-            b=self.b,
-            h=self.h,
-            hkv=self.hkv,
-            nq=nq,
-            nk=nk,
-            dk=self.dk,
-            dv=self.dv,
-            causal=self.causal,
-            window=self.window,
-            scale=self.scale,
-            block_q=self.block_q,
-            block_k=self.block_k,
-            q_offset=offset,
-        )
+        """One query segment against one key segment, ``offset`` apart in global positions."""
+        return replace(self.geo, nq=nq, nk=nk, q_offset=offset)
 
 
 # ------------------------------------------------------------------------------------------
@@ -100,15 +82,16 @@ def _pack(k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
 
 def _split_kv(cfg: CallConfig, buf: Tensor) -> tuple[Tensor, Tensor]:
     """The K and V (or dK and dV) views of a packed buffer."""
-    nkv = cfg.b * cfg.hkv * cfg.n
-    k = buf[: nkv * cfg.dk].view(cfg.b, cfg.hkv, cfg.n, cfg.dk)
-    v = buf[nkv * cfg.dk : nkv * (cfg.dk + cfg.dv)].view(cfg.b, cfg.hkv, cfg.n, cfg.dv)
+    geo, n = cfg.geo, cfg.n
+    nkv = geo.b * geo.hkv * n
+    k = buf[: nkv * geo.dk].view(geo.b, geo.hkv, n, geo.dk)
+    v = buf[nkv * geo.dk : nkv * (geo.dk + geo.dv)].view(geo.b, geo.hkv, n, geo.dv)
     return k, v
 
 
 def _unpack(cfg: CallConfig, buf: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     k, v = _split_kv(cfg, buf)
-    mask = buf[cfg.kv_numel :].view(cfg.b, cfg.n) > 0.5 if cfg.has_mask else None
+    mask = buf[cfg.kv_numel :].view(cfg.geo.b, cfg.n) > 0.5 if cfg.has_mask else None
     return k, v, mask
 
 
@@ -130,10 +113,11 @@ class _Rows:
     """Running output, row maximum and row sum of one query segment."""
 
     def __init__(self, cfg: CallConfig, q: Tensor) -> None:
-        nq = q.shape[2]
-        self.out = q.new_zeros(cfg.b, cfg.hkv, cfg.h // cfg.hkv, nq, cfg.dv)
-        self.m = q.new_full((cfg.b, cfg.hkv, cfg.h // cfg.hkv, nq), float("-inf"))
-        self.total = q.new_zeros(cfg.b, cfg.hkv, cfg.h // cfg.hkv, nq)
+        geo = cfg.geo
+        rows = (geo.b, geo.hkv, geo.g, q.shape[2])  # (B, Hkv, G, nq)
+        self.out = q.new_zeros(*rows, geo.dv)
+        self.m = q.new_full(rows, float("-inf"))
+        self.total = q.new_zeros(rows)
 
     def merge(self, out: Tensor, m: Tensor, total: Tensor) -> None:
         m_new = torch.maximum(self.m, m)
@@ -231,7 +215,11 @@ def _split_rows(cfg: CallConfig, x: Tensor) -> list[Tensor]:
 # ------------------------------------------------------------------------------------------
 
 
-class _Blockwise(torch.autograd.Function):
+class BlockwiseAttention(torch.autograd.Function):
+    """Ring or all-gather attention of this rank's shard ``(B, H, N/P, Dk)``, inputs already in
+    the work dtype: ``BlockwiseAttention.apply(q, k, v, key_padding_mask, slopes, cfg, comm,
+    method)``."""
+
     @staticmethod
     def forward(
         ctx: Any,
@@ -248,15 +236,11 @@ class _Blockwise(torch.autograd.Function):
             kv = _pack(k, v, mask)
             q_parts = _split_rows(cfg, q)
             rows = [_Rows(cfg, qp) for qp in q_parts]
-            if method == "ring":
-                _ring_forward(cfg, comm, q_parts, rows, kv, slopes)
-            else:
-                gathered = comm.all_gather(kv)
-                for src in range(cfg.world):
-                    _attend(cfg, q_parts, rows, gathered[src], src, slopes)
+            for src, block in _blocks(cfg, comm, kv, method):
+                _attend(cfg, q_parts, rows, block, src, slopes)
             outs = [r.out for r in rows]
             out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)
-            out = out.view(cfg.b, cfg.h, cfg.n, cfg.dv)
+            out = out.view(cfg.geo.b, cfg.geo.h, cfg.n, cfg.geo.dv)
             m = torch.cat([r.m for r in rows], dim=-1)
             row_sum = torch.cat([r.total for r in rows], dim=-1)
         ctx.cfg, ctx.comm, ctx.method = cfg, comm, method
@@ -270,9 +254,7 @@ class _Blockwise(torch.autograd.Function):
         cfg: CallConfig = ctx.cfg
         comm: Comm = ctx.comm
         with comm.guard("backward"):
-            dout = dout.to(out.dtype).contiguous()
-            shift, inv_sum = _probability_shift(m, row_sum)
-            delta = (dout * out).sum(dim=-1).view_as(m)  # rowsum(dO * O), FlashAttention-2
+            dout, (shift, inv_sum, delta) = _backward_stats(dout, out, m, row_sum)
             stats = [
                 (shift[..., l0 : l0 + n], inv_sum[..., l0 : l0 + n], delta[..., l0 : l0 + n])
                 for _, l0, n in cfg.segments(cfg.rank)
@@ -290,30 +272,30 @@ class _Blockwise(torch.autograd.Function):
             if ctx.method == "ring":
                 dkv = _ring_backward(cfg, comm, grads, kv)
             else:
-                gathered = comm.all_gather(kv)
-                per_block = [grads.block(gathered[src], src) for src in range(cfg.world)]
-                dkv = comm.reduce_scatter(torch.stack(per_block))
+                blocks = _blocks(cfg, comm, kv, "allgather")
+                dkv = comm.reduce_scatter(torch.stack([grads.block(b, src) for src, b in blocks]))
             parts = grads.dq_parts
             dq = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
             dk, dv = _split_kv(cfg, dkv)
         return dq, dk, dv, None, None, None, None, None
 
 
-def _ring_forward(
-    cfg: CallConfig,
-    comm: Comm,
-    q_parts: list[Tensor],
-    rows: list[_Rows],
-    kv: Tensor,
-    slopes: Tensor | None,
-) -> None:
+def _blocks(cfg: CallConfig, comm: Comm, kv: Tensor, method: str) -> Iterator[tuple[int, Tensor]]:
+    """``(src, block)``: every rank's packed block and that rank, for the caller to work on.
+
+    ``"allgather"`` gathers them all at once. ``"ring"`` starts at this rank's own block and
+    passes each to the next rank, the next transfer running while the caller works on the
+    current block (Ring Attention's overlap); the previous block's buffer is reused once the
+    caller has asked for the next one.
+    """
+    if method != "ring":
+        yield from enumerate(comm.all_gather(kv))
+        return
     spare = torch.empty_like(kv)
     for step in range(cfg.world):
-        src = (cfg.rank - step) % cfg.world
         last = step == cfg.world - 1
-        # The next block travels while this one is computed (Ring Attention's overlap).
         works = [] if last else comm.shift(kv, spare, _KV_TAG)
-        _attend(cfg, q_parts, rows, kv, src, slopes)
+        yield (cfg.rank - step) % cfg.world, kv
         if not last:
             comm.wait(works, f"the key/value block from rank {comm.prev} (ring step {step + 1})")
             kv, spare = spare, kv
@@ -323,39 +305,17 @@ def _ring_backward(cfg: CallConfig, comm: Comm, grads: _Grads, kv: Tensor) -> Te
     """Visit every block again; each block's dK/dV follows it and ends at its owner."""
     if cfg.world == 1:
         return grads.block(kv, cfg.rank)
-    spare = torch.empty_like(kv)
     grad_works: list[Any] = []
     incoming: Tensor | None = None
     sending: Tensor | None = None  # kept alive until its send has completed
-    for step in range(cfg.world):
-        src = (cfg.rank - step) % cfg.world
-        last = step == cfg.world - 1
-        kv_works = [] if last else comm.shift(kv, spare, _KV_TAG)
-        grad = grads.block(kv, src)
+    for step, (src, block) in enumerate(_blocks(cfg, comm, kv, "ring")):
+        grad = grads.block(block, src)
         if incoming is not None:
             # dK/dV that ranks before this one accumulated for the same block.
             comm.wait(grad_works, f"dK/dV from rank {comm.prev} (ring step {step})")
             grad += incoming
         incoming, sending = torch.empty_like(grad), grad
         grad_works = comm.shift(sending, incoming, _GRAD_TAG)
-        if not last:
-            comm.wait(kv_works, f"the key/value block from rank {comm.prev} (ring step {step + 1})")
-            kv, spare = spare, kv
     comm.wait(grad_works, f"this rank's dK/dV from rank {comm.prev}")
     assert incoming is not None and sending is not None
     return incoming
-
-
-def blockwise_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None,
-    slopes: Tensor | None,
-    cfg: CallConfig,
-    comm: Comm,
-    method: str,
-) -> Tensor:
-    """Ring or all-gather attention of this rank's shard; inputs already in the work dtype."""
-    out: Tensor = _Blockwise.apply(q, k, v, mask, slopes, cfg, comm, method)
-    return out

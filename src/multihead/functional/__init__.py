@@ -16,16 +16,18 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from . import chunked, linear, local, lowrank, reference, sdpa
-from ._prepare import SCORES, make_spec
+from ._prepare import SCORES, AttentionOptions, KernelOptions, make_spec, refusal
 from ._spec import AttentionResult, AttentionSpec
 from .lse import AttentionWithLse, attention_with_lse, merge_attention
 
 __all__ = [
     "SCORES",
+    "AttentionOptions",
     "AttentionResult",
     "AttentionSpec",
     "AttentionWithLse",
     "Backend",
+    "KernelOptions",
     "attention",
     "attention_with_lse",
     "backend_names",
@@ -119,7 +121,7 @@ def select_backend(spec: AttentionSpec, backend: str = "auto") -> tuple[Backend,
     """
     if backend != "auto":
         chosen = get_backend(backend)
-        reason = _why_not(chosen, spec)
+        reason = refusal(spec, chosen.supports, alibi=chosen.alibi)
         if reason is not None:
             raise ValueError(f"backend {backend!r} cannot run this call: {reason}")
         return chosen, {}
@@ -128,17 +130,11 @@ def select_backend(spec: AttentionSpec, backend: str = "auto") -> tuple[Backend,
         if not candidate.exact:
             skipped[candidate.name] = "approximate backends are only used when named"
             continue
-        reason = _why_not(candidate, spec)
+        reason = refusal(spec, candidate.supports, alibi=candidate.alibi)
         if reason is None:
             return candidate, skipped
         skipped[candidate.name] = reason
     raise RuntimeError("no exact backend supports this call; the 'math' backend is missing")
-
-
-def _why_not(backend: Backend, spec: AttentionSpec) -> str | None:
-    if spec.alibi_slopes is not None and not backend.alibi:
-        return "no ALiBi bias (alibi_slopes)"
-    return backend.supports(spec)
 
 
 def attention(

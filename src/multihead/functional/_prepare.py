@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._validation import check_bool
 from ..masks import as_window
 from ._checks import (
     check_alibi_slopes,
@@ -20,10 +23,103 @@ from ._checks import (
 )
 from ._spec import AttentionSpec
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 SCORES = ("dot", "cosine")
 
 
+class AttentionOptions(TypedDict, total=False):
+    """The keyword options of an attention call besides ``mask`` and ``backend``.
+
+    Declared once, here; their defaults and meaning are those of :func:`build_spec` (and of
+    :func:`multihead.functional.attention`, whose documented signature spells them out).
+    Entry points that take them forward ``**options`` to :func:`make_spec`, which checks the
+    values, and on to :func:`build_spec`, whose signature rejects an unknown name with
+    ``TypeError`` as Python does.
+    """
+
+    causal: bool
+    window: int | tuple[int, int] | None
+    scale: float | None
+    score: str
+    dropout_p: float
+    need_weights: bool
+    alibi_slopes: Tensor | None
+
+
+class KernelOptions(AttentionOptions, total=False):
+    """:class:`AttentionOptions` and ``mask``, which the kernels' own entry points
+    (``chunked_attention``...) take by keyword like the rest."""
+
+    mask: Tensor | None
+
+
 def make_spec(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None = None,
+    **options: Unpack[AttentionOptions],
+) -> AttentionSpec:
+    """Validate the arguments of :func:`attention` and return the call's :class:`AttentionSpec`.
+
+    Shapes as in :func:`multihead.functional.attention`; ``options`` are the keyword options
+    of :class:`AttentionOptions`, with :func:`build_spec`'s defaults.
+
+    Example:
+        >>> q = torch.randn(1, 2, 3, 4)
+        >>> make_spec(q, q, q, causal=True).shape
+        (1, 2, 2, 3, 3, 4, 4)
+    """
+    check_qkv(query, key, value)
+    b, h, nq, _ = query.shape
+    mask = check_mask(mask, (b, h, nq, key.shape[2]), query.device)
+    # Only the options given are checked: the defaults are valid.
+    if "causal" in options:
+        check_bool(options["causal"], "causal")
+    if "need_weights" in options:
+        check_bool(options["need_weights"], "need_weights")
+    if "scale" in options:
+        check_scale(options["scale"])
+    if "dropout_p" in options:
+        check_dropout(options["dropout_p"])
+    if "score" in options:
+        check_choice(options["score"], "score", SCORES)
+    slopes = options.get("alibi_slopes")
+    if slopes is not None:
+        options["alibi_slopes"] = check_alibi_slopes(slopes, h, query.device)
+    return build_spec(query, key, value, mask, **options)
+
+
+def kernel_spec(
+    supports: Callable[[AttentionSpec], str | None],
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    alibi: bool,
+    **options: Unpack[KernelOptions],
+) -> AttentionSpec:
+    """:func:`make_spec` for a kernel's own entry point (``chunked_attention``...): a call the
+    kernel cannot run raises ``ValueError`` with the reason the registry would give."""
+    spec = make_spec(query, key, value, **options)
+    reason = refusal(spec, supports, alibi=alibi)
+    if reason is not None:
+        raise ValueError(reason)
+    return spec
+
+
+def refusal(
+    spec: AttentionSpec, supports: Callable[[AttentionSpec], str | None], *, alibi: bool
+) -> str | None:
+    """Why a kernel with this ``supports`` (and ALiBi support ``alibi``) cannot run ``spec``."""
+    if spec.alibi_slopes is not None and not alibi:
+        return "no ALiBi bias (alibi_slopes)"
+    return supports(spec)
+
+
+def build_spec(
     query: Tensor,
     key: Tensor,
     value: Tensor,
@@ -37,52 +133,9 @@ def make_spec(
     need_weights: bool = False,
     alibi_slopes: Tensor | None = None,
 ) -> AttentionSpec:
-    """Validate the arguments of :func:`attention` and return the call's :class:`AttentionSpec`."""
-    check_qkv(query, key, value)
-    b, h, nq, dk = query.shape
-    nk = key.shape[2]
-    mask = check_mask(mask, (b, h, nq, nk), query.device)
-    if alibi_slopes is not None:
-        alibi_slopes = check_alibi_slopes(alibi_slopes, h, query.device)
-    check_scale(scale)
-    check_dropout(dropout_p)
-    check_choice(score, "score", SCORES)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if not isinstance(need_weights, bool):
-        raise TypeError(f"need_weights must be a bool, got {type(need_weights).__name__}")
-    return build_spec(
-        query,
-        key,
-        value,
-        mask,
-        causal=causal,
-        window=window,
-        scale=scale,
-        score=score,
-        dropout_p=dropout_p,
-        need_weights=need_weights,
-        alibi_slopes=alibi_slopes,
-    )
-
-
-def build_spec(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    mask: Tensor | None,
-    *,
-    causal: bool,
-    window: int | tuple[int, int] | None,
-    scale: float | None,
-    score: str,
-    dropout_p: float,
-    need_weights: bool,
-    alibi_slopes: Tensor | None,
-) -> AttentionSpec:
     """:func:`make_spec` without its checks, for callers that validated every argument
     already (``MultiHeadAttention`` checks its inputs once, at its own boundary). ``mask`` is
-    4-D or ``None``."""
+    4-D or ``None``. The one signature that declares the options' defaults."""
     if mask is not None and mask.dtype != torch.bool:
         mask = forbid_below_threshold(mask)
     dk = query.shape[-1]

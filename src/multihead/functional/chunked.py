@@ -36,14 +36,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..masks import Window
-from ._prepare import make_spec
+from ._prepare import KernelOptions, kernel_spec
 from ._spec import AttentionResult, AttentionSpec, _logit_dtype
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["attention_and_lse", "chunked_attention", "chunked_backend", "supports"]
 
@@ -82,6 +85,20 @@ class _Geometry:
     # Key position of query 0; None: bottom-right alignment. Context parallelism passes the
     # difference of the shards' global positions here.
     q_offset: int | None = None
+
+    @classmethod
+    def of(cls, spec: AttentionSpec, block_size: int | tuple[int, int] | None) -> _Geometry:
+        """The geometry of a validated call, with blocks from :func:`_block_sizes`."""
+        block_q, block_k = _block_sizes(block_size)
+        # The first seven fields are AttentionSpec.shape, in its order.
+        return cls(
+            *spec.shape,
+            causal=spec.causal,
+            window=spec.window,
+            scale=spec.scale,
+            block_q=block_q,
+            block_k=block_k,
+        )
 
     @property
     def g(self) -> int:
@@ -274,6 +291,20 @@ def _probability_shift(row_max: Tensor, row_sum: Tensor) -> tuple[Tensor, Tensor
     return shift, inv_sum
 
 
+def _backward_stats(
+    dout: Tensor, out: Tensor, row_max: Tensor, row_sum: Tensor, dlse: Tensor | None = None
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """``dout`` in the work dtype of ``out`` (both ``(B, H, Nq, Dv)``), and the ``stats`` of
+    :func:`_backward` from the forward's row maximum and row sum ``(B, Hkv, G, Nq)``, with
+    ``dlse`` ``(B, H, Nq)`` the gradient of the log-sum-exp where it is an output."""
+    dout = dout.to(out.dtype).contiguous()
+    delta = (dout * out).sum(dim=-1)  # rowsum(dO * O), FlashAttention-2; (B, H, Nq)
+    if dlse is not None:
+        delta = delta - dlse.to(out.dtype)
+    shift, inv_sum = _probability_shift(row_max, row_sum)
+    return dout, (shift, inv_sum, delta.view_as(row_max))
+
+
 def _log_sum_exp(row_max: Tensor, row_sum: Tensor) -> Tensor:
     """``m + log l`` per row, ``-inf`` on empty rows."""
     return torch.where(row_sum > 0, row_max + torch.log(row_sum.clamp_min(_TINY)), _NEG_INF)
@@ -383,12 +414,8 @@ class _ChunkedAttention(torch.autograd.Function):
     def backward(ctx: Any, dout: Tensor, dlse: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, bias, allowed, slopes, out, row_max, row_sum = ctx.saved_tensors
         geo: _Geometry = ctx.geo
-        work = out.dtype
-        wq, wk, wv = (t.to(work).contiguous() for t in (q, k, v))
-        dout = dout.to(work).contiguous()
-        delta = (dout * out).sum(dim=-1) - dlse.to(work)  # (B, H, Nq)
-        shift, inv_sum = _probability_shift(row_max, row_sum)
-        stats = (shift, inv_sum, delta.view(geo.b, geo.hkv, geo.g, geo.nq))
+        wq, wk, wv = (t.to(out.dtype).contiguous() for t in (q, k, v))
+        dout, stats = _backward_stats(dout, out, row_max, row_sum, dlse)
         bias_grad = bias is not None and ctx.needs_input_grad[3]
         dq, dk, dv, dbias = _backward(
             geo, ctx.plan, wq, wk, wv, dout, stats, allowed, bias, slopes, bias_grad
@@ -420,28 +447,13 @@ def _block_sizes(block_size: int | tuple[int, int] | None) -> tuple[int, int]:
 
 def _run(spec: AttentionSpec, block_size: int | tuple[int, int] | None) -> tuple[Tensor, Tensor]:
     """``(output (B, H, Nq, Dv), lse (B, H, Nq))`` of a validated call."""
-    b, h, hkv, nq, nk, dk, dv = spec.shape
     slopes = spec.alibi_slopes
     if slopes is not None:
         slopes = slopes.to(_logit_dtype(spec.query.dtype))
-    block_q, block_k = _block_sizes(block_size)
-    geo = _Geometry(
-        b=b,
-        h=h,
-        hkv=hkv,
-        nq=nq,
-        nk=nk,
-        dk=dk,
-        dv=dv,
-        causal=spec.causal,
-        window=spec.window,
-        scale=spec.scale,
-        block_q=block_q,
-        block_k=block_k,
-    )
     mask = spec.mask
     allowed = mask if mask is not None and mask.dtype == torch.bool else None
     bias = mask if mask is not None and mask.dtype != torch.bool else None
+    geo = _Geometry.of(spec, block_size)
     out, lse = _ChunkedAttention.apply(spec.query, spec.key, spec.value, bias, allowed, slopes, geo)
     return out, lse
 
@@ -451,33 +463,22 @@ def chunked_attention(
     key: Tensor,
     value: Tensor,
     *,
-    mask: Tensor | None = None,
-    causal: bool = False,
-    window: int | tuple[int, int] | None = None,
-    scale: float | None = None,
-    alibi_slopes: Tensor | None = None,
     block_size: int | tuple[int, int] | None = None,
+    **options: Unpack[KernelOptions],
 ) -> Tensor:
     """Exact softmax attention in O(N·D) memory, with an optional ALiBi bias.
 
-    Equivalent to :func:`multihead.functional.attention` with the same arguments (and to
-    adding ``-slope_h * |i - j|`` to the logits when ``alibi_slopes`` is given), to rounding.
+    Equivalent to :func:`multihead.functional.attention` with the same arguments, to rounding.
 
     Args:
-        query: ``(B, H, Nq, Dk)``.
-        key: ``(B, Hkv, Nk, Dk)`` with ``H % Hkv == 0``.
-        value: ``(B, Hkv, Nk, Dv)``.
-        mask: bool (``True`` = may attend) or additive float, 2-D ``(Nq, Nk)`` or 4-D
-            broadcastable to ``(B, H, Nq, Nk)``; a float mask may require grad.
-        causal: bottom-right aligned causal mask (query ``i`` at key position ``i + Nk - Nq``).
-        window: sliding window, ``w`` or ``(left, right)`` (see :func:`multihead.masks.as_window`).
-        scale: logit multiplier, default ``1/sqrt(Dk)``.
-        alibi_slopes: ``(H,)`` ALiBi slopes (see :func:`multihead.positional.alibi_slopes`),
-            or ``None``. The bias
-            is ``-slope_h * |p_i - j|`` with ``p_i`` the query's key position: the paper's
-            ``m·(j - i)`` under ``causal``, and its symmetric extension otherwise.
+        query, key, value: as in :func:`~multihead.functional.attention`.
         block_size: keys per block, or ``(block_q, block_k)``; default
             ``(256, 512)``. Temporary memory is ``B·H·block_q·block_k`` floats.
+        options: ``mask`` (a float mask may require grad) and the keyword options of
+            ``attention`` (:class:`KernelOptions`), ALiBi included: ``alibi_slopes`` adds
+            ``-slope_h * |p_i - j|`` with ``p_i`` the query's key position (the paper's
+            ``m·(j - i)`` under ``causal``, and its symmetric extension otherwise).
+            ``need_weights=True`` and ``dropout_p > 0`` raise ``ValueError``.
 
     Returns:
         ``(B, H, Nq, Dv)``; rows with no key to attend to are zeros (with zero gradients).
@@ -490,16 +491,7 @@ def chunked_attention(
         >>> out.shape
         torch.Size([1, 4, 100, 16])
     """
-    spec = make_spec(
-        query,
-        key,
-        value,
-        mask,
-        causal=causal,
-        window=window,
-        scale=scale,
-        alibi_slopes=alibi_slopes,
-    )
+    spec = kernel_spec(supports, query, key, value, alibi=True, **options)
     return _run(spec, block_size)[0]
 
 

@@ -22,13 +22,17 @@ supported: padded keys get zero features and drop out of both sums.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._prepare import make_spec
+from ._prepare import KernelOptions, kernel_spec
 from ._spec import AttentionResult, AttentionSpec, _logit_dtype
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["linear_attention", "linear_backend", "supports"]
 
@@ -46,14 +50,15 @@ def padding_reason(mask: Tensor | None, kernel: str) -> str | None:
     """Why ``kernel`` cannot use ``mask``, if it is anything but a bool key padding mask."""
     if mask is None:
         return None
+    # "mask: " names the argument when a kernel's own entry point raises this.
     if mask.dtype != torch.bool:
         return (
-            f"{kernel} attention takes no float (additive) mask: it forms no logits to add to; "
+            f"mask: {kernel} attention takes no float (additive) mask: it forms no logits to add to; "
             "only a bool key padding mask (B|1, 1|H, 1, Nk) is supported"
         )
     if mask.shape[2] != 1:
         return (
-            f"{kernel} attention supports only key padding masks (B|1, 1|H, 1, Nk), got a bool "
+            f"mask: {kernel} attention supports only key padding masks (B|1, 1|H, 1, Nk), got a bool "
             f"mask of shape {tuple(mask.shape)} that varies by query"
         )
     return None
@@ -140,19 +145,18 @@ def linear_attention(
     key: Tensor,
     value: Tensor,
     *,
-    mask: Tensor | None = None,
-    causal: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
+    **options: Unpack[KernelOptions],
 ) -> Tensor:
     """Linear attention with ``phi = elu + 1`` (Katharopoulos et al., 2020); an approximation.
 
     Args:
-        query: ``(B, H, Nq, Dk)``.
-        key: ``(B, Hkv, Nk, Dk)`` with ``H % Hkv == 0``.
-        value: ``(B, Hkv, Nk, Dv)``.
-        mask: ``None`` or a bool key padding mask ``(B|1, 1|H, 1, Nk)`` (``True`` = real key).
-        causal: bottom-right aligned: query ``i`` sees keys ``j <= i + Nk - Nq``.
+        query, key, value: as in :func:`~multihead.functional.attention`.
         chunk_size: positions per chunk of the causal form (see module docstring).
+        options: the options of ``attention`` that apply (:class:`KernelOptions`): ``mask``,
+            ``None`` or a bool key padding mask ``(B|1, 1|H, 1, Nk)`` (``True`` = real key);
+            ``causal``, bottom-right aligned (query ``i`` sees keys ``j <= i + Nk - Nq``);
+            ``scale``, which has no effect. The others raise ``ValueError``.
 
     Returns:
         ``(B, H, Nq, Dv)``; rows with no key to attend to are zeros.
@@ -164,10 +168,7 @@ def linear_attention(
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    spec = make_spec(query, key, value, mask, causal=causal)
-    reason = padding_reason(spec.mask, "linear")
-    if reason is not None:
-        raise ValueError(f"mask: {reason}")
+    spec = kernel_spec(supports, query, key, value, alibi=False, **options)
     return _run(spec, chunk_size)
 
 

@@ -20,14 +20,18 @@ in range and the span is the whole sequence; ``supports`` says so and auto passe
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..masks import Window
-from ._prepare import make_spec
+from ._prepare import KernelOptions, kernel_spec
 from ._spec import AttentionResult, AttentionSpec, _logit_dtype
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["local_attention", "local_backend", "supports"]
 
@@ -144,28 +148,20 @@ def local_attention(
     key: Tensor,
     value: Tensor,
     *,
-    window: int | tuple[int, int],
-    mask: Tensor | None = None,
-    causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
     block_size: int | None = None,
+    **options: Unpack[KernelOptions],
 ) -> Tensor:
     """Sliding-window attention, exact for the window, in O(N·W) time and memory.
 
-    Equivalent to ``attention(query, key, value, mask, causal=causal, window=window)``.
+    Equivalent to ``attention(query, key, value, **options)``.
 
     Args:
-        query: ``(B, H, Nq, Dk)``.
-        key: ``(B, Hkv, Nk, Dk)`` with ``H % Hkv == 0``.
-        value: ``(B, Hkv, Nk, Dv)``.
-        window: ``w`` (keys ``[p - w, p + w]``) or ``(left, right)``; required.
-        mask: bool or additive float, 2-D ``(Nq, Nk)`` or 4-D broadcastable to
-            ``(B, H, Nq, Nk)``. Only the band inside the window is read.
-        causal: bottom-right aligned; sets the window's right side to 0.
-        scale: logit multiplier, default ``1/sqrt(Dk)``.
-        dropout_p: dropout on the attention probabilities.
+        query, key, value: as in :func:`~multihead.functional.attention`.
         block_size: query rows per block (default: :func:`default_block`).
+        options: ``mask`` and the keyword options of ``attention`` (:class:`KernelOptions`);
+            ``window`` (``w``: keys ``[p - w, p + w]``, or ``(left, right)``) is required, and
+            only the band of ``mask`` inside it is read. ``need_weights=True`` and
+            ``alibi_slopes`` raise ``ValueError``.
 
     Returns:
         ``(B, H, Nq, Dv)``; rows with no key in reach are zeros.
@@ -175,15 +171,13 @@ def local_attention(
         >>> local_attention(q, kv, kv, window=8, causal=True).shape
         torch.Size([1, 4, 64, 16])
     """
-    if window is None:
+    if options.get("window") is None:
         raise ValueError("window is required for local attention, got None")
     if block_size is not None and (
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0
     ):
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-    spec = make_spec(
-        query, key, value, mask, causal=causal, window=window, scale=scale, dropout_p=dropout_p
-    )
+    spec = kernel_spec(supports, query, key, value, alibi=False, **options)
     return _run(spec, block_size)
 
 

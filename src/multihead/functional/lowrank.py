@@ -22,14 +22,19 @@ them. Registered as ``"lowrank"`` with ``exact=False``: auto never picks it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._prepare import make_spec
+from ._prepare import KernelOptions, kernel_spec
 from ._spec import AttentionResult, AttentionSpec, _logit_dtype
 from .linear import key_weights, padding_reason
 from .reference import masked_softmax
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["lowrank_attention", "lowrank_backend", "pooling_matrix", "supports"]
 
@@ -112,25 +117,22 @@ def lowrank_attention(
     key: Tensor,
     value: Tensor,
     *,
-    mask: Tensor | None = None,
     rank: int = DEFAULT_RANK,
     proj_k: Tensor | None = None,
     proj_v: Tensor | None = None,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
+    **options: Unpack[KernelOptions],
 ) -> Tensor:
     """Linformer attention: keys/values projected along the sequence to ``rank`` rows.
 
     Args:
-        query: ``(B, H, Nq, Dk)``.
-        key: ``(B, Hkv, Nk, Dk)`` with ``H % Hkv == 0``.
-        value: ``(B, Hkv, Nk, Dv)``.
-        mask: ``None`` or a bool key padding mask ``(B|1, 1|H, 1, Nk)`` (``True`` = real key).
+        query, key, value: as in :func:`~multihead.functional.attention`.
         rank: segments of the default mean pooling (``min(rank, Nk)`` are used).
         proj_k: learned ``E`` ``(r, Nk)``; ``None`` for mean pooling.
         proj_v: learned ``F`` ``(r, Nk)``; default ``proj_k`` (Linformer's shared projection).
-        scale: logit multiplier, default ``1/sqrt(Dk)``.
-        dropout_p: dropout on the ``(Nq, r)`` probabilities.
+        options: the options of ``attention`` that apply (:class:`KernelOptions`): a bool key
+            padding ``mask`` (``(B|1, 1|H, 1, Nk)``, ``True`` = real key), ``scale``,
+            ``score`` and ``dropout_p`` (on the ``(Nq, r)`` probabilities). The others raise
+            ``ValueError``.
 
     Returns:
         ``(B, H, Nq, Dv)``; rows with no real key are zeros.
@@ -147,10 +149,7 @@ def lowrank_attention(
         raise ValueError("proj_v needs proj_k: pass both learned projections, or neither")
     _check_projection(proj_k, "proj_k", nk, None)
     _check_projection(proj_v, "proj_v", nk, None if proj_k is None else proj_k.shape[0])
-    spec = make_spec(query, key, value, mask, scale=scale, dropout_p=dropout_p)
-    reason = padding_reason(spec.mask, "low-rank")
-    if reason is not None:
-        raise ValueError(f"mask: {reason}")
+    spec = kernel_spec(supports, query, key, value, alibi=False, **options)
     return _run(spec, rank, proj_k, proj_v)
 
 

@@ -14,15 +14,18 @@ which is how blockwise kernels combine key blocks (Milakov & Gimelshein, 2018; R
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import chunked
-from ._prepare import make_spec
+from ._prepare import AttentionOptions, make_spec
 from ._spec import AttentionSpec, _logit_dtype
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AttentionWithLse", "attention_with_lse", "merge_attention"]
 
@@ -41,14 +44,9 @@ def attention_with_lse(
     key: Tensor,
     value: Tensor,
     mask: Tensor | None = None,
-    causal: bool = False,
-    window: int | tuple[int, int] | None = None,
-    scale: float | None = None,
-    score: str = "dot",
-    dropout_p: float = 0.0,
-    backend: str = "auto",
     *,
-    alibi_slopes: Tensor | None = None,
+    backend: str = "auto",
+    **options: Unpack[AttentionOptions],
 ) -> AttentionWithLse:
     r""":func:`~multihead.functional.attention` plus the log-sum-exp of each query row's logits.
 
@@ -65,8 +63,10 @@ def attention_with_lse(
     ``ValueError``.
 
     Args:
-        query, key, value, mask, causal, window, scale, score, dropout_p, backend,
-            alibi_slopes: as in :func:`~multihead.functional.attention`.
+        query, key, value, mask, backend: as in :func:`~multihead.functional.attention`.
+        options: its keyword options (``causal``, ``window``, ``scale``, ``score``,
+            ``dropout_p``, ``alibi_slopes``; see :class:`AttentionOptions`). There are no
+            weights to return, so ``need_weights=True`` raises ``ValueError``.
 
     Returns:
         ``AttentionWithLse(output (B, H, Nq, Dv), lse (B, H, Nq))``. ``lse`` is float32 for
@@ -81,18 +81,9 @@ def attention_with_lse(
     """
     from . import select_backend  # here: this module is imported while the package initialises
 
-    spec = make_spec(
-        query,
-        key,
-        value,
-        mask,
-        causal=causal,
-        window=window,
-        scale=scale,
-        score=score,
-        dropout_p=dropout_p,
-        alibi_slopes=alibi_slopes,
-    )
+    spec = make_spec(query, key, value, mask, **options)
+    if spec.need_weights:
+        raise ValueError("attention_with_lse returns no weights: need_weights must be False")
     chosen, _ = select_backend(spec, backend)
     if not chosen.exact:
         raise ValueError(

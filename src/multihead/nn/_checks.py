@@ -7,14 +7,6 @@ import torch
 from torch import Tensor
 
 
-def positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be greater than 0, got {value}")
-    return value
-
-
 def check_mask_dtype(mask: Tensor | None, name: str) -> None:
     if mask is None:
         return

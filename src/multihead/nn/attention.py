@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
+from .._validation import check_int
 from ..functional import attention, get_backend
-from ._checks import check_inputs, check_mask_dtype, check_mask_shapes, positive_int
+from ._checks import check_inputs, check_mask_dtype, check_mask_shapes
 
 __all__ = ["MultiheadAttention"]
 
@@ -96,14 +97,14 @@ class MultiheadAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        positive_int(embed_dim, "embed_dim")
-        positive_int(num_heads, "num_heads")
+        check_int(embed_dim, "embed_dim")
+        check_int(num_heads, "num_heads")
         if embed_dim % num_heads != 0:
             raise ValueError(
                 f"embed_dim must be divisible by num_heads, got embed_dim={embed_dim} and "
                 f"num_heads={num_heads}"
             )
-        hkv = num_heads if num_kv_heads is None else positive_int(num_kv_heads, "num_kv_heads")
+        hkv = num_heads if num_kv_heads is None else check_int(num_kv_heads, "num_kv_heads")
         if num_heads % hkv != 0:
             raise ValueError(
                 f"num_heads must be a multiple of num_kv_heads, got num_heads={num_heads} and "
@@ -115,8 +116,8 @@ class MultiheadAttention(nn.Module):
             get_backend(backend)  # raises ValueError listing the names
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
-        self.kdim = embed_dim if kdim is None else positive_int(kdim, "kdim")
-        self.vdim = embed_dim if vdim is None else positive_int(vdim, "vdim")
+        self.kdim = embed_dim if kdim is None else check_int(kdim, "kdim")
+        self.vdim = embed_dim if vdim is None else check_int(vdim, "vdim")
         self.num_heads = num_heads
         self.num_kv_heads = hkv
         self.head_dim = embed_dim // num_heads
