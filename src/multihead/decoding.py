@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -35,8 +35,13 @@ from torch import Tensor
 from ._validation import check_bool, check_int, check_padding_mask, check_token_ids
 from .cache import DecoderCache
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = [
+    "GenerateOptions",
     "LanguageModel",
+    "SampleOptions",
     "Seq2SeqModel",
     "beam_search",
     "generate_lm",
@@ -410,18 +415,29 @@ def _filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Te
     return logits
 
 
+class _DecodingOptions(TypedDict, total=False):
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    generator: torch.Generator | None
+    eos_id: int | None
+    use_cache: bool
+
+
+class SampleOptions(_DecodingOptions, total=False):
+    """The keywords :func:`sample` passes on to :func:`generate_lm` (defaults there)."""
+
+    pad_id: int | None
+
+
+class GenerateOptions(_DecodingOptions, total=False):
+    """The keywords :meth:`DecoderLM.generate` passes on to :func:`generate_lm`."""
+
+    do_sample: bool
+
+
 def sample(
-    model: LanguageModel,
-    prompt: Tensor,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-    eos_id: int | None = None,
-    pad_id: int | None = None,
-    use_cache: bool = True,
+    model: LanguageModel, prompt: Tensor, *, max_new_tokens: int, **options: Unpack[SampleOptions]
 ) -> Tensor:
     """Continue ``prompt`` by sampling from a :class:`DecoderLM`.
 
@@ -452,19 +468,7 @@ def sample(
         >>> sample(lm, torch.tensor([[3, 4]]), max_new_tokens=5, top_k=3, generator=g).shape
         torch.Size([1, 7])
     """
-    return generate_lm(
-        model,
-        prompt,
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        generator=generator,
-        eos_id=eos_id,
-        pad_id=pad_id,
-        use_cache=use_cache,
-    )
+    return generate_lm(model, prompt, max_new_tokens=max_new_tokens, do_sample=True, **options)
 
 
 def generate_lm(

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 from .._validation import check_padding_mask, check_token_ids
 from ..cache import DecoderCache
 from ..config import TransformerConfig, ViTConfig
-from ..decoding import generate_lm
+from ..decoding import GenerateOptions, generate_lm
 from ..positional import LearnedPositionalEncoding
 from .layers import EncoderLayer
 from .stacks import (
@@ -320,17 +320,7 @@ class DecoderLM(nn.Module):
         return self.lm_head(hidden)
 
     def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        *,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_id: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
+        self, input_ids: Tensor, max_new_tokens: int, **options: Unpack[GenerateOptions]
     ) -> Tensor:
         """Continue ``input_ids (B, N)`` by up to ``max_new_tokens`` tokens -> ``(B, N + T)``.
 
@@ -345,18 +335,7 @@ class DecoderLM(nn.Module):
             >>> lm.generate(torch.tensor([[1, 2, 3]]), 5).shape
             torch.Size([1, 8])
         """
-        return generate_lm(
-            self,
-            input_ids,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_id=eos_id,
-            generator=generator,
-            use_cache=use_cache,
-        )
+        return generate_lm(self, input_ids, max_new_tokens=max_new_tokens, **options)
 
     def attention_maps(self, ids: Tensor, padding_mask: Tensor | None = None) -> AttentionMaps:
         """Per-layer causal self-attention weights, in ``AttentionMaps.decoder_self``."""
