@@ -155,7 +155,7 @@ class Seq2SeqTransformer(nn.Module):
     ) -> EncoderOutput:
         check_token_ids(src, "src", self.config.vocab_size)
         check_padding_mask(src_padding_mask, "src_padding_mask", tuple(src.shape))
-        return self.encoder.run(src, src_padding_mask, need_weights=need_weights)
+        return self.encoder.run(src, src_padding_mask, need_weights)
 
     def encode(self, src: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
         """``src (B, Ns)`` -> ``memory (B, Ns, E)``, computed once per input when decoding."""

@@ -104,7 +104,6 @@ class EmbedOptions(TypedDict, total=False):
 class EncoderOptions(TypedDict, total=False):
     """The keywords :meth:`Encoder.forward` passes on to :meth:`Encoder.run`."""
 
-    need_weights: bool
     cache: DecoderCache | None
     positions: Tensor | None
     token_type_ids: Tensor | None
@@ -275,9 +274,9 @@ class Encoder(_Stack):
     def run(
         self,
         ids: Tensor,
-        padding_mask: Tensor | None = None,
+        padding_mask: Tensor | None,
+        need_weights: bool,
         *,
-        need_weights: bool = False,
         cache: DecoderCache | None = None,
         positions: Tensor | None = None,
         token_type_ids: Tensor | None = None,
@@ -309,12 +308,17 @@ class Encoder(_Stack):
         return EncoderOutput(self.norm(x), tuple(weights))
 
     def forward(
-        self, ids: Tensor, padding_mask: Tensor | None = None, **options: Unpack[EncoderOptions]
+        self,
+        ids: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        need_weights: bool = False,
+        **options: Unpack[EncoderOptions],
     ) -> EncoderOutput:
-        """Check ``ids`` and :meth:`run` (keywords ``need_weights``, ``cache``, ``positions``,
+        """Check ``ids`` and :meth:`run` (keywords ``cache``, ``positions``,
         ``token_type_ids``)."""
         check_token_ids(ids, "ids", self.embedding.num_embeddings)
-        return self.run(ids, padding_mask, **options)
+        return self.run(ids, padding_mask, need_weights, **options)
 
 
 class Decoder(_Stack):
