@@ -36,12 +36,13 @@ from ._validation import check_bool, check_int, check_padding_mask, check_token_
 from .cache import DecoderCache
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    from typing_extensions import Required, Unpack
 
 __all__ = [
     "GenerateOptions",
     "LanguageModel",
     "SampleOptions",
+    "SearchOptions",
     "Seq2SeqModel",
     "beam_search",
     "generate_lm",
@@ -242,17 +243,23 @@ def _forbid_pad(logits: Tensor, pad_id: int, eos_id: int) -> Tensor:
 # ------------------------------------------------------------------------------ greedy
 
 
+class SearchOptions(TypedDict, total=False):
+    """The keywords :func:`greedy_decode` passes on to :func:`beam_search`."""
+
+    bos_id: Required[int]
+    eos_id: Required[int]
+    max_len: Required[int]
+    use_cache: bool
+
+
 def greedy_decode(
     model: Seq2SeqModel,
     src: Tensor,
     src_padding_mask: Tensor | None = None,
-    *,
-    bos_id: int,
-    eos_id: int,
-    max_len: int,
-    use_cache: bool = True,
+    **options: Unpack[SearchOptions],
 ) -> Tensor:
-    """Decode by taking the most likely token at every step.
+    """Decode by taking the most likely token at every step (:func:`beam_search` with one
+    hypothesis, which runs this loop without the beam's bookkeeping).
 
     The source is encoded once. Each sequence stops at its first ``eos_id`` (which is kept in
     the output); later positions hold ``model.config.pad_id``, which is never generated itself
@@ -278,24 +285,22 @@ def greedy_decode(
         >>> greedy_decode(model, torch.tensor([[3, 4, 5]]), bos_id=1, eos_id=2, max_len=4).dtype
         torch.int64
     """
-    _check_seq2seq_args(model, src, src_padding_mask, bos_id, eos_id, max_len)
-    check_bool(use_cache, "use_cache")
-    pad_id = model.config.pad_id
-    b = src.shape[0]
-    with _evaluating(model):
-        # BOS and at most max_len - 1 generated tokens are ever fed.
-        stepper = _seq2seq_stepper(model, src, src_padding_mask, max_len if use_cache else None)
-        tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=src.device)
-        finished = torch.zeros(b, dtype=torch.bool, device=src.device)
-        for _ in range(max_len):
-            logits = _forbid_pad(stepper.next_logits(tokens), pad_id, eos_id)
-            next_token = logits.argmax(dim=-1)  # (B,)
-            next_token = next_token.masked_fill(finished, pad_id)
-            tokens = torch.cat([tokens, next_token.unsqueeze(1)], dim=1)  # (B, T + 1)
-            finished |= next_token == eos_id
-            if bool(finished.all()):
-                break
-    return tokens[:, 1:].clone()
+    return beam_search(model, src, src_padding_mask, beam_size=1, **options)
+
+
+def _greedy(stepper: _Stepper, tokens: Tensor, eos_id: int, pad_id: int, max_len: int) -> Tensor:
+    """Extend ``tokens (B, 1)`` (BOS) by the most likely token until every row has emitted
+    ``eos_id`` or ``max_len`` tokens are added; return the added ones ``(B, T)``."""
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    for _ in range(max_len):
+        logits = _forbid_pad(stepper.next_logits(tokens), pad_id, eos_id)
+        next_token = logits.argmax(dim=-1)  # (B,)
+        next_token = next_token.masked_fill(finished, pad_id)
+        tokens = torch.cat([tokens, next_token.unsqueeze(1)], dim=1)  # (B, T + 1)
+        finished |= next_token == eos_id
+        if bool(finished.all()):
+            break
+    return tokens[:, 1:]
 
 
 # ------------------------------------------------------------------------------ beam search
@@ -354,8 +359,15 @@ def beam_search(
     check_bool(use_cache, "use_cache")
     pad_id = model.config.pad_id
     b, device = src.shape[0], src.device
+    cache_len = max_len if use_cache else None  # BOS and at most max_len - 1 tokens are fed
+    if k == 1:  # the most likely token at every step: no beam bookkeeping
+        with _evaluating(model):
+            stepper = _seq2seq_stepper(model, src, src_padding_mask, cache_len)
+            bos = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
+            out = _greedy(stepper, bos, eos_id, pad_id, max_len)
+        return out.clone()
     with _evaluating(model):
-        stepper = _seq2seq_stepper(model, src, src_padding_mask, max_len if use_cache else None)
+        stepper = _seq2seq_stepper(model, src, src_padding_mask, cache_len)
         # Every input's beam starts as k copies of [BOS]; only the first is live so that the
         # first step does not fill the beam with k copies of the same extension.
         stepper.select(torch.arange(b, device=device).repeat_interleave(k))
