@@ -160,6 +160,19 @@ def test_static_and_decoder_caches() -> None:
     assert cache.length == 0 and all(c.num_stored == 0 for c in cache.self_attn)
 
 
+@pytest.mark.parametrize("num_layers", [0, 2])
+def test_decoder_cache_checks_its_sizes_once_for_every_layer(num_layers: int) -> None:
+    cache = DecoderCache(num_layers, window=3)
+    assert cache.window == 3 and all(c.window == 3 and c.max_len is None for c in cache.self_attn)
+    # Checked even when there is no layer to hand the sizes to.
+    with pytest.raises(ValueError, match="max_len=4 and window=2 cannot be combined"):
+        DecoderCache(num_layers, max_len=4, window=2)
+    with pytest.raises(ValueError, match="max_len must be >= 1, got 0"):
+        DecoderCache(num_layers, max_len=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_length'"):
+        DecoderCache(num_layers, max_length=4)  # type: ignore[call-arg]
+
+
 # ------------------------------------------------------------------------------ attention
 
 

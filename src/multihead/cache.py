@@ -35,15 +35,22 @@ Example:
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing_extensions import Self, Unpack
 
-__all__ = ["DecoderCache", "KVCache", "StaticKVCache"]
+__all__ = ["CacheOptions", "DecoderCache", "KVCache", "StaticKVCache"]
+
+
+class CacheOptions(TypedDict, total=False):
+    """The sizes of a :class:`KVCache`, which :class:`DecoderCache` gives every layer's."""
+
+    max_len: int | None
+    window: int | None
 
 
 def _clone(cache: Any) -> Any:
@@ -67,6 +74,17 @@ def _check_optional_int(value: Any, name: str, minimum: int) -> int | None:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _check_layout(*, max_len: Any = None, window: Any = None) -> tuple[int | None, int | None]:
+    """``KVCache``'s ``max_len`` and ``window``, checked: at most one of them is set."""
+    checked = _check_optional_int(max_len, "max_len", 1), _check_optional_int(window, "window", 0)
+    if None not in checked:
+        raise ValueError(
+            f"max_len={max_len} and window={window} cannot be combined: a sliding-window "
+            "cache keeps at most window keys plus the newest chunk"
+        )
+    return checked
 
 
 def _check_kv(key: Any, value: Any) -> None:
@@ -132,13 +150,7 @@ class KVCache:
     """
 
     def __init__(self, *, max_len: int | None = None, window: int | None = None) -> None:
-        self.max_len = _check_optional_int(max_len, "max_len", 1)
-        self.window = _check_optional_int(window, "window", 0)
-        if self.max_len is not None and self.window is not None:
-            raise ValueError(
-                f"max_len={max_len} and window={window} cannot be combined: a sliding-window "
-                "cache keeps at most window keys plus the newest chunk"
-            )
+        self.max_len, self.window = _check_layout(max_len=max_len, window=window)
         self._key: Tensor | None = None  # (B, Hkv, capacity, Dk)
         self._value: Tensor | None = None  # (B, Hkv, capacity, Dv)
         self._stored = 0
@@ -400,25 +412,20 @@ class DecoderCache:
     """
 
     def __init__(
-        self,
-        num_layers: int,
-        *,
-        max_len: int | None = None,
-        window: int | None = None,
-        cross: bool = False,
+        self, num_layers: int, *, cross: bool = False, **options: Unpack[CacheOptions]
     ) -> None:
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 0:
             raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
         if not isinstance(cross, bool):
             raise TypeError(f"cross must be a bool, got {type(cross).__name__}")
+        # Checked here once (also with no layers), then the same sizes for every layer.
+        self.max_len, self.window = _check_layout(**options)
         self.self_attn: tuple[KVCache, ...] = tuple(
-            KVCache(max_len=max_len, window=window) for _ in range(num_layers)
+            KVCache(max_len=self.max_len, window=self.window) for _ in range(num_layers)
         )
         self.cross_attn: tuple[StaticKVCache, ...] | None = (
             tuple(StaticKVCache() for _ in range(num_layers)) if cross else None
         )
-        self.max_len = _check_optional_int(max_len, "max_len", 1)
-        self.window = _check_optional_int(window, "window", 0)
         self.length = 0  # tokens fed so far: the position of the next one
 
     def __len__(self) -> int:

@@ -37,13 +37,37 @@ def _set(config: Any, name: str, value: Any) -> None:
     object.__setattr__(config, name, value)
 
 
-def _check_heads(owner: str, d_model: int, num_heads: int, num_kv_heads: int | None) -> None:
-    if d_model % num_heads != 0:
-        raise ValueError(f"{owner}.d_model={d_model} must be divisible by num_heads={num_heads}")
-    if num_kv_heads is not None and num_heads % num_kv_heads != 0:
+def _check_layer_fields(config: TransformerConfig | ViTConfig) -> None:
+    """Check (and normalise) the fields both configs have: what every layer is made of."""
+    owner = type(config).__name__
+    check_int(config.d_model, f"{owner}.d_model", minimum=1)
+    check_int(config.num_heads, f"{owner}.num_heads", minimum=1)
+    check_int(config.num_kv_heads, f"{owner}.num_kv_heads", minimum=1, optional=True)
+    if config.d_model % config.num_heads != 0:
         raise ValueError(
-            f"{owner}.num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}"
+            f"{owner}.d_model={config.d_model} must be divisible by num_heads={config.num_heads}"
         )
+    if config.num_kv_heads is not None and config.num_heads % config.num_kv_heads != 0:
+        raise ValueError(
+            f"{owner}.num_heads={config.num_heads} must be a multiple of "
+            f"num_kv_heads={config.num_kv_heads}"
+        )
+    check_int(config.d_ff, f"{owner}.d_ff", minimum=1)
+    _set(config, "dropout", check_probability(config.dropout, f"{owner}.dropout"))
+    _set(config, "attn_dropout", check_probability(config.attn_dropout, f"{owner}.attn_dropout"))
+    check_bool(config.norm_first, f"{owner}.norm_first")
+    check_choice(config.activation, f"{owner}.activation", ACTIVATIONS)
+
+
+def _layer_options(config: TransformerConfig | ViTConfig) -> dict[str, Any]:
+    """The layer keywords both configs decide (see ``TransformerConfig.layer_options``)."""
+    return {
+        "dropout": config.dropout,
+        "attn_dropout": config.attn_dropout,
+        "norm_first": config.norm_first,
+        "activation": config.activation,
+        "num_kv_heads": config.num_kv_heads,
+    }
 
 
 def _config_to_dict(config: Any) -> dict[str, Any]:
@@ -121,15 +145,9 @@ class TransformerConfig:
         owner = type(self).__name__
         check_int(self.vocab_size, f"{owner}.vocab_size", minimum=1)
         check_int(self.tgt_vocab_size, f"{owner}.tgt_vocab_size", minimum=1, optional=True)
-        check_int(self.d_model, f"{owner}.d_model", minimum=1)
-        check_int(self.num_heads, f"{owner}.num_heads", minimum=1)
-        check_int(self.num_kv_heads, f"{owner}.num_kv_heads", minimum=1, optional=True)
-        _check_heads(owner, self.d_model, self.num_heads, self.num_kv_heads)
+        _check_layer_fields(self)
         check_int(self.num_encoder_layers, f"{owner}.num_encoder_layers", minimum=0)
         check_int(self.num_decoder_layers, f"{owner}.num_decoder_layers", minimum=0)
-        check_int(self.d_ff, f"{owner}.d_ff", minimum=1)
-        _set(self, "dropout", check_probability(self.dropout, f"{owner}.dropout"))
-        _set(self, "attn_dropout", check_probability(self.attn_dropout, f"{owner}.attn_dropout"))
         check_int(self.max_len, f"{owner}.max_len", minimum=1)
         check_choice(self.positional, f"{owner}.positional", POSITIONAL_KINDS)
         _set(self, "rope_base", check_float(self.rope_base, f"{owner}.rope_base", above=1.0))
@@ -138,8 +156,6 @@ class TransformerConfig:
                 f"{owner}.positional='rope' needs an even head size d_model / num_heads, got "
                 f"{self.d_model} / {self.num_heads} = {self.d_model // self.num_heads}"
             )
-        check_bool(self.norm_first, f"{owner}.norm_first")
-        check_choice(self.activation, f"{owner}.activation", ACTIVATIONS)
         check_choice(self.ffn, f"{owner}.ffn", FFN_KINDS)
         check_choice(self.norm, f"{owner}.norm", NORMS)
         _set(self, "norm_eps", check_float(self.norm_eps, f"{owner}.norm_eps", above=0.0))
@@ -174,11 +190,7 @@ class TransformerConfig:
         :class:`~multihead.modules.DecoderLayer` that this config decides: the one place where
         config fields become layer (and attention) options."""
         return {
-            "dropout": self.dropout,
-            "attn_dropout": self.attn_dropout,
-            "norm_first": self.norm_first,
-            "activation": self.activation,
-            "num_kv_heads": self.num_kv_heads,
+            **_layer_options(self),
             "bias": self.bias,
             "norm": self.norm,
             "norm_eps": self.norm_eps,
@@ -236,27 +248,13 @@ class ViTConfig:
             )
         check_int(self.in_channels, f"{owner}.in_channels", minimum=1)
         check_int(self.num_classes, f"{owner}.num_classes", minimum=1)
-        check_int(self.d_model, f"{owner}.d_model", minimum=1)
-        check_int(self.num_heads, f"{owner}.num_heads", minimum=1)
-        check_int(self.num_kv_heads, f"{owner}.num_kv_heads", minimum=1, optional=True)
-        _check_heads(owner, self.d_model, self.num_heads, self.num_kv_heads)
+        _check_layer_fields(self)
         check_int(self.num_layers, f"{owner}.num_layers", minimum=0)
-        check_int(self.d_ff, f"{owner}.d_ff", minimum=1)
-        _set(self, "dropout", check_probability(self.dropout, f"{owner}.dropout"))
-        _set(self, "attn_dropout", check_probability(self.attn_dropout, f"{owner}.attn_dropout"))
-        check_bool(self.norm_first, f"{owner}.norm_first")
-        check_choice(self.activation, f"{owner}.activation", ACTIVATIONS)
 
     def layer_options(self) -> dict[str, Any]:
         """The keyword arguments of :class:`~multihead.modules.EncoderLayer` this config
         decides (ViT: LayerNorm, biases, absolute positions added to the patches)."""
-        return {
-            "dropout": self.dropout,
-            "attn_dropout": self.attn_dropout,
-            "norm_first": self.norm_first,
-            "activation": self.activation,
-            "num_kv_heads": self.num_kv_heads,
-        }
+        return _layer_options(self)
 
     @property
     def num_patches(self) -> int:

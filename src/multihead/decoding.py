@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -35,8 +35,14 @@ from torch import Tensor
 from ._validation import check_bool, check_int, check_padding_mask, check_token_ids
 from .cache import DecoderCache
 
+if TYPE_CHECKING:
+    from typing_extensions import Required, Unpack
+
 __all__ = [
+    "GenerateOptions",
     "LanguageModel",
+    "SampleOptions",
+    "SearchOptions",
     "Seq2SeqModel",
     "beam_search",
     "generate_lm",
@@ -237,17 +243,23 @@ def _forbid_pad(logits: Tensor, pad_id: int, eos_id: int) -> Tensor:
 # ------------------------------------------------------------------------------ greedy
 
 
+class SearchOptions(TypedDict, total=False):
+    """The keywords :func:`greedy_decode` passes on to :func:`beam_search`."""
+
+    bos_id: Required[int]
+    eos_id: Required[int]
+    max_len: Required[int]
+    use_cache: bool
+
+
 def greedy_decode(
     model: Seq2SeqModel,
     src: Tensor,
     src_padding_mask: Tensor | None = None,
-    *,
-    bos_id: int,
-    eos_id: int,
-    max_len: int,
-    use_cache: bool = True,
+    **options: Unpack[SearchOptions],
 ) -> Tensor:
-    """Decode by taking the most likely token at every step.
+    """Decode by taking the most likely token at every step (:func:`beam_search` with one
+    hypothesis, which runs this loop without the beam's bookkeeping).
 
     The source is encoded once. Each sequence stops at its first ``eos_id`` (which is kept in
     the output); later positions hold ``model.config.pad_id``, which is never generated itself
@@ -273,24 +285,22 @@ def greedy_decode(
         >>> greedy_decode(model, torch.tensor([[3, 4, 5]]), bos_id=1, eos_id=2, max_len=4).dtype
         torch.int64
     """
-    _check_seq2seq_args(model, src, src_padding_mask, bos_id, eos_id, max_len)
-    check_bool(use_cache, "use_cache")
-    pad_id = model.config.pad_id
-    b = src.shape[0]
-    with _evaluating(model):
-        # BOS and at most max_len - 1 generated tokens are ever fed.
-        stepper = _seq2seq_stepper(model, src, src_padding_mask, max_len if use_cache else None)
-        tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=src.device)
-        finished = torch.zeros(b, dtype=torch.bool, device=src.device)
-        for _ in range(max_len):
-            logits = _forbid_pad(stepper.next_logits(tokens), pad_id, eos_id)
-            next_token = logits.argmax(dim=-1)  # (B,)
-            next_token = next_token.masked_fill(finished, pad_id)
-            tokens = torch.cat([tokens, next_token.unsqueeze(1)], dim=1)  # (B, T + 1)
-            finished |= next_token == eos_id
-            if bool(finished.all()):
-                break
-    return tokens[:, 1:].clone()
+    return beam_search(model, src, src_padding_mask, beam_size=1, **options)
+
+
+def _greedy(stepper: _Stepper, tokens: Tensor, eos_id: int, pad_id: int, max_len: int) -> Tensor:
+    """Extend ``tokens (B, 1)`` (BOS) by the most likely token until every row has emitted
+    ``eos_id`` or ``max_len`` tokens are added; return the added ones ``(B, T)``."""
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    for _ in range(max_len):
+        logits = _forbid_pad(stepper.next_logits(tokens), pad_id, eos_id)
+        next_token = logits.argmax(dim=-1)  # (B,)
+        next_token = next_token.masked_fill(finished, pad_id)
+        tokens = torch.cat([tokens, next_token.unsqueeze(1)], dim=1)  # (B, T + 1)
+        finished |= next_token == eos_id
+        if bool(finished.all()):
+            break
+    return tokens[:, 1:]
 
 
 # ------------------------------------------------------------------------------ beam search
@@ -349,8 +359,15 @@ def beam_search(
     check_bool(use_cache, "use_cache")
     pad_id = model.config.pad_id
     b, device = src.shape[0], src.device
+    cache_len = max_len if use_cache else None  # BOS and at most max_len - 1 tokens are fed
+    if k == 1:  # the most likely token at every step: no beam bookkeeping
+        with _evaluating(model):
+            stepper = _seq2seq_stepper(model, src, src_padding_mask, cache_len)
+            bos = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
+            out = _greedy(stepper, bos, eos_id, pad_id, max_len)
+        return out.clone()
     with _evaluating(model):
-        stepper = _seq2seq_stepper(model, src, src_padding_mask, max_len if use_cache else None)
+        stepper = _seq2seq_stepper(model, src, src_padding_mask, cache_len)
         # Every input's beam starts as k copies of [BOS]; only the first is live so that the
         # first step does not fill the beam with k copies of the same extension.
         stepper.select(torch.arange(b, device=device).repeat_interleave(k))
@@ -410,18 +427,29 @@ def _filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Te
     return logits
 
 
+class _DecodingOptions(TypedDict, total=False):
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    generator: torch.Generator | None
+    eos_id: int | None
+    use_cache: bool
+
+
+class SampleOptions(_DecodingOptions, total=False):
+    """The keywords :func:`sample` passes on to :func:`generate_lm` (defaults there)."""
+
+    pad_id: int | None
+
+
+class GenerateOptions(_DecodingOptions, total=False):
+    """The keywords :meth:`DecoderLM.generate` passes on to :func:`generate_lm`."""
+
+    do_sample: bool
+
+
 def sample(
-    model: LanguageModel,
-    prompt: Tensor,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-    eos_id: int | None = None,
-    pad_id: int | None = None,
-    use_cache: bool = True,
+    model: LanguageModel, prompt: Tensor, *, max_new_tokens: int, **options: Unpack[SampleOptions]
 ) -> Tensor:
     """Continue ``prompt`` by sampling from a :class:`DecoderLM`.
 
@@ -452,19 +480,7 @@ def sample(
         >>> sample(lm, torch.tensor([[3, 4]]), max_new_tokens=5, top_k=3, generator=g).shape
         torch.Size([1, 7])
     """
-    return generate_lm(
-        model,
-        prompt,
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        generator=generator,
-        eos_id=eos_id,
-        pad_id=pad_id,
-        use_cache=use_cache,
-    )
+    return generate_lm(model, prompt, max_new_tokens=max_new_tokens, do_sample=True, **options)
 
 
 def generate_lm(

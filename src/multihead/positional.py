@@ -37,6 +37,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._validation import check_int
+
 __all__ = [
     "ADDITIVE_KINDS",
     "POSITIONAL_KINDS",
@@ -52,22 +54,6 @@ __all__ = [
 
 POSITIONAL_KINDS = ("sinusoidal", "learned", "rope", "alibi", "none")
 ADDITIVE_KINDS = ("sinusoidal", "learned")  # the kinds that build_positional makes
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
-
-
-def _check_offset(offset: object) -> int:
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
-    return offset
 
 
 def check_positions(positions: object, batch: int, n: int) -> Tensor:
@@ -118,7 +104,7 @@ def sinusoidal_encoding(
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
-    d = _check_positive_int(d, "d")
+    d = check_int(d, "d")
     if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1.0:
         raise ValueError(f"base must be a number > 1, got {base!r}")
     dtype = torch.get_default_dtype() if dtype is None else dtype
@@ -139,8 +125,8 @@ class AdditivePositionalEncoding(nn.Module):
 
     def __init__(self, d_model: int, max_len: int) -> None:
         super().__init__()
-        self.d_model = _check_positive_int(d_model, "d_model")
-        self.max_len = _check_positive_int(max_len, "max_len")
+        self.d_model = check_int(d_model, "d_model")
+        self.max_len = check_int(max_len, "max_len")
 
     def encoding(
         self, n: int, offset: int = 0, *, dtype: torch.dtype, device: torch.device
@@ -156,7 +142,7 @@ class AdditivePositionalEncoding(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be 3-D (B, N, E={self.d_model}), got shape {tuple(x.shape)}")
         if positions is None:
-            offset = _check_offset(offset)
+            offset = check_int(offset, "offset", minimum=0)
             return x + self.encoding(x.shape[1], offset, dtype=x.dtype, device=x.device)
         positions = check_positions(positions, x.shape[0], x.shape[1])
         end = int(positions.max()) + 1 if positions.numel() else 0
@@ -306,14 +292,14 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, dim: int, *, base: float = 10000.0, max_len: int = 512) -> None:
         super().__init__()
-        dim = _check_positive_int(dim, "dim")
+        dim = check_int(dim, "dim")
         if dim % 2:
             raise ValueError(f"dim must be even to pair features for rotation, got {dim}")
         if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1.0:
             raise ValueError(f"base must be a number > 1, got {base!r}")
         self.dim = dim
         self.base = float(base)
-        cos, sin = self._tables(_check_positive_int(max_len, "max_len"), None)
+        cos, sin = self._tables(check_int(max_len, "max_len"), None)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
@@ -404,7 +390,7 @@ class RotaryEmbedding(nn.Module):
         n = x.shape[-2]
         if isinstance(positions, int):
             cos, sin = self.cos_sin_range(
-                _check_offset(positions), n, dtype=x.dtype, device=x.device
+                check_int(positions, "offset", minimum=0), n, dtype=x.dtype, device=x.device
             )
         else:
             batch = x.shape[0] if x.dim() >= 3 else 1
@@ -435,8 +421,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
         >>> alibi_slopes(6).shape
         torch.Size([6])
     """
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    check_int(num_heads, "num_heads")
 
     def geometric(n: int) -> list[float]:
         ratio = 2.0 ** (-8.0 / n)

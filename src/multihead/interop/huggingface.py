@@ -221,25 +221,18 @@ class PooledEncoderClassifier(EncoderClassifier):
     Example:
         >>> config = TransformerConfig(vocab_size=30, d_model=16, num_heads=2, d_ff=32,
         ...                            num_classes=3)
-        >>> PooledEncoderClassifier(config)(torch.randint(0, 30, (4, 7))).shape
-        torch.Size([4, 3])
+        >>> model = PooledEncoderClassifier(config)
+        >>> model.pooler.weight.shape, model(torch.randint(0, 30, (4, 7))).shape
+        (torch.Size([16, 16]), torch.Size([4, 3]))
     """
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__(config)
         self.pooler = nn.Linear(config.d_model, config.d_model)
 
-    def forward(
-        self,
-        ids: Tensor,
-        padding_mask: Tensor | None = None,
-        *,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Class logits ``(B, C)`` from the first ([CLS]) token's output."""
-        hidden = self._run(ids, padding_mask, False, token_type_ids).hidden  # (B, N, E)
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, E)
-        return self.head(self.dropout(pooled))
+    def _pool(self, hidden: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """The first ([CLS]) token's output through the pooler: ``(B, N, E)`` -> ``(B, E)``."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
 
 
 _BERT_ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh",

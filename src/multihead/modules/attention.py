@@ -11,6 +11,8 @@ with ``bias=True``, ``.bias``), in ``nn.Linear`` layout ``(out_features, in_feat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,7 +28,23 @@ from ..positional import RotaryEmbedding, alibi_slopes, check_positions
 from . import torch_convert
 from .observers import add_attention_observer, has_attention_observers, notify_attention_observers
 
-__all__ = ["MultiHeadAttention", "add_attention_observer"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["AttentionOptions", "MultiHeadAttention", "add_attention_observer"]
+
+
+class AttentionOptions(TypedDict, total=False):
+    """The keywords of :meth:`MultiHeadAttention.forward` after its inputs, as
+    :meth:`MultiHeadAttention.why_backend` passes them on to ``attention_spec``."""
+
+    mask: Tensor | None
+    key_padding_mask: Tensor | None
+    causal: bool
+    need_weights: bool
+    window: int | tuple[int, int] | None
+    cache: KVCache | StaticKVCache | None
+    positions: Tensor | None
 
 
 def _plain_linear(module: nn.Module) -> bool:
@@ -194,20 +212,22 @@ class MultiHeadAttention(nn.Module):
         return self.q_proj.bias is not None
 
     def extra_repr(self) -> str:
-        parts = [f"embed_dim={self.embed_dim}", f"num_heads={self.num_heads}"]
-        if self.num_kv_heads != self.num_heads:
-            parts.append(f"num_kv_heads={self.num_kv_heads}")
-        parts.append(f"head_dim={self.head_dim}")
-        if self.v_head_dim != self.head_dim:
-            parts.append(f"v_head_dim={self.v_head_dim}")
-        if self.kdim != self.embed_dim or self.vdim != self.embed_dim:
-            parts.append(f"kdim={self.kdim}, vdim={self.vdim}")
-        parts.append(f"dropout={self.dropout}, backend={self.backend!r}")
-        if self.score != "dot":
-            parts.append(f"score={self.score!r}")
-        if self.alibi_slopes is not None:
-            parts.append("alibi=True")
-        return ", ".join(parts)
+        # Options that only matter when set are shown only then; kdim and vdim go together.
+        other_inputs = self.kdim != self.embed_dim or self.vdim != self.embed_dim
+        fields: tuple[tuple[str, object, bool], ...] = (
+            ("embed_dim", self.embed_dim, True),
+            ("num_heads", self.num_heads, True),
+            ("num_kv_heads", self.num_kv_heads, self.num_kv_heads != self.num_heads),
+            ("head_dim", self.head_dim, True),
+            ("v_head_dim", self.v_head_dim, self.v_head_dim != self.head_dim),
+            ("kdim", self.kdim, other_inputs),
+            ("vdim", self.vdim, other_inputs),
+            ("dropout", self.dropout, True),
+            ("backend", self.backend, True),
+            ("score", self.score, self.score != "dot"),
+            ("alibi", True, self.alibi_slopes is not None),
+        )
+        return ", ".join(f"{name}={value!r}" for name, value, shown in fields if shown)
 
     # ----------------------------------------------------------------------------- forward
 
@@ -539,18 +559,12 @@ class MultiHeadAttention(nn.Module):
         query: Tensor,
         key: Tensor | None = None,
         value: Tensor | None = None,
-        mask: Tensor | None = None,
-        key_padding_mask: Tensor | None = None,
-        causal: bool = False,
-        need_weights: bool = False,
-        *,
-        window: int | tuple[int, int] | None = None,
-        cache: KVCache | StaticKVCache | None = None,
-        positions: Tensor | None = None,
+        **options: Unpack[AttentionOptions],
     ) -> str:
         """Which kernel :meth:`forward` with these arguments would use, and why the others
         were not. Built by the same code as :meth:`forward` (a given cache is copied, not
-        changed), in the module's current train/eval mode.
+        changed), in the module's current train/eval mode. The keywords are
+        :meth:`forward`'s (:class:`AttentionOptions`).
 
         Example:
             >>> mha = MultiHeadAttention(16, 2)
@@ -563,19 +577,11 @@ class MultiHeadAttention(nn.Module):
                 "context_parallel (the sequence is sharded over the process group: "
                 "multihead.distributed.context_parallel_attention)"
             )
+        cache = options.get("cache")
+        if cache is not None:
+            options["cache"] = cache.clone()
         with torch.no_grad():
-            spec = self.attention_spec(
-                query,
-                key,
-                value,
-                mask,
-                key_padding_mask,
-                causal,
-                need_weights,
-                window,
-                None if cache is None else cache.clone(),
-                positions,
-            )
+            spec = self.attention_spec(query, key, value, **options)
         chosen, skipped = select_backend(spec, self.backend)
         if not skipped:
             return chosen.name

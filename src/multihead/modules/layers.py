@@ -125,6 +125,39 @@ class _Residual(nn.Module):
         # sub-layer and token when decoding: skip it.
         return self.dropout(x) if self.training and self.dropout.p > 0 else x
 
+    def _input(self, x: Tensor, norm: nn.Module) -> Tensor:
+        """What a sub-layer reads: ``norm(x)`` before it (pre-norm) or ``x`` itself."""
+        return norm(x) if self.norm_first else x
+
+    def _add(self, x: Tensor, out: Tensor, norm: nn.Module) -> Tensor:
+        """The residual connection around a sub-layer's output ``out``, then ``norm`` after it
+        (post-norm: the paper's "Add & Norm")."""
+        x = x + self._drop(out)
+        return x if self.norm_first else norm(x)
+
+    def _self_attention(
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None,
+        mask: Tensor | None,
+        causal: bool,
+        need_weights: bool,
+        cache: KVCache | None,
+        positions: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The first sub-layer of both layers, with its residual: ``x (B, N, E)`` -> ``(x,
+        weights (B, H, N, Nk) or None)``."""
+        attended, weights = self.self_attn(
+            self._input(x, self.norm1),
+            mask=mask,
+            key_padding_mask=padding_mask,
+            causal=causal,
+            need_weights=need_weights,
+            cache=cache,
+            positions=positions,
+        )
+        return self._add(x, attended, self.norm1), weights
+
 
 class EncoderLayer(_Residual):
     """Self-attention and a feed-forward network, each in a residual branch.
@@ -176,30 +209,10 @@ class EncoderLayer(_Residual):
         the new tokens, ``Nk`` counts the cached ones and ``padding_mask`` covers them all).
         ``positions``: absolute positions of ``x``'s tokens, for rotary attention.
         """
-        if self.norm_first:
-            attended, weights = self.self_attn(
-                self.norm1(x),
-                mask=mask,
-                key_padding_mask=padding_mask,
-                causal=causal,
-                need_weights=need_weights,
-                cache=cache,
-                positions=positions,
-            )
-            x = x + self._drop(attended)
-            x = x + self._drop(self.feed_forward(self.norm2(x)))
-        else:
-            attended, weights = self.self_attn(
-                x,
-                mask=mask,
-                key_padding_mask=padding_mask,
-                causal=causal,
-                need_weights=need_weights,
-                cache=cache,
-                positions=positions,
-            )
-            x = self.norm1(x + self._drop(attended))
-            x = self.norm2(x + self._drop(self.feed_forward(x)))
+        x, weights = self._self_attention(
+            x, padding_mask, mask, causal, need_weights, cache, positions
+        )
+        x = self._add(x, self.feed_forward(self._input(x, self.norm2)), self.norm2)
         return x, weights
 
 
@@ -241,28 +254,16 @@ class DecoderLayer(_Residual):
         cross-attention :class:`~multihead.cache.StaticKVCache` for incremental decoding (``x``
         then holds only the new tokens; ``memory`` is projected once, on the first step).
         """
-        self_kwargs: dict[str, Any] = {
-            "key_padding_mask": tgt_padding_mask,
-            "causal": True,
-            "need_weights": need_weights,
-            "cache": cache,
-            "positions": positions,
-        }
-        cross_kwargs: dict[str, Any] = {
-            "key_padding_mask": memory_padding_mask,
-            "need_weights": need_weights,
-            "cache": cross_cache,
-        }
-        if self.norm_first:
-            attended, self_weights = self.self_attn(self.norm1(x), **self_kwargs)
-            x = x + self._drop(attended)
-            attended, cross_weights = self.cross_attn(self.norm2(x), memory, **cross_kwargs)
-            x = x + self._drop(attended)
-            x = x + self._drop(self.feed_forward(self.norm3(x)))
-        else:
-            attended, self_weights = self.self_attn(x, **self_kwargs)
-            x = self.norm1(x + self._drop(attended))
-            attended, cross_weights = self.cross_attn(x, memory, **cross_kwargs)
-            x = self.norm2(x + self._drop(attended))
-            x = self.norm3(x + self._drop(self.feed_forward(x)))
+        x, self_weights = self._self_attention(
+            x, tgt_padding_mask, None, True, need_weights, cache, positions
+        )
+        attended, cross_weights = self.cross_attn(
+            self._input(x, self.norm2),
+            memory,
+            key_padding_mask=memory_padding_mask,
+            need_weights=need_weights,
+            cache=cross_cache,
+        )
+        x = self._add(x, attended, self.norm2)
+        x = self._add(x, self.feed_forward(self._input(x, self.norm3)), self.norm3)
         return x, self_weights, cross_weights

@@ -58,7 +58,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -66,21 +66,24 @@ from torch import Tensor, nn
 from .._validation import check_padding_mask, check_token_ids
 from ..cache import DecoderCache
 from ..config import TransformerConfig, ViTConfig
-from ..decoding import generate_lm
+from ..decoding import GenerateOptions, generate_lm
 from ..positional import LearnedPositionalEncoding
 from .layers import EncoderLayer
 from .stacks import (
     Decoder,
     DecoderOutput,
+    EmbedOptions,
     Encoder,
     EncoderOutput,
     check_config,
-    check_memory,
     final_norm,
     masked_mean,
     new_embedding,
     new_head,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "AttentionMaps",
@@ -154,28 +157,6 @@ class Seq2SeqTransformer(nn.Module):
         check_padding_mask(src_padding_mask, "src_padding_mask", tuple(src.shape))
         return self.encoder.run(src, src_padding_mask, need_weights)
 
-    def _decode(
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        memory_padding_mask: Tensor | None,
-        tgt_padding_mask: Tensor | None,
-        need_weights: bool,
-        cache: DecoderCache | None = None,
-        positions: Tensor | None = None,
-    ) -> DecoderOutput:
-        check_token_ids(tgt, "tgt", self.config.target_vocab_size)
-        check_memory(memory, memory_padding_mask, tgt.shape[0], self.config.d_model)
-        return self.decoder.run(
-            tgt,
-            memory,
-            tgt_padding_mask,
-            memory_padding_mask,
-            need_weights,
-            cache=cache,
-            positions=positions,
-        )
-
     def encode(self, src: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
         """``src (B, Ns)`` -> ``memory (B, Ns, E)``, computed once per input when decoding."""
         return self._encode(src, src_padding_mask, False).hidden
@@ -215,10 +196,15 @@ class Seq2SeqTransformer(nn.Module):
             >>> torch.allclose(torch.cat(steps, 1), model.decode(tgt, memory), atol=1e-5)
             True
         """
-        hidden = self._decode(
-            tgt, memory, memory_padding_mask, tgt_padding_mask, False, cache, positions
-        ).hidden
-        return self.lm_head(hidden)
+        decoded = self.decoder(
+            tgt,
+            memory,
+            tgt_padding_mask=tgt_padding_mask,
+            memory_padding_mask=memory_padding_mask,
+            cache=cache,
+            positions=positions,
+        )
+        return self.lm_head(decoded.hidden)
 
     def forward(
         self,
@@ -249,7 +235,13 @@ class Seq2SeqTransformer(nn.Module):
             torch.Size([1, 2, 4, 6])
         """
         encoded = self._encode(src, src_padding_mask, True)
-        decoded = self._decode(tgt, encoded.hidden, src_padding_mask, tgt_padding_mask, True)
+        decoded = self.decoder(
+            tgt,
+            encoded.hidden,
+            tgt_padding_mask=tgt_padding_mask,
+            memory_padding_mask=src_padding_mask,
+            need_weights=True,
+        )
         return AttentionMaps(
             encoder_self=encoded.weights,
             decoder_self=decoded.self_weights,
@@ -285,17 +277,6 @@ class DecoderLM(nn.Module):
         self.lm_head = new_head(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.decoder.embedding.weight
-
-    def _run(
-        self,
-        ids: Tensor,
-        padding_mask: Tensor | None,
-        need_weights: bool,
-        cache: DecoderCache | None = None,
-        positions: Tensor | None = None,
-    ) -> EncoderOutput:
-        check_token_ids(ids, "ids", self.config.vocab_size)
-        return self.decoder.run(ids, padding_mask, need_weights, cache=cache, positions=positions)
 
     def new_cache(self, *, max_len: int | None = None, window: int | None = None) -> DecoderCache:
         """An empty :class:`~multihead.cache.DecoderCache` for :meth:`forward`, one
@@ -335,20 +316,11 @@ class DecoderLM(nn.Module):
             >>> torch.allclose(torch.cat(steps, 1), lm(ids), atol=1e-5)
             True
         """
-        return self.lm_head(self._run(ids, padding_mask, False, cache, positions).hidden)
+        hidden = self.decoder(ids, padding_mask, cache=cache, positions=positions).hidden
+        return self.lm_head(hidden)
 
     def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        *,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_id: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
+        self, input_ids: Tensor, max_new_tokens: int, **options: Unpack[GenerateOptions]
     ) -> Tensor:
         """Continue ``input_ids (B, N)`` by up to ``max_new_tokens`` tokens -> ``(B, N + T)``.
 
@@ -363,22 +335,13 @@ class DecoderLM(nn.Module):
             >>> lm.generate(torch.tensor([[1, 2, 3]]), 5).shape
             torch.Size([1, 8])
         """
-        return generate_lm(
-            self,
-            input_ids,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_id=eos_id,
-            generator=generator,
-            use_cache=use_cache,
-        )
+        return generate_lm(self, input_ids, max_new_tokens=max_new_tokens, **options)
 
     def attention_maps(self, ids: Tensor, padding_mask: Tensor | None = None) -> AttentionMaps:
         """Per-layer causal self-attention weights, in ``AttentionMaps.decoder_self``."""
-        return AttentionMaps(decoder_self=self._run(ids, padding_mask, True).weights)
+        return AttentionMaps(
+            decoder_self=self.decoder(ids, padding_mask, need_weights=True).weights
+        )
 
 
 class EncoderClassifier(nn.Module):
@@ -404,27 +367,14 @@ class EncoderClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.head = new_head(config.d_model, config.num_classes, bias=True)
 
-    def _run(
-        self,
-        ids: Tensor,
-        padding_mask: Tensor | None,
-        need_weights: bool,
-        token_type_ids: Tensor | None = None,
-    ) -> EncoderOutput:
-        check_token_ids(ids, "ids", self.config.vocab_size)
-        return self.encoder.run(ids, padding_mask, need_weights, token_type_ids=token_type_ids)
-
-    def embed(
-        self,
-        ids: Tensor,
-        offset: int = 0,
-        *,
-        positions: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
+    def embed(self, ids: Tensor, offset: int = 0, **options: Unpack[EmbedOptions]) -> Tensor:
         """``ids (B, N)`` -> the input of the first layer ``(B, N, E)`` (see
-        :meth:`Encoder.embed`)."""
-        return self.encoder.embed(ids, offset, positions=positions, token_type_ids=token_type_ids)
+        :meth:`Encoder.embed`; keywords ``positions``, ``token_type_ids``)."""
+        return self.encoder.embed(ids, offset, **options)
+
+    def _pool(self, hidden: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """``hidden (B, N, E)`` -> the vector classified, ``(B, E)``: the mean over real tokens."""
+        return masked_mean(hidden, padding_mask)
 
     def forward(
         self,
@@ -435,12 +385,14 @@ class EncoderClassifier(nn.Module):
     ) -> Tensor:
         """Class logits ``(B, C)``. ``token_type_ids (B, N)``: segment ids (BERT), when
         ``config.type_vocab_size > 0``."""
-        hidden = self._run(ids, padding_mask, False, token_type_ids).hidden
-        return self.head(self.dropout(masked_mean(hidden, padding_mask)))
+        hidden = self.encoder(ids, padding_mask, token_type_ids=token_type_ids).hidden
+        return self.head(self.dropout(self._pool(hidden, padding_mask)))
 
     def attention_maps(self, ids: Tensor, padding_mask: Tensor | None = None) -> AttentionMaps:
         """Per-layer self-attention weights, in ``AttentionMaps.encoder_self``."""
-        return AttentionMaps(encoder_self=self._run(ids, padding_mask, True).weights)
+        return AttentionMaps(
+            encoder_self=self.encoder(ids, padding_mask, need_weights=True).weights
+        )
 
 
 class ViTClassifier(nn.Module):

@@ -14,7 +14,7 @@ Shape legend: ``B`` batch, ``H`` heads, ``Ns``/``Nt`` source/target lengths, ``N
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from torch import Tensor, nn
 
@@ -29,7 +29,10 @@ from ..positional import (
 )
 from .layers import DecoderLayer, EncoderLayer, make_norm
 
-__all__ = ["Decoder", "DecoderOutput", "Encoder", "EncoderOutput"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["Decoder", "DecoderOutput", "EmbedOptions", "Encoder", "EncoderOptions", "EncoderOutput"]
 
 
 class EncoderOutput(NamedTuple):
@@ -76,24 +79,6 @@ def final_norm(config: TransformerConfig | ViTConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
 
 
-def _layer_options(config: TransformerConfig) -> dict[str, Any]:
-    """The keyword arguments of EncoderLayer/DecoderLayer that a config decides."""
-    return {
-        "dropout": config.dropout,
-        "attn_dropout": config.attn_dropout,
-        "norm_first": config.norm_first,
-        "activation": config.activation,
-        "num_kv_heads": config.num_kv_heads,
-        "bias": config.bias,
-        "norm": config.norm,
-        "norm_eps": config.norm_eps,
-        "ffn": config.ffn,
-        "rotary": config.positional == "rope",
-        "rope_base": config.rope_base,
-        "alibi": config.positional == "alibi",
-    }
-
-
 def check_cache(cache: Any, num_layers: int, *, cross: bool) -> None:
     if not isinstance(cache, DecoderCache):
         raise TypeError(
@@ -109,15 +94,45 @@ def check_cache(cache: Any, num_layers: int, *, cross: bool) -> None:
         )
 
 
-class _Embedder(nn.Module):
-    """Token embedding, positions, token types, optional norm and dropout: the stem shared by
-    :class:`Encoder` and :class:`Decoder`. Attribute names are ``state_dict`` keys."""
+class EmbedOptions(TypedDict, total=False):
+    """The keywords of :meth:`Encoder.embed` that models pass on to it."""
+
+    positions: Tensor | None
+    token_type_ids: Tensor | None
+
+
+class EncoderOptions(TypedDict, total=False):
+    """The keywords :meth:`Encoder.forward` passes on to :meth:`Encoder.run`."""
+
+    cache: DecoderCache | None
+    positions: Tensor | None
+    token_type_ids: Tensor | None
+
+
+class _Stack(nn.Module):
+    """What :class:`Encoder` and :class:`Decoder` share: the embedding stem (token embedding,
+    positions, token types, optional norm, dropout), ``depth`` layers of ``layer_class`` and the
+    final norm. Attribute names are ``state_dict`` keys; modules are made in the order that
+    fixes how a seed initialises them."""
 
     positional: AdditivePositionalEncoding | None
     token_type: nn.Embedding | None
     embedding_norm: nn.Module | None
 
-    def _init_stem(self, config: TransformerConfig, embedding: nn.Embedding) -> None:
+    def __init__(
+        self,
+        config: TransformerConfig,
+        embedding: nn.Embedding | None,
+        vocab_size: int,
+        layer_class: type[EncoderLayer] | type[DecoderLayer],
+        depth: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        if embedding is None:
+            embedding = new_embedding(vocab_size, config.d_model)
+        elif not isinstance(embedding, nn.Embedding) or embedding.embedding_dim != config.d_model:
+            raise ValueError(f"embedding must be an nn.Embedding of size d_model={config.d_model}")
         self.embedding = embedding
         # Sec. 3.4: "we multiply those weights by sqrt(d_model)" (unless the config says not).
         self.embed_scale = math.sqrt(config.d_model) if config.embed_scale else 1.0
@@ -137,6 +152,12 @@ class _Embedder(nn.Module):
             else None
         )
         self.dropout = nn.Dropout(config.dropout)
+        options = config.layer_options()
+        self.layers = nn.ModuleList(
+            layer_class(config.d_model, config.num_heads, config.d_ff, **options)
+            for _ in range(depth)
+        )
+        self.norm = final_norm(config)
 
     def embed(
         self,
@@ -188,22 +209,21 @@ class _Embedder(nn.Module):
         mask_name: str,
     ) -> tuple[int, Tensor | None]:
         """Check the cache and positions; return ``(offset, positions for attention)``."""
-        config: TransformerConfig = self.config  # type: ignore[assignment]
         b, n = ids.shape
         offset = 0
         if cache is not None:
-            check_cache(cache, len(self.layers), cross=cross)  # type: ignore[arg-type]
+            check_cache(cache, len(self.layers), cross=cross)
             cache.check_room(n)
             offset = cache.length
         check_padding_mask(padding_mask, mask_name, (b, offset + n))
         if positions is not None:
-            if config.positional == "alibi":
+            if self.config.positional == "alibi":
                 raise ValueError(
                     "positions is not supported with positional='alibi' (ALiBi reads distances "
                     "from the key order)"
                 )
             positions = check_positions(positions, b, n)
-        return offset, positions if config.positional == "rope" else None
+        return offset, positions if self.config.positional == "rope" else None
 
 
 def masked_mean(hidden: Tensor, padding_mask: Tensor | None) -> Tensor:
@@ -217,7 +237,7 @@ def masked_mean(hidden: Tensor, padding_mask: Tensor | None) -> Tensor:
     return total / count
 
 
-class Encoder(_Embedder):
+class Encoder(_Stack):
     """Token embedding (times ``sqrt(d_model)`` unless ``config.embed_scale=False``), positions,
     dropout, encoder layers and, for pre-norm, a final norm.
 
@@ -245,23 +265,11 @@ class Encoder(_Embedder):
         num_layers: int | None = None,
         causal: bool = False,
     ) -> None:
-        super().__init__()
         check_config(config, TransformerConfig)
-        self.config = config
-        self.causal = causal
-        if embedding is None:
-            embedding = new_embedding(config.vocab_size, config.d_model)
-        elif not isinstance(embedding, nn.Embedding) or embedding.embedding_dim != config.d_model:
-            raise ValueError(f"embedding must be an nn.Embedding of size d_model={config.d_model}")
-        self._init_stem(config, embedding)
         depth = config.num_encoder_layers if num_layers is None else num_layers
         check_int(depth, "Encoder.num_layers", minimum=0)
-        options = config.layer_options()
-        self.layers = nn.ModuleList(
-            EncoderLayer(config.d_model, config.num_heads, config.d_ff, **options)
-            for _ in range(depth)
-        )
-        self.norm = final_norm(config)
+        super().__init__(config, embedding, config.vocab_size, EncoderLayer, depth)
+        self.causal = causal
 
     def run(
         self,
@@ -277,7 +285,7 @@ class Encoder(_Embedder):
 
         With ``cache`` (causal stacks: incremental decoding) ``ids`` are the new tokens only,
         placed after the ``cache.length`` cached ones; ``padding_mask`` then covers every token
-        so far, ``(B, cache.length + N)``.
+        so far, ``(B, cache.length + N)``. ``positions``: see :meth:`embed`.
         """
         offset, attn_positions = self._prepare(
             ids, padding_mask, cache, positions, cross=False, mask_name="padding_mask"
@@ -305,13 +313,15 @@ class Encoder(_Embedder):
         padding_mask: Tensor | None = None,
         *,
         need_weights: bool = False,
-        token_type_ids: Tensor | None = None,
+        **options: Unpack[EncoderOptions],
     ) -> EncoderOutput:
+        """Check ``ids`` and :meth:`run` (keywords ``cache``, ``positions``,
+        ``token_type_ids``)."""
         check_token_ids(ids, "ids", self.embedding.num_embeddings)
-        return self.run(ids, padding_mask, need_weights, token_type_ids=token_type_ids)
+        return self.run(ids, padding_mask, need_weights, **options)
 
 
-class Decoder(_Embedder):
+class Decoder(_Stack):
     """Target embedding, positions, dropout, decoder layers (causal self-attention,
     cross-attention, feed-forward) and, for pre-norm, a final norm. Returns hidden states;
     the output projection belongs to :class:`Seq2SeqTransformer`.
@@ -325,38 +335,30 @@ class Decoder(_Embedder):
     """
 
     def __init__(self, config: TransformerConfig, *, embedding: nn.Embedding | None = None) -> None:
-        super().__init__()
         check_config(config, TransformerConfig)
-        self.config = config
-        if embedding is None:
-            embedding = new_embedding(config.target_vocab_size, config.d_model)
-        elif not isinstance(embedding, nn.Embedding) or embedding.embedding_dim != config.d_model:
-            raise ValueError(f"embedding must be an nn.Embedding of size d_model={config.d_model}")
-        self._init_stem(config, embedding)
-        options = config.layer_options()
-        self.layers = nn.ModuleList(
-            DecoderLayer(config.d_model, config.num_heads, config.d_ff, **options)
-            for _ in range(config.num_decoder_layers)
+        super().__init__(
+            config, embedding, config.target_vocab_size, DecoderLayer, config.num_decoder_layers
         )
-        self.norm = final_norm(config)
 
-    def run(
+    def forward(
         self,
         tgt: Tensor,
         memory: Tensor,
-        tgt_padding_mask: Tensor | None,
-        memory_padding_mask: Tensor | None,
-        need_weights: bool,
         *,
+        tgt_padding_mask: Tensor | None = None,
+        memory_padding_mask: Tensor | None = None,
+        need_weights: bool = False,
         cache: DecoderCache | None = None,
         positions: Tensor | None = None,
     ) -> DecoderOutput:
-        """:meth:`forward` without the id and memory checks, for callers that have checked.
+        """``tgt (B, Nt)`` ids attending to ``memory (B, Ns, E)``, the encoder's output.
 
         With ``cache`` ``tgt`` holds the new tokens only and ``tgt_padding_mask`` covers every
         target token so far; the memory is projected for cross-attention on the first call and
         reused afterwards.
         """
+        check_token_ids(tgt, "tgt", self.embedding.num_embeddings)
+        check_memory(memory, memory_padding_mask, tgt.shape[0], self.config.d_model)
         offset, attn_positions = self._prepare(
             tgt, tgt_padding_mask, cache, positions, cross=True, mask_name="tgt_padding_mask"
         )
@@ -381,19 +383,6 @@ class Decoder(_Embedder):
         if cache is not None:
             cache.advance(tgt.shape[1])
         return DecoderOutput(self.norm(x), tuple(self_weights), tuple(cross_weights))
-
-    def forward(
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        *,
-        tgt_padding_mask: Tensor | None = None,
-        memory_padding_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> DecoderOutput:
-        check_token_ids(tgt, "tgt", self.embedding.num_embeddings)
-        check_memory(memory, memory_padding_mask, tgt.shape[0], self.config.d_model)
-        return self.run(tgt, memory, tgt_padding_mask, memory_padding_mask, need_weights)
 
 
 def check_memory(memory: Any, memory_padding_mask: Any, batch: int, d_model: int) -> None:
