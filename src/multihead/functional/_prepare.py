@@ -48,6 +48,9 @@ class AttentionOptions(TypedDict, total=False):
     alibi_slopes: Tensor | None
 
 
+_OPTION_NAMES = frozenset(AttentionOptions.__annotations__)
+
+
 class KernelOptions(AttentionOptions, total=False):
     """:class:`AttentionOptions` and ``mask``, which the kernels' own entry points
     (``chunked_attention``...) take by keyword like the rest."""
@@ -72,6 +75,13 @@ def make_spec(
         >>> make_spec(q, q, q, causal=True).shape
         (1, 2, 2, 3, 3, 4, 4)
     """
+    unknown = options.keys() - _OPTION_NAMES
+    if unknown:
+        # Said here, not by build_spec's signature: that error would name an internal function.
+        raise TypeError(
+            f"unexpected keyword argument(s) {sorted(unknown)}; the attention options are "
+            f"{sorted(_OPTION_NAMES)}"
+        )
     check_qkv(query, key, value)
     b, h, nq, _ = query.shape
     mask = check_mask(mask, (b, h, nq, key.shape[2]), query.device)
