@@ -116,16 +116,19 @@ def _check_weight_format(weights: Any) -> str:
         raise TypeError(f"weights must be a str or None, got {type(weights).__name__}")
     if weights not in MODES:
         raise ValueError(f"weights must be one of {MODES} or None, got {weights!r}")
-    if weights == "int8" and not int8_kernel_available():
-        raise ValueError(
-            "weights='int8' needs torch.ops.aten._weight_int8pack_mm, which does not run with "
-            "this PyTorch/CPU; use weights='bf16' or the dynamic mode (weights=None)"
-        )
-    if weights == "int4" and not int4_kernel_available():
-        raise ValueError(
-            "weights='int4' needs torch.ops.aten._weight_int4pack_mm_for_cpu, which does not "
-            "run with this PyTorch/CPU; use weights='int8' instead"
-        )
+    # The integer formats have no fallback: their kernel, and what to use where it is missing.
+    # (Looked up at call time, so a test can stand in for a machine without the kernel.)
+    needs = {
+        "int8": (int8_kernel_available, "_weight_int8pack_mm", "'bf16' or None (dynamic int8)"),
+        "int4": (int4_kernel_available, "_weight_int4pack_mm_for_cpu", "'int8'"),
+    }
+    if weights in needs:
+        available, kernel, alternative = needs[weights]
+        if not available():
+            raise ValueError(
+                f"weights={weights!r} needs torch.ops.aten.{kernel}, which does not run with "
+                f"this PyTorch/CPU; use weights={alternative} instead"
+            )
     return weights
 
 

@@ -72,7 +72,7 @@ from torch import Tensor, nn
 
 from ..modules.attention import MultiHeadAttention
 from ..modules.feedforward import FeedForward
-from .weight_only import _cpu_flags, _probe, int8_kernel_available
+from .weight_only import _cpu_flags, int8_kernel_available, probe_kernel
 
 __all__ = [
     "KERNELS",
@@ -105,34 +105,25 @@ def torch_kernels_available() -> bool:
     return bool(torch.backends.quantized.supported_engines)
 
 
-@functools.cache
-def onednn_kernel_available() -> bool:
-    """Whether oneDNN's int8 linear (``torch.ops.onednn.qlinear_pointwise``) runs here.
-
-    Example:
-        >>> isinstance(onednn_kernel_available(), bool)
-        True
-    """
-
-    def run() -> None:
-        packed = torch.ops.onednn.qlinear_prepack(torch.ones(16, 32, dtype=torch.int8), None)
-        torch.ops.onednn.qlinear_pointwise(
-            torch.full((1, 32), 128, dtype=torch.uint8),
-            1.0,
-            128,
-            packed,
-            torch.ones(16),
-            torch.zeros(16, dtype=torch.int64),
-            None,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [],
-            "",
-        )
-
-    return _probe(run)
+@probe_kernel
+def onednn_kernel_available() -> None:
+    """Whether oneDNN's int8 linear (``torch.ops.onednn.qlinear_pointwise``) runs here."""
+    packed = torch.ops.onednn.qlinear_prepack(torch.ones(16, 32, dtype=torch.int8), None)
+    torch.ops.onednn.qlinear_pointwise(
+        torch.full((1, 32), 128, dtype=torch.uint8),
+        1.0,
+        128,
+        packed,
+        torch.ones(16),
+        torch.zeros(16, dtype=torch.int64),
+        None,
+        1.0,
+        0,
+        torch.float32,
+        "none",
+        [],
+        "",
+    )
 
 
 @functools.cache

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ __all__ = [
     "float32_packing_available",
     "int4_kernel_available",
     "int8_kernel_available",
+    "probe_kernel",
 ]
 
 WEIGHT_FORMATS = ("int8", "int4", "bf16", "float32")
@@ -58,52 +60,51 @@ DEFAULT_GROUP_SIZE = 64  # int4: 32 is more accurate, 128 faster; 64 sits betwee
 _INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu wants N divisible by 16
 
 
-def _probe(fn: Any) -> bool:
-    try:
-        fn()
-    except (RuntimeError, AttributeError, NotImplementedError):
-        return False
-    return True
-
-
-@functools.cache
-def int8_kernel_available() -> bool:
-    """Whether ``aten._weight_int8pack_mm`` runs on this CPU with bf16 activations.
+def probe_kernel(smoke: Callable[[], object]) -> Callable[[], bool]:
+    """Turn ``smoke``, one tiny call of a kernel, into a cached ``() -> bool`` check (with
+    ``smoke``'s name and docstring) that says whether the kernel runs here. A missing op, or one
+    not built for this CPU, raises ``RuntimeError``, ``AttributeError`` or
+    ``NotImplementedError``.
 
     Example:
-        >>> isinstance(int8_kernel_available(), bool)
-        True
+        >>> check = probe_kernel(lambda: torch.ops.aten.no_such_kernel())
+        >>> check()
+        False
     """
-    return _probe(
-        lambda: torch.ops.aten._weight_int8pack_mm(
-            torch.ones(1, 32, dtype=torch.bfloat16),
-            torch.ones(16, 32, dtype=torch.int8),
-            torch.ones(16, dtype=torch.bfloat16),
-        )
+
+    @functools.cache
+    def available() -> bool:
+        try:
+            smoke()
+        except (RuntimeError, AttributeError, NotImplementedError):
+            return False
+        return True
+
+    return functools.update_wrapper(available, smoke)
+
+
+@probe_kernel
+def int8_kernel_available() -> None:
+    """Whether ``aten._weight_int8pack_mm`` runs on this CPU with bf16 activations."""
+    torch.ops.aten._weight_int8pack_mm(
+        torch.ones(1, 32, dtype=torch.bfloat16),
+        torch.ones(16, 32, dtype=torch.int8),
+        torch.ones(16, dtype=torch.bfloat16),
     )
 
 
-@functools.cache
-def int4_kernel_available() -> bool:
-    """Whether ``aten._weight_int4pack_mm_for_cpu`` (and its packing op) run here.
-
-    Example:
-        >>> isinstance(int4_kernel_available(), bool)
-        True
-    """
-
-    def run() -> None:
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-            torch.zeros(16, 64, dtype=torch.int32), 1
-        )
-        torch.ops.aten._weight_int4pack_mm_for_cpu(
-            torch.ones(1, 64, dtype=torch.bfloat16),
-            packed,
-            32,
-            torch.ones(2, 16, 2, dtype=torch.bfloat16),
-        )
-
-    return _probe(run)
+@probe_kernel
+def int4_kernel_available() -> None:
+    """Whether ``aten._weight_int4pack_mm_for_cpu`` (and its packing op) run here."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+        torch.zeros(16, 64, dtype=torch.int32), 1
+    )
+    torch.ops.aten._weight_int4pack_mm_for_cpu(
+        torch.ones(1, 64, dtype=torch.bfloat16),
+        packed,
+        32,
+        torch.ones(2, 16, 2, dtype=torch.bfloat16),
+    )
 
 
 def _cpu_flags() -> set[str]:
@@ -117,56 +118,32 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-@functools.cache
-def bf16_units() -> bool:
+def _packed_linear(dtype: torch.dtype) -> None:
+    """One oneDNN linear of ``dtype`` on a prepacked weight."""
+    weight = torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8, dtype=dtype), None)
+    torch.ops.mkldnn._linear_pointwise(torch.ones(1, 8, dtype=dtype), weight, None, "none", [], "")
+
+
+@probe_kernel
+def bf16_units() -> None:
     """Whether this CPU multiplies bfloat16 in hardware (x86: ``avx512_bf16`` or
     ``amx_bf16``; elsewhere: what oneDNN reports) and oneDNN's bf16 product runs.
 
     Without such units a bf16 product converts every element in software and is slower than
     float32, so :func:`~multihead.quantize.quantize` keeps float32 weights instead.
-
-    Example:
-        >>> isinstance(bf16_units(), bool)
-        True
     """
-    if not torch.backends.mkldnn.is_available():
-        return False
     if platform.machine().lower() in ("x86_64", "amd64", "i686"):
-        flags = _cpu_flags()
-        if not flags & {"avx512_bf16", "amx_bf16"}:
-            return False
+        if not _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+            raise RuntimeError("no avx512_bf16/amx_bf16")
     elif not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return False
-    return _probe(
-        lambda: torch.ops.mkldnn._linear_pointwise(
-            torch.ones(1, 8, dtype=torch.bfloat16),
-            torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8, dtype=torch.bfloat16), None),
-            None,
-            "none",
-            [],
-            "",
-        )
-    )
+        raise RuntimeError("oneDNN reports no bf16 support")
+    _packed_linear(torch.bfloat16)
 
 
-@functools.cache
-def float32_packing_available() -> bool:
-    """Whether oneDNN's float32 linear on a prepacked weight runs with this PyTorch/CPU.
-
-    Example:
-        >>> isinstance(float32_packing_available(), bool)
-        True
-    """
-    return torch.backends.mkldnn.is_available() and _probe(
-        lambda: torch.ops.mkldnn._linear_pointwise(
-            torch.ones(1, 8),
-            torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8), None),
-            None,
-            "none",
-            [],
-            "",
-        )
-    )
+@probe_kernel
+def float32_packing_available() -> None:
+    """Whether oneDNN's float32 linear on a prepacked weight runs with this PyTorch/CPU."""
+    _packed_linear(torch.float32)
 
 
 class WeightOnlyLinear(nn.Module):
@@ -242,12 +219,10 @@ class Int8WeightLinear(WeightOnlyLinear):
     r"""int8 weights, one float32 scale per output channel (symmetric):
     :math:`W \approx s \odot \hat W`, :math:`s_i = \max_j |W_{ij}| / 127`.
 
-    Example:
-        >>> lin = nn.Linear(64, 32)
-        >>> q = Int8WeightLinear.from_float(lin)
-        >>> x = torch.randn(3, 64)
-        >>> bool(((q(x) - lin(x)).norm() / lin(x).norm()) < 0.02)
-        True
+    Example (what is stored: the int8 matrix and one scale per row):
+        >>> q = Int8WeightLinear.from_float(nn.Linear(64, 32))
+        >>> q.qweight.dtype, tuple(q.qweight.shape), tuple(q.scale.shape)
+        (torch.int8, (32, 64), (32,))
     """
 
     format = "int8"
@@ -290,12 +265,10 @@ class Int4WeightLinear(WeightOnlyLinear):
 
     Rows are padded to a multiple of 16 for the kernel; the padding is cut from the output.
 
-    Example:
-        >>> lin = nn.Linear(64, 24)
-        >>> q = Int4WeightLinear.from_float(lin, group_size=32)
-        >>> x = torch.randn(3, 64)
-        >>> bool(((q(x) - lin(x)).norm() / lin(x).norm()) < 0.15)
-        True
+    Example (24 rows padded to 32, two nibbles a byte, one scale and zero per group and row):
+        >>> q = Int4WeightLinear.from_float(nn.Linear(64, 24), group_size=32)
+        >>> tuple(q.qweight.shape), tuple(q.scales_zeros.shape), q(torch.randn(3, 64)).shape
+        ((32, 32), (2, 32, 2), torch.Size([3, 24]))
     """
 
     format = "int4"
