@@ -362,25 +362,11 @@ class MultiHeadAttention(nn.Module):
             positions: absolute positions ``(Nq,)`` or ``(B, Nq)`` of the query tokens, for
                 self-attention with ``rotary`` (default: counted from ``cache.length``).
         """
+        call = (query, key, value, mask, key_padding_mask, causal, need_weights, window, cache)
         if self.context_parallel is not None:  # this rank's shard of each sequence
-            out = context_parallel_forward(
-                self, query, key, value, mask, key_padding_mask, causal, need_weights, window,
-                cache, positions,
-            )  # fmt: skip
-            return AttentionResult(out, None)
+            return AttentionResult(context_parallel_forward(self, *call, positions), None)
         # 1) project, 2) positions (RoPE), 3) cache, 4) attend, 5) concat heads + W_O.
-        spec = self.attention_spec(
-            query,
-            key,
-            value,
-            mask,
-            key_padding_mask,
-            causal,
-            need_weights,
-            window,
-            cache,
-            positions,
-        )
+        spec = self.attention_spec(*call, positions)
         if has_attention_observers():
             notify_attention_observers(self, spec)
         out, weights = select_backend(spec, self.backend)[0].fn(spec)
