@@ -7,6 +7,7 @@ import io
 import json
 import sys
 import warnings
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from multihead.train.textclass import (
     load_text_classifier,
     train_text_classifier,
 )
+from multihead.train.textmodel import NgramEncoderClassifier
 
 # Small and quick: about 2 s of training on one thread.
 TINY = TextClassConfig(
@@ -225,17 +227,63 @@ def test_ensemble_averages_its_members(trained) -> None:
     clf = load_text_classifier(result.checkpoint)
     texts = ["the film is good", "the plot is dull and slow", "x"]
     _, probs = clf.predict(texts)
-    # Reference: each member rebuilt on its own from the saved weights, softmax, then mean.
+    # Reference: each member rebuilt from the saved weights as a plain EncoderClassifier (the
+    # encoder part) plus its n-gram term summed by hand in float64, softmax, then the mean.
     config = TransformerConfig.from_dict(ckpt["model_config"])
     ids, mask = clf.tokenizer.encode_batch(texts, max_len=clf.max_len)
     member_probs = []
     for state in ckpt["models"]:
+        state = dict(state)
+        table = state.pop("ngrams.weight").double()
         model = EncoderClassifier(config).eval()
         model.load_state_dict(state)
         with torch.no_grad():
-            member_probs.append(torch.softmax(model(ids, mask).double(), -1))
+            logits = model(ids, mask).double()
+        logits += _ngram_reference(ids, mask, table, ckpt["ngram_buckets"])
+        member_probs.append(torch.softmax(logits, -1))
     assert not torch.allclose(member_probs[0], member_probs[1])  # different seeds
     torch.testing.assert_close(probs.double(), sum(member_probs) / 2, atol=1e-5, rtol=0)
+
+
+def _ngram_reference(
+    ids: torch.Tensor, mask: torch.Tensor, table: torch.Tensor, buckets: int
+) -> torch.Tensor:
+    # fastText's bag, text by text: the mean of the rows of its unigrams and hashed bigrams.
+    vocab, out = table.shape[0] - buckets, []
+    for row, real in zip(ids, mask, strict=True):
+        pieces = row[real].tolist()
+        rows = pieces + [vocab + (a * 1_000_003 + b) % buckets for a, b in pairwise(pieces)]
+        out.append(sum(table[r].double() for r in rows) / len(rows))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(("n", "buckets"), [(1, 7), (2, 5), (9, 64)])
+def test_ngram_term_against_a_plain_reference(n: int, buckets: int) -> None:
+    torch.manual_seed(n)
+    config = TransformerConfig(vocab_size=11, d_model=8, num_heads=2, d_ff=16, num_classes=3)
+    model = NgramEncoderClassifier(config, buckets).double().eval()
+    encoder_only = EncoderClassifier(config).double().eval()
+    encoder_only.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if k != "ngrams.weight"}
+    )
+    ids = torch.randint(0, 11, (3, n + 2))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[0, n:] = False  # row 0 keeps its first n tokens; the rest is padding
+    # A new model is the encoder alone: the n-gram weights start at zero.
+    torch.testing.assert_close(model(ids, mask), encoder_only(ids, mask))
+    with torch.no_grad():
+        model.ngrams.weight.normal_()
+    expected = _ngram_reference(ids, mask, model.ngrams.weight, buckets)
+    torch.testing.assert_close(model.ngram_logits(ids, mask), expected)
+    torch.testing.assert_close(model(ids, mask), encoder_only(ids, mask) + expected)
+    # Padding changes nothing: row 0 alone, unpadded, gives the same logits.
+    torch.testing.assert_close(model(ids[:1, :n]), model(ids, mask)[:1])
+    weight = model.ngrams.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda w: torch.func.functional_call(model, {"ngrams.weight": w}, (ids, mask)), (weight,)
+    )
+    with pytest.raises(ValueError, match="ngram_buckets"):
+        NgramEncoderClassifier(config, 0)
 
 
 def test_old_single_model_checkpoint_still_loads(trained, tmp_path: Path) -> None:
@@ -245,6 +293,15 @@ def test_old_single_model_checkpoint_still_loads(trained, tmp_path: Path) -> Non
     save_checkpoint(tmp_path / "old.pt", ckpt)
     clf = load_text_classifier(tmp_path / "old.pt")
     assert len(clf.models) == 1
+    # From before the n-gram term: no "ngram_buckets", plain encoder weights.
+    del ckpt["ngram_buckets"]
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if k != "ngrams.weight"}
+    save_checkpoint(tmp_path / "older.pt", ckpt)
+    clf = load_text_classifier(tmp_path / "older.pt")
+    assert type(clf.models[0]) is EncoderClassifier
+    assert clf.predict(["the film is good"])[0][0] in ("neg", "pos")
+    with pytest.raises(ValueError, match="ngram_buckets"):
+        TextClassConfig(ngram_buckets=-1)
     with pytest.raises(ValueError, match="ensemble"):
         TextClassConfig(ensemble=0)
 

@@ -42,6 +42,7 @@ from multihead.tasks.textclass import TextExample, check_labels
 from multihead.tasks.tokenize import WordPieceTokenizer, suggest_vocab_size
 from multihead.train.checkpoint import load_checkpoint, save_checkpoint
 from multihead.train.optim import make_optimizer, make_scheduler
+from multihead.train.textmodel import NgramEncoderClassifier, new_text_model
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -95,12 +96,24 @@ class TextClassConfig:
     # small data sets can afford; on large data, or a busy machine, the run gets fewer of them
     # rather than taking K times as long. None: always train all of them.
     ensemble_seconds: float | None = 300.0
+    # Hash buckets of word-piece bigrams in the model's linear n-gram term (fastText; see
+    # multihead.train.textmodel); 0: the encoder alone. 2**18 rows of C weights keep
+    # collisions rare for up to ~100k distinct bigrams, at 1 MB per class.
+    ngram_buckets: int = 2**18
+    # The n-gram weights' learning rate over ``lr``: a linear model learns from sparse counts
+    # more slowly than the encoder, which would otherwise fit the training set before the
+    # n-gram term has learned anything (fastText itself uses rates near 0.1).
+    ngram_lr_scale: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_heads", "d_ff", "max_len", "batch_size", "epochs", "ensemble"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.ngram_buckets, int) or self.ngram_buckets < 0:
+            raise ValueError(f"ngram_buckets must be an int >= 0, got {self.ngram_buckets!r}")
+        if not self.ngram_lr_scale > 0:
+            raise ValueError(f"ngram_lr_scale must be > 0, got {self.ngram_lr_scale!r}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.class_weights not in ("auto", "balanced", "none"):
@@ -364,6 +377,7 @@ def train_text_classifier(
         "labels": labels,
         "tokenizer": tokenizer.to_json(),
         "max_len": config.max_len,
+        "ngram_buckets": config.ngram_buckets,
     }
     data = _Data(train_rows, train_y, valid_rows, valid_y, tokenizer.pad_id, tokenizer.unk_id)
     start = time.perf_counter()
@@ -397,7 +411,7 @@ def train_text_classifier(
     train_seconds = time.perf_counter() - start
     models = []
     for state in states:
-        model = EncoderClassifier(model_config)
+        model = new_text_model(model_config, config.ngram_buckets)
         model.load_state_dict(state)
         models.append(model)
     valid_metrics = _evaluate(models, valid_rows, valid_y, tokenizer.pad_id, len(labels))
@@ -448,6 +462,20 @@ class _Member:
     stopped_early: bool
 
 
+def _optimizer(model: EncoderClassifier, config: TextClassConfig) -> torch.optim.AdamW:
+    # AdamW as every recipe here, with the n-gram weights in a group of their own at
+    # ngram_lr_scale times the rate (and no decay, as any embedding table).
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
+    if isinstance(model, NgramEncoderClassifier):
+        ngrams = model.ngrams.weight
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if p is not ngrams]
+        optimizer.add_param_group(
+            {"params": [ngrams], "lr": config.lr * config.ngram_lr_scale, "weight_decay": 0.0}
+        )
+    return optimizer
+
+
 def _train_member(
     data: _Data,
     model_config: TransformerConfig,
@@ -465,7 +493,7 @@ def _train_member(
     rng = random.Random(seed)
     num_classes = model_config.num_classes
     assert num_classes is not None  # build_model_config sets it
-    model = EncoderClassifier(model_config)
+    model = new_text_model(model_config, config.ngram_buckets)
     train_rows, train_y = data.train_rows, data.train_y
     # A small data set is passed over several times per "epoch", so that early stopping and
     # the schedule see enough updates between evaluations to mean something.
@@ -473,7 +501,7 @@ def _train_member(
     steps_per_epoch = passes * math.ceil(len(train_rows) / config.batch_size)
     ema_decay = config.ema_decay if config.ema_decay is not None else 1 - 2 / steps_per_epoch
     total = steps_per_epoch * config.epochs
-    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _optimizer(model, config)
     scheduler = make_scheduler(
         optimizer, schedule="cosine", warmup=min(steps_per_epoch, total // 10), total_steps=total
     )
@@ -550,9 +578,11 @@ def load_text_classifier(path: str | os.PathLike[str]) -> TextClassifier:
         )
     config = TransformerConfig.from_dict(ckpt["model_config"])
     models = []
-    # "models" holds every ensemble member; checkpoints from before ensembles have "model".
+    # "models" holds every ensemble member; checkpoints from before ensembles have "model",
+    # and those from before the n-gram term no "ngram_buckets".
+    buckets = int(ckpt.get("ngram_buckets", 0))
     for state in ckpt.get("models") or [ckpt["model"]]:
-        model = EncoderClassifier(config)
+        model = new_text_model(config, buckets)
         model.load_state_dict(state)
         models.append(model)
     tokenizer = WordPieceTokenizer.from_json(ckpt["tokenizer"])
