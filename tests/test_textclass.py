@@ -34,7 +34,11 @@ from multihead.train.textclass import (
     load_text_classifier,
     train_text_classifier,
 )
-from multihead.train.textmodel import NgramEncoderClassifier
+from multihead.train.textmodel import (
+    NgramEncoderClassifier,
+    text_model_loss,
+    text_model_optimizer,
+)
 
 # Small and quick: about 2 s of training on one thread.
 TINY = TextClassConfig(
@@ -284,6 +288,30 @@ def test_ngram_term_against_a_plain_reference(n: int, buckets: int) -> None:
     )
     with pytest.raises(ValueError, match="ngram_buckets"):
         NgramEncoderClassifier(config, 0)
+
+
+def test_ngram_term_has_its_own_loss_and_learning_rate() -> None:
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=11, d_model=8, num_heads=2, d_ff=16, num_classes=2)
+    model = NgramEncoderClassifier(config, 5).double().eval()
+    with torch.no_grad():
+        model.ngrams.weight.normal_()
+    ids, target = torch.randint(0, 11, (4, 6)), torch.tensor([0, 1, 1, 0])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    loss = text_model_loss(
+        model, ids, mask, target, weight=None, label_smoothing=0.0, ngram_loss_weight=0.5
+    )
+
+    def nll(logits: torch.Tensor) -> torch.Tensor:  # mean -log softmax, by hand
+        return (logits.exp().sum(-1).log() - logits[torch.arange(4), target]).mean()
+
+    ngram = _ngram_reference(ids, mask, model.ngrams.weight, 5)
+    torch.testing.assert_close(loss, nll(model(ids, mask)) + 0.5 * nll(ngram))
+    opt = text_model_optimizer(model, lr=1e-3, weight_decay=0.1, ngram_lr_scale=30.0)
+    groups = [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups]
+    assert groups[-1] == (pytest.approx(0.03), 0.0, 1)
+    assert opt.param_groups[-1]["params"][0] is model.ngrams.weight
+    assert sum(n for *_, n in groups) == len(list(model.parameters()))
 
 
 def test_old_single_model_checkpoint_still_loads(trained, tmp_path: Path) -> None:

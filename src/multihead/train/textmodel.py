@@ -25,8 +25,16 @@ import torch
 from torch import Tensor, nn
 
 from multihead.modules import EncoderClassifier, TransformerConfig
+from multihead.train.optim import make_optimizer
 
-__all__ = ["BIGRAM_PRIME", "NgramEncoderClassifier", "bigram_buckets", "new_text_model"]
+__all__ = [
+    "BIGRAM_PRIME",
+    "NgramEncoderClassifier",
+    "bigram_buckets",
+    "new_text_model",
+    "text_model_loss",
+    "text_model_optimizer",
+]
 
 # A prime above any vocabulary we build (at most 30,000 pieces), so that (a, b) -> a * P + b is
 # one-to-one before the modulo; only the bucket count then makes bigrams collide.
@@ -77,6 +85,11 @@ class NgramEncoderClassifier(EncoderClassifier):
         total = (self.ngrams(rows) * weight).sum(1)  # (B, C)
         return total / weight.sum(1).clamp_min(1.0)
 
+    def parts(self, ids: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The encoder's logits and :meth:`ngram_logits`, each ``(B, C)``; their sum is
+        :meth:`forward`."""
+        return super().forward(ids, padding_mask), self.ngram_logits(ids, padding_mask)
+
     def forward(
         self,
         ids: Tensor,
@@ -95,3 +108,52 @@ def new_text_model(config: TransformerConfig, ngram_buckets: int) -> EncoderClas
     if ngram_buckets:
         return NgramEncoderClassifier(config, ngram_buckets)
     return EncoderClassifier(config)
+
+
+def text_model_optimizer(
+    model: EncoderClassifier, *, lr: float, weight_decay: float, ngram_lr_scale: float
+) -> torch.optim.AdamW:
+    """AdamW as :func:`~multihead.train.optim.make_optimizer`, with the n-gram weights of an
+    :class:`NgramEncoderClassifier` in a group of their own at ``ngram_lr_scale * lr`` (and no
+    decay, as any embedding table): each of those weights is updated only by the texts that
+    hold its n-gram, so a linear model on sparse counts needs far larger steps than the encoder
+    to fit in a few epochs (fastText trains at rates near 0.1)."""
+    optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay)
+    if isinstance(model, NgramEncoderClassifier):
+        ngrams = model.ngrams.weight
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if p is not ngrams]
+        optimizer.add_param_group(
+            {"params": [ngrams], "lr": lr * ngram_lr_scale, "weight_decay": 0.0}
+        )
+    return optimizer
+
+
+def text_model_loss(
+    model: EncoderClassifier,
+    ids: Tensor,
+    padding_mask: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None,
+    label_smoothing: float,
+    ngram_loss_weight: float,
+) -> Tensor:
+    """The training loss: cross-entropy of the model's logits ``(B, C)`` against ``target
+    (B,)``, plus, for an :class:`NgramEncoderClassifier`, ``ngram_loss_weight`` times the
+    cross-entropy of its n-gram term alone.
+
+    Why the second term: the encoder fits the training set within a few epochs, after which
+    the loss of the sum teaches the n-gram term nothing more; with a loss of its own it learns
+    to classify on its own (as fastText alone does), with errors that differ from the encoder's.
+    """
+    if isinstance(model, NgramEncoderClassifier) and ngram_loss_weight:
+        encoder, ngram = model.parts(ids, padding_mask)
+        loss = nn.functional.cross_entropy(
+            encoder + ngram, target, weight=weight, label_smoothing=label_smoothing
+        )
+        return loss + ngram_loss_weight * nn.functional.cross_entropy(ngram, target, weight=weight)
+    logits = model(ids, padding_mask)
+    return nn.functional.cross_entropy(
+        logits, target, weight=weight, label_smoothing=label_smoothing
+    )
