@@ -36,6 +36,7 @@ from multihead.train.textclass import (
 )
 from multihead.train.textmodel import (
     NgramEncoderClassifier,
+    fit_mixing_weights,
     text_model_loss,
     text_model_optimizer,
 )
@@ -232,18 +233,19 @@ def test_ensemble_averages_its_members(trained) -> None:
     texts = ["the film is good", "the plot is dull and slow", "x"]
     _, probs = clf.predict(texts)
     # Reference: each member rebuilt from the saved weights as a plain EncoderClassifier (the
-    # encoder part) plus its n-gram term summed by hand in float64, softmax, then the mean.
+    # encoder part) plus its n-gram term summed by hand in float64, each times its saved
+    # mixing weight, softmax, then the mean.
     config = TransformerConfig.from_dict(ckpt["model_config"])
     ids, mask = clf.tokenizer.encode_batch(texts, max_len=clf.max_len)
     member_probs = []
     for state in ckpt["models"]:
         state = dict(state)
-        table = state.pop("ngrams.weight").double()
+        table, (a, b) = state.pop("ngrams.weight").double(), state.pop("mix").tolist()
         model = EncoderClassifier(config).eval()
         model.load_state_dict(state)
         with torch.no_grad():
-            logits = model(ids, mask).double()
-        logits += _ngram_reference(ids, mask, table, ckpt["ngram_buckets"])
+            logits = a * model(ids, mask).double()
+        logits += b * _ngram_reference(ids, mask, table, ckpt["ngram_buckets"])
         member_probs.append(torch.softmax(logits, -1))
     assert not torch.allclose(member_probs[0], member_probs[1])  # different seeds
     torch.testing.assert_close(probs.double(), sum(member_probs) / 2, atol=1e-5, rtol=0)
@@ -268,7 +270,7 @@ def test_ngram_term_against_a_plain_reference(n: int, buckets: int) -> None:
     model = NgramEncoderClassifier(config, buckets).double().eval()
     encoder_only = EncoderClassifier(config).double().eval()
     encoder_only.load_state_dict(
-        {k: v for k, v in model.state_dict().items() if k != "ngrams.weight"}
+        {k: v for k, v in model.state_dict().items() if k not in ("ngrams.weight", "mix")}
     )
     ids = torch.randint(0, 11, (3, n + 2))
     mask = torch.ones_like(ids, dtype=torch.bool)
@@ -280,6 +282,8 @@ def test_ngram_term_against_a_plain_reference(n: int, buckets: int) -> None:
     expected = _ngram_reference(ids, mask, model.ngrams.weight, buckets)
     torch.testing.assert_close(model.ngram_logits(ids, mask), expected)
     torch.testing.assert_close(model(ids, mask), encoder_only(ids, mask) + expected)
+    model.get_buffer("mix").copy_(torch.tensor([0.5, 2.0]))
+    torch.testing.assert_close(model(ids, mask), 0.5 * encoder_only(ids, mask) + 2 * expected)
     # Padding changes nothing: row 0 alone, unpadded, gives the same logits.
     torch.testing.assert_close(model(ids[:1, :n]), model(ids, mask)[:1])
     weight = model.ngrams.weight.detach().clone().requires_grad_()
@@ -314,6 +318,24 @@ def test_ngram_term_has_its_own_loss_and_learning_rate() -> None:
     assert sum(n for *_, n in groups) == len(list(model.parameters()))
 
 
+def test_mixing_weights_match_logistic_regression() -> None:
+    # Two classes: the cross-entropy of a * enc + b * ngram is a logistic regression without
+    # intercept on the two logit differences, which scikit-learn solves independently.
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    g = torch.Generator().manual_seed(0)
+    enc, ngram = torch.randn(400, 2, generator=g) * 3, torch.randn(400, 2, generator=g)
+    truth = 0.4 * (enc[:, 1] - enc[:, 0]) + 2.0 * (ngram[:, 1] - ngram[:, 0])
+    target = (torch.rand(400, generator=g) < torch.sigmoid(truth)).long()
+    a, b = fit_mixing_weights(enc, ngram, target).tolist()
+    features = torch.stack([enc[:, 1] - enc[:, 0], ngram[:, 1] - ngram[:, 0]], 1).double()
+    ref = linear_model.LogisticRegression(C=1e8, fit_intercept=False, tol=1e-10, max_iter=1000)
+    ref.fit(features.numpy(), target.numpy())
+    assert [a, b] == pytest.approx(ref.coef_[0].tolist(), rel=1e-3)
+    # Separable data cannot send them to infinity: both stay within [e^-4, e^4].
+    a, b = fit_mixing_weights(enc, ngram, (truth > 0).long()).tolist()
+    assert max(a, b) <= 54.6 and min(a, b) > 0
+
+
 def test_old_single_model_checkpoint_still_loads(trained, tmp_path: Path) -> None:
     result, _ = trained
     ckpt = load_checkpoint(result.checkpoint)
@@ -323,7 +345,7 @@ def test_old_single_model_checkpoint_still_loads(trained, tmp_path: Path) -> Non
     assert len(clf.models) == 1
     # From before the n-gram term: no "ngram_buckets", plain encoder weights.
     del ckpt["ngram_buckets"]
-    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if k != "ngrams.weight"}
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if k not in ("ngrams.weight", "mix")}
     save_checkpoint(tmp_path / "older.pt", ckpt)
     clf = load_text_classifier(tmp_path / "older.pt")
     assert type(clf.models[0]) is EncoderClassifier

@@ -45,7 +45,14 @@ from multihead.tasks.textclass import TextExample, check_labels
 from multihead.tasks.tokenize import WordPieceTokenizer, suggest_vocab_size
 from multihead.train.checkpoint import load_checkpoint, save_checkpoint
 from multihead.train.optim import make_scheduler
-from multihead.train.textmodel import new_text_model, text_model_loss, text_model_optimizer
+from multihead.train.textmodel import (
+    fit_mixing_on_rows,
+    length_batches,
+    new_text_model,
+    pad_rows,
+    text_model_loss,
+    text_model_optimizer,
+)
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -269,30 +276,6 @@ def _class_weights(counts: Sequence[int], mode: str) -> Tensor | None:
     return torch.tensor([n / (c * k) for k in counts], dtype=torch.float32)
 
 
-def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    # Shuffle, then sort within windows of 50 batches by length so that batches pad little,
-    # then shuffle the batches: nearly the randomness of plain shuffling at less padding cost.
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = batch_size * 50
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), n, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = True
-    return ids, mask
-
-
 @torch.no_grad()
 def _evaluate(
     model: nn.Module | Sequence[nn.Module],
@@ -305,7 +288,7 @@ def _evaluate(
     models = [model] if isinstance(model, nn.Module) else list(model)
     predictions, loss_sum = [], 0.0
     for i in range(0, len(rows), 128):
-        ids, mask = _pad(rows[i : i + 128], pad_id)
+        ids, mask = pad_rows(rows[i : i + 128], pad_id)
         probs = torch.stack([torch.softmax(m.eval()(ids, mask).float(), -1) for m in models])
         log_probs = probs.mean(0).clamp_min(1e-12).log()
         target = torch.tensor(targets[i : i + 128])
@@ -420,6 +403,19 @@ def train_text_classifier(
             )
 
         run = _train_member(data, model_config, config, config.seed + k, weights, budget, save, log)
+        if config.ngram_buckets:
+            model = new_text_model(model_config, config.ngram_buckets)
+            model.load_state_dict(run.state)
+            run.state["mix"] = fit_mixing_on_rows(
+                model, data.valid_rows, data.valid_y, data.pad_id, weight=weights
+            )
+            save(run.state, run.best_epoch)
+            if log is not None:
+                log(
+                    "n-gram term: weights {:.3g} (encoder), {:.3g} (n-grams)".format(
+                        *run.state["mix"]
+                    )
+                )
         states.append(run.state)
         runs.append(run)
     train_seconds = time.perf_counter() - start
@@ -517,8 +513,10 @@ def _train_member(
         model.train()
         loss_sum, seen = 0.0, 0
         lengths = [len(r) for r in train_rows]
-        for batch in [b for _ in range(passes) for b in _batches(lengths, config.batch_size, rng)]:
-            ids, mask = _pad([train_rows[i] for i in batch], data.pad_id)
+        for batch in [
+            b for _ in range(passes) for b in length_batches(lengths, config.batch_size, rng)
+        ]:
+            ids, mask = pad_rows([train_rows[i] for i in batch], data.pad_id)
             if config.word_dropout > 0:
                 drop = (torch.rand(ids.shape) < config.word_dropout) & mask
                 ids = ids.masked_fill(drop, data.unk_id)

@@ -21,6 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -31,7 +34,11 @@ __all__ = [
     "BIGRAM_PRIME",
     "NgramEncoderClassifier",
     "bigram_buckets",
+    "fit_mixing_on_rows",
+    "fit_mixing_weights",
+    "length_batches",
     "new_text_model",
+    "pad_rows",
     "text_model_loss",
     "text_model_optimizer",
 ]
@@ -73,6 +80,9 @@ class NgramEncoderClassifier(EncoderClassifier):
         self.ngram_buckets = ngram_buckets
         self.ngrams = nn.Embedding(config.vocab_size + ngram_buckets, config.num_classes)
         nn.init.zeros_(self.ngrams.weight)  # start as the encoder alone
+        # Weights of the two parts' logits in the sum: 1 and 1 while training, then fitted on
+        # validation data by :func:`fit_mixing_weights` (a buffer: saved, never trained).
+        self.register_buffer("mix", torch.ones(2))
 
     def ngram_logits(self, ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """The n-gram term alone: ``(B, N)`` ids -> ``(B, C)``, the mean of the weights of
@@ -86,8 +96,8 @@ class NgramEncoderClassifier(EncoderClassifier):
         return total / weight.sum(1).clamp_min(1.0)
 
     def parts(self, ids: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The encoder's logits and :meth:`ngram_logits`, each ``(B, C)``; their sum is
-        :meth:`forward`."""
+        """The encoder's logits and :meth:`ngram_logits`, each ``(B, C)``, before the
+        mixing weights ``mix`` of :meth:`forward`."""
         return super().forward(ids, padding_mask), self.ngram_logits(ids, padding_mask)
 
     def forward(
@@ -97,9 +107,11 @@ class NgramEncoderClassifier(EncoderClassifier):
         *,
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
-        """Class logits ``(B, C)``: the encoder's plus :meth:`ngram_logits`."""
+        """Class logits ``(B, C)``: ``mix[0]`` times the encoder's plus ``mix[1]`` times
+        :meth:`ngram_logits`."""
         logits = super().forward(ids, padding_mask, token_type_ids=token_type_ids)
-        return logits + self.ngram_logits(ids, padding_mask)
+        mix = self.get_buffer("mix")
+        return mix[0] * logits + mix[1] * self.ngram_logits(ids, padding_mask)
 
 
 def new_text_model(config: TransformerConfig, ngram_buckets: int) -> EncoderClassifier:
@@ -157,3 +169,83 @@ def text_model_loss(
     return nn.functional.cross_entropy(
         logits, target, weight=weight, label_smoothing=label_smoothing
     )
+
+
+def fit_mixing_weights(
+    encoder: Tensor, ngram: Tensor, target: Tensor, *, weight: Tensor | None = None
+) -> Tensor:
+    """The positive weights ``(a, b)`` minimising the cross-entropy of ``a * encoder + b *
+    ngram`` (logits ``(B, C)`` each) against ``target (B,)``, as a tensor ``(2,)``; each kept
+    within ``[e^-4, e^4]`` so that separable data cannot send them to infinity.
+
+    Fitted on validation data after training, as temperature scaling (Guo et al., 2017) or
+    stacking: on the training set the encoder ends near zero loss, so the sum learned there
+    leaves the n-gram term, whose errors differ, too small a say on new texts. Two numbers fitted
+    on held-out texts cannot overfit them noticeably.
+
+    Example:
+        >>> enc = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+        >>> ngram = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+        >>> a, b = fit_mixing_weights(enc, ngram, torch.tensor([0, 1, 1])).tolist()
+        >>> b > a
+        True
+    """
+    enc, ng = encoder.detach().double(), ngram.detach().double()
+    w = None if weight is None else weight.double()
+    log_ab = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_ab], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        a, b = log_ab.clamp(-4.0, 4.0).exp()
+        loss = nn.functional.cross_entropy(a * enc + b * ng, target, weight=w)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return log_ab.detach().clamp(-4.0, 4.0).exp().float()
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Batches of indices into ``lengths`` for one pass over the data."""
+    # Shuffle, then sort within windows of 50 batches by length so that batches pad little,
+    # then shuffle the batches: nearly the randomness of plain shuffling at less padding cost.
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Rows of ids -> ``ids (B, N)`` padded with ``pad_id`` and ``padding_mask (B, N)``."""
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = True
+    return ids, mask
+
+
+@torch.no_grad()
+def fit_mixing_on_rows(
+    model: EncoderClassifier,
+    rows: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    pad_id: int,
+    *,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """:func:`fit_mixing_weights` on ``model``'s two parts over the texts ``rows`` (ids)."""
+    if not isinstance(model, NgramEncoderClassifier):
+        raise TypeError(f"model must be an NgramEncoderClassifier, got {type(model).__name__}")
+    model.eval()
+    parts = [model.parts(*pad_rows(rows[i : i + 128], pad_id)) for i in range(0, len(rows), 128)]
+    encoder, ngram = (torch.cat(p) for p in zip(*parts, strict=True))
+    with torch.enable_grad():
+        return fit_mixing_weights(encoder, ngram, torch.tensor(list(targets)), weight=weight)
