@@ -42,14 +42,13 @@ from torch import Tensor, nn
 
 from multihead.modules import EncoderClassifier, TransformerConfig
 from multihead.tasks.textclass import TextExample, check_labels
-from multihead.tasks.tokenize import WordPieceTokenizer, suggest_vocab_size
+from multihead.tasks.tokenize import WordPieceTokenizer, pad_rows, suggest_vocab_size
 from multihead.train.checkpoint import load_checkpoint, save_checkpoint
 from multihead.train.optim import make_scheduler
 from multihead.train.textmodel import (
     fit_mixing_on_rows,
     length_batches,
     new_text_model,
-    pad_rows,
     text_model_loss,
     text_model_optimizer,
 )

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from multihead.modules import EncoderClassifier, TransformerConfig
+from multihead.tasks.tokenize import pad_rows
 from multihead.train.optim import make_optimizer
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "fit_mixing_weights",
     "length_batches",
     "new_text_model",
-    "pad_rows",
     "text_model_loss",
     "text_model_optimizer",
 ]
@@ -219,17 +219,6 @@ def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) 
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Rows of ids -> ``ids (B, N)`` padded with ``pad_id`` and ``padding_mask (B, N)``."""
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), n, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = True
-    return ids, mask
 
 
 @torch.no_grad()
