@@ -229,6 +229,9 @@ def test_ensemble_averages_its_members(trained) -> None:
     ckpt = load_checkpoint(result.checkpoint)
     assert len(ckpt["models"]) == 2 and len(result.members) == 2
     assert [m["seed"] for m in result.members] == [0, 1]
+    assert [m["mixing_weights"] for m in result.members] == [
+        s["mix"].tolist() for s in ckpt["models"]
+    ]
     clf = load_text_classifier(result.checkpoint)
     texts = ["the film is good", "the plot is dull and slow", "x"]
     _, probs = clf.predict(texts)

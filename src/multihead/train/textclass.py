@@ -447,6 +447,7 @@ def train_text_classifier(
                 "best_epoch": r.best_epoch,
                 "valid_accuracy": r.history[r.best_epoch - 1]["valid_accuracy"],
                 "valid_macro_f1": r.history[r.best_epoch - 1]["valid_macro_f1"],
+                "mixing_weights": r.state["mix"].tolist() if "mix" in r.state else None,
             }
             for k, r in enumerate(runs)
         ],

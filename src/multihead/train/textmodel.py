@@ -3,12 +3,14 @@
 :class:`NgramEncoderClassifier` is an :class:`~multihead.modules.EncoderClassifier` whose class
 logits add a linear function of the text's bag of word-piece unigrams and hashed bigrams, the
 model of fastText (Joulin et al., 2017, "Bag of Tricks for Efficient Text Classification"),
-trained jointly with the encoder on one loss. On a few thousand sentences a Transformer fits
-the training set in two or three epochs; a bag of bigrams is what linear sentiment models live
-on (Wang & Manning, 2012), and the two make different errors, so their sum is better than
-either. The n-gram weights are an ``nn.Embedding`` with one row per unigram (the vocabulary)
-and one per hash bucket of bigrams, ``C`` columns, initialised to zero: a new model is exactly
-the encoder, and an n-gram's weight grows only as far as the data supports it.
+trained jointly with the encoder (:func:`text_model_loss`). On a few thousand sentences a
+Transformer fits the training set in two or three epochs; a bag of bigrams is what linear
+sentiment models live on (Wang & Manning, 2012), and the two make different errors. How much
+each part weighs in the sum is fitted on validation data after training
+(:func:`fit_mixing_weights`). The n-gram weights are an ``nn.Embedding`` with one row per
+unigram (the vocabulary) and one per hash bucket of bigrams, ``C`` columns, initialised to
+zero: a new model is exactly the encoder, and an n-gram's weight grows only as far as the data
+supports it.
 
 Example:
     >>> from multihead.modules import TransformerConfig
