@@ -109,18 +109,12 @@ class TextClassConfig:
     # small data sets can afford; on large data, or a busy machine, the run gets fewer of them
     # rather than taking K times as long. None: always train all of them.
     ensemble_seconds: float | None = 300.0
-    # Hash buckets of word-piece bigrams in the model's linear n-gram term (fastText; see
-    # multihead.train.textmodel); 0: the encoder alone. 2**18 rows of C weights keep
-    # collisions rare for up to ~100k distinct bigrams, at 1 MB per class.
+    # The linear n-gram term (multihead.train.textmodel): hash buckets of word-piece bigrams
+    # (0: the encoder alone; 2**18 rows of C weights keep collisions rare up to ~100k distinct
+    # bigrams), its learning rate over ``lr`` and the weight of its own cross-entropy (both
+    # explained in text_model_optimizer and text_model_loss).
     ngram_buckets: int = 2**18
-    # The n-gram weights' learning rate over ``lr``: each weight is updated only by the texts
-    # holding its n-gram, and a linear model on sparse counts needs far larger steps than the
-    # encoder to fit in a few epochs (fastText itself trains at rates near 0.1).
     ngram_lr_scale: float = 30.0
-    # The n-gram term's own cross-entropy, added at this weight to the model's: the encoder
-    # fits the training set within a few epochs, after which the loss of the sum no longer
-    # teaches the n-gram term anything; with a loss of its own it becomes a classifier in its
-    # own right (as fastText alone), whose errors differ from the encoder's.
     ngram_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
@@ -405,16 +399,14 @@ def train_text_classifier(
         if config.ngram_buckets:
             model = new_text_model(model_config, config.ngram_buckets)
             model.load_state_dict(run.state)
-            run.state["mix"] = fit_mixing_on_rows(
+            # The weights of its two parts, fitted on validation (see fit_mixing_weights).
+            mix = fit_mixing_on_rows(
                 model, data.valid_rows, data.valid_y, data.pad_id, weight=weights
             )
+            run.state["mix"] = mix
             save(run.state, run.best_epoch)
             if log is not None:
-                log(
-                    "n-gram term: weights {:.3g} (encoder), {:.3g} (n-grams)".format(
-                        *run.state["mix"]
-                    )
-                )
+                log(f"n-gram term: weights {mix[0]:.3g} (encoder), {mix[1]:.3g} (n-grams)")
         states.append(run.state)
         runs.append(run)
     train_seconds = time.perf_counter() - start
