@@ -366,6 +366,17 @@ def test_imbalanced_classes_get_weights(tmp_path: Path) -> None:
     config = TextClassConfig(d_model=16, num_heads=2, d_ff=32, epochs=1, ensemble=1)
     result = train_text_classifier(pos + neg, pos[:5] + neg[:5], config=config, out_dir=tmp_path)
     assert result.class_weights == pytest.approx([150 / (2 * 30), 150 / (2 * 120)])
+    # Two classes: the default 2**18 bigram buckets.
+    assert load_checkpoint(result.checkpoint)["ngram_buckets"] == 2**18
+
+
+def test_many_classes_get_fewer_ngram_buckets(tmp_path: Path) -> None:
+    # The n-gram table has buckets x classes weights; above 8 classes it stays at 2**21.
+    data = [TextExample(f"text {i % 20} word {i}", f"c{i % 20}", f"line {i}") for i in range(80)]
+    config = TextClassConfig(d_model=16, num_heads=2, d_ff=32, epochs=1, ensemble=1)
+    result = train_text_classifier(data[:60], data[60:], config=config, out_dir=tmp_path)
+    assert load_checkpoint(result.checkpoint)["ngram_buckets"] == 2**21 // 20
+    assert len(load_text_classifier(result.checkpoint).labels) == 20
 
 
 def test_ensemble_stops_adding_members_when_time_is_up(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--ngram-buckets",
         type=int,
         metavar="N",
-        help="hash buckets of the linear bigram term (default 262144; 0: the encoder alone)",
+        help="hash buckets of the linear bigram term (default 262144, fewer above 8 classes; 0: none)",
     )
     g.add_argument(
         "--ensemble",

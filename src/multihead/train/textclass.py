@@ -110,10 +110,11 @@ class TextClassConfig:
     # rather than taking K times as long. None: always train all of them.
     ensemble_seconds: float | None = 300.0
     # The linear n-gram term (multihead.train.textmodel): hash buckets of word-piece bigrams
-    # (0: the encoder alone; 2**18 rows of C weights keep collisions rare up to ~100k distinct
-    # bigrams), its learning rate over ``lr`` and the weight of its own cross-entropy (both
-    # explained in text_model_optimizer and text_model_loss).
-    ngram_buckets: int = 2**18
+    # (0: the encoder alone; None: 2**18, whose rows of C weights keep collisions rare up to
+    # ~100k distinct bigrams, fewer above 8 classes so that the table stays at 2**21 weights),
+    # its learning rate over ``lr`` and the weight of its own cross-entropy (both explained in
+    # text_model_optimizer and text_model_loss).
+    ngram_buckets: int | None = None
     ngram_lr_scale: float = 30.0
     ngram_loss_weight: float = 1.0
 
@@ -122,7 +123,9 @@ class TextClassConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.ngram_buckets, int) or self.ngram_buckets < 0:
+        if self.ngram_buckets is not None and (
+            not isinstance(self.ngram_buckets, int) or self.ngram_buckets < 0
+        ):
             raise ValueError(f"ngram_buckets must be an int >= 0, got {self.ngram_buckets!r}")
         if not self.ngram_loss_weight >= 0:
             raise ValueError(f"ngram_loss_weight must be >= 0, got {self.ngram_loss_weight!r}")
@@ -342,6 +345,8 @@ def train_text_classifier(
     if not valid:
         raise ValueError("valid must hold at least one example (early stopping needs it)")
     index = {label: i for i, label in enumerate(labels)}
+    if config.ngram_buckets is None:  # the dense table's size is buckets x classes
+        config = dataclasses.replace(config, ngram_buckets=min(2**18, 2**21 // len(labels)))
 
     texts = [e.text for e in train]
     vocab_size = config.vocab_size or suggest_vocab_size(texts)

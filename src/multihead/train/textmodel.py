@@ -116,9 +116,9 @@ class NgramEncoderClassifier(EncoderClassifier):
         return mix[0] * logits + mix[1] * self.ngram_logits(ids, padding_mask)
 
 
-def new_text_model(config: TransformerConfig, ngram_buckets: int) -> EncoderClassifier:
+def new_text_model(config: TransformerConfig, ngram_buckets: int | None) -> EncoderClassifier:
     """The model a text-classifier checkpoint holds: with an n-gram term when
-    ``ngram_buckets > 0`` (checkpoints from before it have none)."""
+    ``ngram_buckets > 0``; without when it is 0 or None (checkpoints from before the term)."""
     if ngram_buckets:
         return NgramEncoderClassifier(config, ngram_buckets)
     return EncoderClassifier(config)
