@@ -7,6 +7,7 @@ import io
 import json
 import sys
 import warnings
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,12 @@ from multihead.train.textclass import (
     classification_metrics,
     load_text_classifier,
     train_text_classifier,
+)
+from multihead.train.textmodel import (
+    NgramEncoderClassifier,
+    fit_mixing_weights,
+    text_model_loss,
+    text_model_optimizer,
 )
 
 # Small and quick: about 2 s of training on one thread.
@@ -222,20 +229,114 @@ def test_ensemble_averages_its_members(trained) -> None:
     ckpt = load_checkpoint(result.checkpoint)
     assert len(ckpt["models"]) == 2 and len(result.members) == 2
     assert [m["seed"] for m in result.members] == [0, 1]
+    assert [m["mixing_weights"] for m in result.members] == [
+        s["mix"].tolist() for s in ckpt["models"]
+    ]
     clf = load_text_classifier(result.checkpoint)
     texts = ["the film is good", "the plot is dull and slow", "x"]
     _, probs = clf.predict(texts)
-    # Reference: each member rebuilt on its own from the saved weights, softmax, then mean.
+    # Reference: each member rebuilt from the saved weights as a plain EncoderClassifier (the
+    # encoder part) plus its n-gram term summed by hand in float64, each times its saved
+    # mixing weight, softmax, then the mean.
     config = TransformerConfig.from_dict(ckpt["model_config"])
     ids, mask = clf.tokenizer.encode_batch(texts, max_len=clf.max_len)
     member_probs = []
     for state in ckpt["models"]:
+        state = dict(state)
+        table, (a, b) = state.pop("ngrams.weight").double(), state.pop("mix").tolist()
         model = EncoderClassifier(config).eval()
         model.load_state_dict(state)
         with torch.no_grad():
-            member_probs.append(torch.softmax(model(ids, mask).double(), -1))
+            logits = a * model(ids, mask).double()
+        logits += b * _ngram_reference(ids, mask, table, ckpt["ngram_buckets"])
+        member_probs.append(torch.softmax(logits, -1))
     assert not torch.allclose(member_probs[0], member_probs[1])  # different seeds
     torch.testing.assert_close(probs.double(), sum(member_probs) / 2, atol=1e-5, rtol=0)
+
+
+def _ngram_reference(
+    ids: torch.Tensor, mask: torch.Tensor, table: torch.Tensor, buckets: int
+) -> torch.Tensor:
+    # fastText's bag, text by text: the mean of the rows of its unigrams and hashed bigrams.
+    vocab, out = table.shape[0] - buckets, []
+    for row, real in zip(ids, mask, strict=True):
+        pieces = row[real].tolist()
+        rows = pieces + [vocab + (a * 1_000_003 + b) % buckets for a, b in pairwise(pieces)]
+        out.append(sum(table[r].double() for r in rows) / len(rows))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(("n", "buckets"), [(1, 7), (2, 5), (9, 64)])
+def test_ngram_term_against_a_plain_reference(n: int, buckets: int) -> None:
+    torch.manual_seed(n)
+    config = TransformerConfig(vocab_size=11, d_model=8, num_heads=2, d_ff=16, num_classes=3)
+    model = NgramEncoderClassifier(config, buckets).double().eval()
+    encoder_only = EncoderClassifier(config).double().eval()
+    encoder_only.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if k not in ("ngrams.weight", "mix")}
+    )
+    ids = torch.randint(0, 11, (3, n + 2))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[0, n:] = False  # row 0 keeps its first n tokens; the rest is padding
+    # A new model is the encoder alone: the n-gram weights start at zero.
+    torch.testing.assert_close(model(ids, mask), encoder_only(ids, mask))
+    with torch.no_grad():
+        model.ngrams.weight.normal_()
+    expected = _ngram_reference(ids, mask, model.ngrams.weight, buckets)
+    torch.testing.assert_close(model.ngram_logits(ids, mask), expected)
+    torch.testing.assert_close(model(ids, mask), encoder_only(ids, mask) + expected)
+    model.get_buffer("mix").copy_(torch.tensor([0.5, 2.0]))
+    torch.testing.assert_close(model(ids, mask), 0.5 * encoder_only(ids, mask) + 2 * expected)
+    # Padding changes nothing: row 0 alone, unpadded, gives the same logits.
+    torch.testing.assert_close(model(ids[:1, :n]), model(ids, mask)[:1])
+    weight = model.ngrams.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda w: torch.func.functional_call(model, {"ngrams.weight": w}, (ids, mask)), (weight,)
+    )
+    with pytest.raises(ValueError, match="ngram_buckets"):
+        NgramEncoderClassifier(config, 0)
+
+
+def test_ngram_term_has_its_own_loss_and_learning_rate() -> None:
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=11, d_model=8, num_heads=2, d_ff=16, num_classes=2)
+    model = NgramEncoderClassifier(config, 5).double().eval()
+    with torch.no_grad():
+        model.ngrams.weight.normal_()
+    ids, target = torch.randint(0, 11, (4, 6)), torch.tensor([0, 1, 1, 0])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    loss = text_model_loss(
+        model, ids, mask, target, weight=None, label_smoothing=0.0, ngram_loss_weight=0.5
+    )
+
+    def nll(logits: torch.Tensor) -> torch.Tensor:  # mean -log softmax, by hand
+        return (logits.exp().sum(-1).log() - logits[torch.arange(4), target]).mean()
+
+    ngram = _ngram_reference(ids, mask, model.ngrams.weight, 5)
+    torch.testing.assert_close(loss, nll(model(ids, mask)) + 0.5 * nll(ngram))
+    opt = text_model_optimizer(model, lr=1e-3, weight_decay=0.1, ngram_lr_scale=30.0)
+    groups = [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups]
+    assert groups[-1] == (pytest.approx(0.03), 0.0, 1)
+    assert opt.param_groups[-1]["params"][0] is model.ngrams.weight
+    assert sum(n for *_, n in groups) == len(list(model.parameters()))
+
+
+def test_mixing_weights_match_logistic_regression() -> None:
+    # Two classes: the cross-entropy of a * enc + b * ngram is a logistic regression without
+    # intercept on the two logit differences, which scikit-learn solves independently.
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    g = torch.Generator().manual_seed(0)
+    enc, ngram = torch.randn(400, 2, generator=g) * 3, torch.randn(400, 2, generator=g)
+    truth = 0.4 * (enc[:, 1] - enc[:, 0]) + 2.0 * (ngram[:, 1] - ngram[:, 0])
+    target = (torch.rand(400, generator=g) < torch.sigmoid(truth)).long()
+    a, b = fit_mixing_weights(enc, ngram, target).tolist()
+    features = torch.stack([enc[:, 1] - enc[:, 0], ngram[:, 1] - ngram[:, 0]], 1).double()
+    ref = linear_model.LogisticRegression(C=1e8, fit_intercept=False, tol=1e-10, max_iter=1000)
+    ref.fit(features.numpy(), target.numpy())
+    assert [a, b] == pytest.approx(ref.coef_[0].tolist(), rel=1e-3)
+    # Separable data cannot send them to infinity: both stay within [e^-4, e^4].
+    a, b = fit_mixing_weights(enc, ngram, (truth > 0).long()).tolist()
+    assert max(a, b) <= 54.6 and min(a, b) > 0
 
 
 def test_old_single_model_checkpoint_still_loads(trained, tmp_path: Path) -> None:
@@ -245,6 +346,15 @@ def test_old_single_model_checkpoint_still_loads(trained, tmp_path: Path) -> Non
     save_checkpoint(tmp_path / "old.pt", ckpt)
     clf = load_text_classifier(tmp_path / "old.pt")
     assert len(clf.models) == 1
+    # From before the n-gram term: no "ngram_buckets", plain encoder weights.
+    del ckpt["ngram_buckets"]
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if k not in ("ngrams.weight", "mix")}
+    save_checkpoint(tmp_path / "older.pt", ckpt)
+    clf = load_text_classifier(tmp_path / "older.pt")
+    assert type(clf.models[0]) is EncoderClassifier
+    assert clf.predict(["the film is good"])[0][0] in ("neg", "pos")
+    with pytest.raises(ValueError, match="ngram_buckets"):
+        TextClassConfig(ngram_buckets=-1)
     with pytest.raises(ValueError, match="ensemble"):
         TextClassConfig(ensemble=0)
 
@@ -256,6 +366,17 @@ def test_imbalanced_classes_get_weights(tmp_path: Path) -> None:
     config = TextClassConfig(d_model=16, num_heads=2, d_ff=32, epochs=1, ensemble=1)
     result = train_text_classifier(pos + neg, pos[:5] + neg[:5], config=config, out_dir=tmp_path)
     assert result.class_weights == pytest.approx([150 / (2 * 30), 150 / (2 * 120)])
+    # Two classes: the default 2**18 bigram buckets.
+    assert load_checkpoint(result.checkpoint)["ngram_buckets"] == 2**18
+
+
+def test_many_classes_get_fewer_ngram_buckets(tmp_path: Path) -> None:
+    # The n-gram table has buckets x classes weights; above 8 classes it stays at 2**21.
+    data = [TextExample(f"text {i % 20} word {i}", f"c{i % 20}", f"line {i}") for i in range(80)]
+    config = TextClassConfig(d_model=16, num_heads=2, d_ff=32, epochs=1, ensemble=1)
+    result = train_text_classifier(data[:60], data[60:], config=config, out_dir=tmp_path)
+    assert load_checkpoint(result.checkpoint)["ngram_buckets"] == 2**21 // 20
+    assert len(load_text_classifier(result.checkpoint).labels) == 20
 
 
 def test_ensemble_stops_adding_members_when_time_is_up(tmp_path: Path) -> None:

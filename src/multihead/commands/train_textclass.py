@@ -60,17 +60,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--valid-fraction", type=float, default=0.1, help="held out when no --valid (0.1)"
     )
     g.add_argument(
-        "--epochs", type=int, help="at most this many epochs (default: textclass 20, speech 100)"
+        "--epochs", type=int, help="at most this many epochs (default: textclass 4, speech 100)"
     )
     g.add_argument("--patience", type=int, help="stop after N epochs without gain (default 4)")
     g.add_argument("--max-len", type=int, help="word pieces kept per text (default 128)")
     g.add_argument("--vocab-size", type=int, help="WordPiece vocabulary (default: from data)")
     g.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this")
     g.add_argument(
+        "--ngram-buckets",
+        type=int,
+        metavar="N",
+        help="hash buckets of the linear bigram term (default 262144, fewer above 8 classes; 0: none)",
+    )
+    g.add_argument(
         "--ensemble",
         type=int,
         metavar="K",
-        help="train K models (seeds seed..seed+K-1) and average them (default 3)",
+        help="train K models (seeds seed..seed+K-1) and average them (default 5)",
     )
 
 
@@ -98,6 +104,7 @@ def _config(args: argparse.Namespace) -> TextClassConfig:
         "vocab_size": args.vocab_size,
         "max_seconds": None if args.max_minutes is None else 60.0 * args.max_minutes,
         "ensemble": args.ensemble,
+        "ngram_buckets": args.ngram_buckets,
     }
     return TextClassConfig(**{k: v for k, v in given.items() if v is not None})
 

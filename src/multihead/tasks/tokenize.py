@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["SPECIALS", "WordPieceTokenizer", "require_tokenizers", "suggest_vocab_size"]
+__all__ = [
+    "SPECIALS",
+    "WordPieceTokenizer",
+    "pad_rows",
+    "require_tokenizers",
+    "suggest_vocab_size",
+]
 
 PAD, UNK = "[PAD]", "[UNK]"
 SPECIALS: tuple[str, ...] = (PAD, UNK)  # PAD gets id 0, UNK id 1
@@ -57,6 +63,24 @@ def suggest_vocab_size(texts: Sequence[str]) -> int:
             counts[word] = counts.get(word, 0) + 1
     frequent = sum(1 for c in counts.values() if c >= 2)
     return int(min(30000, max(200, round(frequent * 1.1, -2))))
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Rows of ids -> ``ids (B, N)`` int64 filled up with ``pad_id`` and ``padding_mask (B, N)``
+    bool (True = real), ``N`` the longest row (1 when there are no rows).
+
+    Example:
+        >>> ids, mask = pad_rows([[5, 6], [7]], pad_id=0)
+        >>> ids.tolist(), mask.tolist()
+        ([[5, 6], [7, 0]], [[True, True], [True, False]])
+    """
+    n = max((len(r) for r in rows), default=1)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = True
+    return ids, mask
 
 
 class WordPieceTokenizer:
@@ -120,13 +144,7 @@ class WordPieceTokenizer:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         rows = [enc.ids[:max_len] or [self._tok.token_to_id(UNK)] for enc in self._encode(texts)]
-        n = max(len(r) for r in rows) if rows else 1
-        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), n, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return ids, mask
+        return pad_rows(rows, self.pad_id)
 
     def word_index(self, text: str, *, max_len: int) -> tuple[list[str], list[int]]:
         """The words of ``text`` as the pre-tokenizer splits them, and for each of the first

@@ -9,6 +9,9 @@ being tuned to one:
 * AdamW with warm-up and cosine decay over a fixed number of epochs, evaluated once per epoch
   (on small data an "epoch" is several passes, at least :data:`MIN_UPDATES_PER_EPOCH` updates),
   with early stopping on validation macro-F1 and the best weights kept;
+* a linear term on the text's hashed word-piece unigrams and bigrams added to the encoder's
+  logits and trained with it (fastText's bag of n-grams;
+  :class:`~multihead.train.textmodel.NgramEncoderClassifier`);
 * class-weighted cross-entropy (``n / (C * n_c)``, sklearn's "balanced") when the most
   frequent class is over 1.5 times as common as the rarest;
 * an ensemble of :attr:`TextClassConfig.ensemble` such models trained from different seeds
@@ -39,9 +42,16 @@ from torch import Tensor, nn
 
 from multihead.modules import EncoderClassifier, TransformerConfig
 from multihead.tasks.textclass import TextExample, check_labels
-from multihead.tasks.tokenize import WordPieceTokenizer, suggest_vocab_size
+from multihead.tasks.tokenize import WordPieceTokenizer, pad_rows, suggest_vocab_size
 from multihead.train.checkpoint import load_checkpoint, save_checkpoint
-from multihead.train.optim import make_optimizer, make_scheduler
+from multihead.train.optim import make_scheduler
+from multihead.train.textmodel import (
+    fit_mixing_on_rows,
+    length_batches,
+    new_text_model,
+    text_model_loss,
+    text_model_optimizer,
+)
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -75,7 +85,10 @@ class TextClassConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
-    epochs: int = 20  # the cosine schedule's length; early stopping usually ends sooner
+    # The cosine schedule's length. Short, as fastText's 5 and BERT fine-tuning's 2-4: on a
+    # few thousand sentences the encoder fits the training set by epoch 3 and a longer
+    # schedule only waits for patience to run out; the best epoch's weights are kept.
+    epochs: int = 4
     patience: int = 4  # epochs without a better validation macro-F1 before stopping
     # Evaluate and keep an exponential moving average of the weights (Polyak & Juditsky, 1992):
     # on a few thousand texts the raw weights swing from batch to batch; the average does not.
@@ -87,20 +100,37 @@ class TextClassConfig:
     # the first starts only if it is expected to finish in time).
     max_seconds: float | None = None
     seed: int = 0  # member k of the ensemble uses seed + k
-    # Members trained (seeds seed, seed + 1, ...) and averaged. 3 fits three ~70-s SST-2
-    # trainings in the 5-minute budget on 2 CPU cores.
-    ensemble: int = 3
+    # Members trained (seeds seed, seed + 1, ...) and averaged. 5 fits five ~50-s SST-2
+    # trainings in the 5-minute budget on 2 lightly loaded CPU cores (ensemble_seconds
+    # drops the last ones on a busier machine).
+    ensemble: int = 5
     # Members after the first start only if one as slow as the slowest so far would end within
     # this many seconds of the start (and within max_seconds): extra members are a bonus that
     # small data sets can afford; on large data, or a busy machine, the run gets fewer of them
     # rather than taking K times as long. None: always train all of them.
     ensemble_seconds: float | None = 300.0
+    # The linear n-gram term (multihead.train.textmodel): hash buckets of word-piece bigrams
+    # (0: the encoder alone; None: 2**18, whose rows of C weights keep collisions rare up to
+    # ~100k distinct bigrams, fewer above 8 classes so that the table stays at 2**21 weights),
+    # its learning rate over ``lr`` and the weight of its own cross-entropy (both explained in
+    # text_model_optimizer and text_model_loss).
+    ngram_buckets: int | None = None
+    ngram_lr_scale: float = 30.0
+    ngram_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_heads", "d_ff", "max_len", "batch_size", "epochs", "ensemble"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.ngram_buckets is not None and (
+            not isinstance(self.ngram_buckets, int) or self.ngram_buckets < 0
+        ):
+            raise ValueError(f"ngram_buckets must be an int >= 0, got {self.ngram_buckets!r}")
+        if not self.ngram_loss_weight >= 0:
+            raise ValueError(f"ngram_loss_weight must be >= 0, got {self.ngram_loss_weight!r}")
+        if not self.ngram_lr_scale > 0:
+            raise ValueError(f"ngram_lr_scale must be > 0, got {self.ngram_lr_scale!r}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.class_weights not in ("auto", "balanced", "none"):
@@ -242,30 +272,6 @@ def _class_weights(counts: Sequence[int], mode: str) -> Tensor | None:
     return torch.tensor([n / (c * k) for k in counts], dtype=torch.float32)
 
 
-def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    # Shuffle, then sort within windows of 50 batches by length so that batches pad little,
-    # then shuffle the batches: nearly the randomness of plain shuffling at less padding cost.
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = batch_size * 50
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), n, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = True
-    return ids, mask
-
-
 @torch.no_grad()
 def _evaluate(
     model: nn.Module | Sequence[nn.Module],
@@ -278,7 +284,7 @@ def _evaluate(
     models = [model] if isinstance(model, nn.Module) else list(model)
     predictions, loss_sum = [], 0.0
     for i in range(0, len(rows), 128):
-        ids, mask = _pad(rows[i : i + 128], pad_id)
+        ids, mask = pad_rows(rows[i : i + 128], pad_id)
         probs = torch.stack([torch.softmax(m.eval()(ids, mask).float(), -1) for m in models])
         log_probs = probs.mean(0).clamp_min(1e-12).log()
         target = torch.tensor(targets[i : i + 128])
@@ -339,6 +345,8 @@ def train_text_classifier(
     if not valid:
         raise ValueError("valid must hold at least one example (early stopping needs it)")
     index = {label: i for i, label in enumerate(labels)}
+    if config.ngram_buckets is None:  # the dense table's size is buckets x classes
+        config = dataclasses.replace(config, ngram_buckets=min(2**18, 2**21 // len(labels)))
 
     texts = [e.text for e in train]
     vocab_size = config.vocab_size or suggest_vocab_size(texts)
@@ -364,6 +372,7 @@ def train_text_classifier(
         "labels": labels,
         "tokenizer": tokenizer.to_json(),
         "max_len": config.max_len,
+        "ngram_buckets": config.ngram_buckets,
     }
     data = _Data(train_rows, train_y, valid_rows, valid_y, tokenizer.pad_id, tokenizer.unk_id)
     start = time.perf_counter()
@@ -392,12 +401,23 @@ def train_text_classifier(
             )
 
         run = _train_member(data, model_config, config, config.seed + k, weights, budget, save, log)
+        if config.ngram_buckets:
+            model = new_text_model(model_config, config.ngram_buckets)
+            model.load_state_dict(run.state)
+            # The weights of its two parts, fitted on validation (see fit_mixing_weights).
+            mix = fit_mixing_on_rows(
+                model, data.valid_rows, data.valid_y, data.pad_id, weight=weights
+            )
+            run.state["mix"] = mix
+            save(run.state, run.best_epoch)
+            if log is not None:
+                log(f"n-gram term: weights {mix[0]:.3g} (encoder), {mix[1]:.3g} (n-grams)")
         states.append(run.state)
         runs.append(run)
     train_seconds = time.perf_counter() - start
     models = []
     for state in states:
-        model = EncoderClassifier(model_config)
+        model = new_text_model(model_config, config.ngram_buckets)
         model.load_state_dict(state)
         models.append(model)
     valid_metrics = _evaluate(models, valid_rows, valid_y, tokenizer.pad_id, len(labels))
@@ -424,6 +444,7 @@ def train_text_classifier(
                 "best_epoch": r.best_epoch,
                 "valid_accuracy": r.history[r.best_epoch - 1]["valid_accuracy"],
                 "valid_macro_f1": r.history[r.best_epoch - 1]["valid_macro_f1"],
+                "mixing_weights": r.state["mix"].tolist() if "mix" in r.state else None,
             }
             for k, r in enumerate(runs)
         ],
@@ -465,7 +486,7 @@ def _train_member(
     rng = random.Random(seed)
     num_classes = model_config.num_classes
     assert num_classes is not None  # build_model_config sets it
-    model = EncoderClassifier(model_config)
+    model = new_text_model(model_config, config.ngram_buckets)
     train_rows, train_y = data.train_rows, data.train_y
     # A small data set is passed over several times per "epoch", so that early stopping and
     # the schedule see enough updates between evaluations to mean something.
@@ -473,7 +494,9 @@ def _train_member(
     steps_per_epoch = passes * math.ceil(len(train_rows) / config.batch_size)
     ema_decay = config.ema_decay if config.ema_decay is not None else 1 - 2 / steps_per_epoch
     total = steps_per_epoch * config.epochs
-    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = text_model_optimizer(
+        model, lr=config.lr, weight_decay=config.weight_decay, ngram_lr_scale=config.ngram_lr_scale
+    )
     scheduler = make_scheduler(
         optimizer, schedule="cosine", warmup=min(steps_per_epoch, total // 10), total_steps=total
     )
@@ -487,14 +510,22 @@ def _train_member(
         model.train()
         loss_sum, seen = 0.0, 0
         lengths = [len(r) for r in train_rows]
-        for batch in [b for _ in range(passes) for b in _batches(lengths, config.batch_size, rng)]:
-            ids, mask = _pad([train_rows[i] for i in batch], data.pad_id)
+        for batch in [
+            b for _ in range(passes) for b in length_batches(lengths, config.batch_size, rng)
+        ]:
+            ids, mask = pad_rows([train_rows[i] for i in batch], data.pad_id)
             if config.word_dropout > 0:
                 drop = (torch.rand(ids.shape) < config.word_dropout) & mask
                 ids = ids.masked_fill(drop, data.unk_id)
             target = torch.tensor([train_y[i] for i in batch])
-            loss = nn.functional.cross_entropy(
-                model(ids, mask), target, weight=weights, label_smoothing=config.label_smoothing
+            loss = text_model_loss(
+                model,
+                ids,
+                mask,
+                target,
+                weight=weights,
+                label_smoothing=config.label_smoothing,
+                ngram_loss_weight=config.ngram_loss_weight,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -550,9 +581,11 @@ def load_text_classifier(path: str | os.PathLike[str]) -> TextClassifier:
         )
     config = TransformerConfig.from_dict(ckpt["model_config"])
     models = []
-    # "models" holds every ensemble member; checkpoints from before ensembles have "model".
+    # "models" holds every ensemble member; checkpoints from before ensembles have "model",
+    # and those from before the n-gram term no "ngram_buckets".
+    buckets = int(ckpt.get("ngram_buckets", 0))
     for state in ckpt.get("models") or [ckpt["model"]]:
-        model = EncoderClassifier(config)
+        model = new_text_model(config, buckets)
         model.load_state_dict(state)
         models.append(model)
     tokenizer = WordPieceTokenizer.from_json(ckpt["tokenizer"])
