@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,16 @@ from torch import Tensor, nn
 from multihead.modules import EncoderClassifier, TransformerConfig
 from multihead.tasks.tokenize import pad_rows
 from multihead.train.optim import make_optimizer
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class ClassifierOptions(TypedDict, total=False):
+    """The keyword options of :meth:`EncoderClassifier.forward`."""
+
+    token_type_ids: Tensor | None
+
 
 __all__ = [
     "BIGRAM_PRIME",
@@ -103,15 +114,11 @@ class NgramEncoderClassifier(EncoderClassifier):
         return super().forward(ids, padding_mask), self.ngram_logits(ids, padding_mask)
 
     def forward(
-        self,
-        ids: Tensor,
-        padding_mask: Tensor | None = None,
-        *,
-        token_type_ids: Tensor | None = None,
+        self, ids: Tensor, padding_mask: Tensor | None = None, **options: Unpack[ClassifierOptions]
     ) -> Tensor:
-        """Class logits ``(B, C)``: ``mix[0]`` times the encoder's plus ``mix[1]`` times
-        :meth:`ngram_logits`."""
-        logits = super().forward(ids, padding_mask, token_type_ids=token_type_ids)
+        """Class logits ``(B, C)``: ``mix[0]`` times the encoder's (``options`` as in
+        :meth:`EncoderClassifier.forward`) plus ``mix[1]`` times :meth:`ngram_logits`."""
+        logits = super().forward(ids, padding_mask, **options)
         mix = self.get_buffer("mix")
         return mix[0] * logits + mix[1] * self.ngram_logits(ids, padding_mask)
 
