@@ -537,6 +537,7 @@ def main(argv: list[str] | None = None) -> str:
             "### Weight layout of one matrix-vector product (float32, batch 1)",
             "",
             layout_table(args.repeat),
+            "",
         ]
     report, speedup = cache_speedup(cache_tokens, max(1, args.repeat - 1))
     parts += ["### Cached vs uncached", "", report]
