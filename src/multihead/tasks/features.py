@@ -18,6 +18,7 @@ microphone and channel, and with it the envelope of the word.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "cmvn",
     "frames_for",
     "hz_to_mel",
+    "lifter_matrix",
     "log_mel",
     "mel_filterbank",
     "mel_to_hz",
@@ -55,12 +57,17 @@ class MelConfig:
     # "band": per-band mean and variance (cmvn), which also removes that envelope. On the
     # FSDD's index split the validation accuracy was 99.4% with "utterance", 98.3% with "band".
     norm: str = "utterance"
+    # Keep this many cepstral coefficients of each frame (DCT-II of the log-mels) and map back
+    # to the mel bands, smoothing away the pitch harmonics; 0 keeps the bands as they are.
+    lifter: int = 0
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MelConfig.{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.lifter, bool) or not isinstance(self.lifter, int) or self.lifter < 0:
+            raise ValueError(f"MelConfig.lifter must be an int >= 0, got {self.lifter!r}")
         if self.norm not in NORMS:
             raise ValueError(f"MelConfig.norm must be one of {NORMS}, got {self.norm!r}")
         top = self.sample_rate / 2 if self.f_max is None else self.f_max
@@ -148,6 +155,20 @@ def log_mel(waves: Tensor, config: MelConfig, filterbank: Tensor | None = None) 
     power = spec.real**2 + spec.imag**2
     mel = torch.matmul(fb.to(power), power)  # (B, n_mels, F)
     return torch.log(mel + _LOG_FLOOR).transpose(1, 2)
+
+
+def lifter_matrix(n_mels: int, keep: int) -> Tensor:
+    """``(M, M)`` map that keeps the first ``keep`` coefficients of the orthonormal DCT-II
+    over the mel axis (the cepstrum, Davis & Mermelstein, 1980) and transforms back:
+    ``features @ matrix`` is the log-mel envelope without its fine structure (pitch
+    harmonics). ``keep >= n_mels`` gives the identity.
+    """
+    m = torch.arange(n_mels, dtype=torch.float64)
+    dct = torch.cos(math.pi / n_mels * (m[None, :] + 0.5) * m[:, None])  # (K=M, M) rows: k
+    dct[0] /= math.sqrt(2.0)
+    dct *= math.sqrt(2.0 / n_mels)  # orthonormal: dct @ dct.T = I
+    kept = dct[: min(keep, n_mels)]  # (keep, M)
+    return (kept.T @ kept).float()
 
 
 def frames_for(num_samples: Tensor | int, config: MelConfig) -> Tensor:

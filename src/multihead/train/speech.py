@@ -39,7 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multihead.modules import EncoderLayer
-from multihead.tasks.features import MelConfig, frames_for, log_mel, mel_filterbank, normalise
+from multihead.tasks.features import (
+    MelConfig,
+    frames_for,
+    lifter_matrix,
+    log_mel,
+    mel_filterbank,
+    normalise,
+)
 from multihead.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -94,6 +101,13 @@ class AugmentConfig:
     time_mask_frames: int = 8  # widest run of masked frames (10 ms each)
     freq_masks: int = 2
     freq_mask_bands: int = 6  # widest band of masked mel bands
+    # A random smooth curve over the mel axis (cosines of 1-3 periods, each amplitude drawn
+    # from +-channel, in normalised units), as a different microphone or room would colour
+    # the spectrum; 0 turns it off.
+    channel: float = 0.0
+    # mixup (Zhang et al., 2018): each batch is blended with a shuffled copy of itself, weight
+    # drawn from Beta(mixup, mixup), and so are the targets; 0 turns it off.
+    mixup: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,6 +227,8 @@ def batch_features(
     Shapes: ``waves (B, T)``, ``lengths (B,)`` samples -> ``(features (B, F, M), frames (B,))``.
     """
     feats = log_mel(waves, mel, filterbank)
+    if mel.lifter:
+        feats = feats @ lifter_matrix(mel.n_mels, mel.lifter)
     frames = frames_for(lengths, mel).clamp(max=feats.shape[1])
     return normalise(feats, frames, mel.norm), frames
 
@@ -262,6 +278,11 @@ def augment_features(
     out = out[:, :f_out]  # frames past every utterance's end are padding
     real = torch.arange(f_out)[None, :] < new_frames[:, None]
     out = out.masked_fill(~real.unsqueeze(-1), 0.0)
+    if aug.channel > 0:
+        k = torch.arange(1, 4, dtype=out.dtype)[:, None]  # (3, 1) periods
+        cosines = torch.cos(math.pi * k * (torch.arange(m, dtype=out.dtype) + 0.5) / m)  # (3, M)
+        amp = (2 * torch.rand(b, 3, generator=gen) - 1) * aug.channel  # (B, 3)
+        out = out + (amp @ cosines)[:, None, :] * real.unsqueeze(-1)
     # SpecAugment: zero is the utterance's mean after normalisation.
     for _ in range(aug.freq_masks):
         width = torch.randint(0, aug.freq_mask_bands + 1, (b, 1), generator=gen)
@@ -310,16 +331,58 @@ def predict_waves(
 class SpeechTrainResult:
     """What :func:`train_speech` returns: the best model (by validation accuracy) and its
     history. ``history`` has one dict per epoch (``epoch``, ``loss``, ``valid_accuracy``,
-    ``seconds``); ``step_losses`` the training loss of every update."""
+    ``seconds``); ``step_losses`` the training loss of every update. The rest is read off
+    the history, so it cannot disagree with it."""
 
     model: SpeechClassifier
-    best_epoch: int
-    valid_accuracy: float
-    epochs: int
-    seconds: float
     history: list[dict[str, float]]
     step_losses: list[float]
     stopped_by: str
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The record of the epoch whose weights ``model`` holds (the first best one)."""
+        return max(self.history, key=lambda record: record["valid_accuracy"])
+
+    @property
+    def best_epoch(self) -> int:
+        return int(self.best["epoch"])
+
+    @property
+    def valid_accuracy(self) -> float:
+        return self.best["valid_accuracy"]
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    @property
+    def seconds(self) -> float:
+        return self.history[-1]["seconds"]
+
+
+def _mixup_loss(
+    model: SpeechClassifier,
+    feats: Tensor,
+    frames: Tensor,
+    y: Tensor,
+    alpha: float,
+    gen: torch.Generator,
+) -> Tensor:
+    """Cross-entropy, on a mixup blend of the batch with a shuffled copy when ``alpha > 0``.
+
+    Shapes: ``feats (B, F, M)``, ``frames (B,)``, ``y (B,)`` -> a scalar.
+    """
+    if alpha <= 0:
+        return F.cross_entropy(model(feats, frames), y)
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(y), generator=gen)
+    mixed = lam * feats + (1 - lam) * feats[perm]  # padding is 0 in both, so stays 0
+    logits = model(mixed, torch.maximum(frames, frames[perm]))
+    return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+
+
+LabelledWaves = tuple[Sequence[np.ndarray], Sequence[int]]  # (waves (T_i,) each, class ids)
 
 
 def _split_valid(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -359,27 +422,45 @@ def train_speech(
     mel: MelConfig,
     model_config: SpeechModelConfig,
     config: SpeechTrainConfig,
+    valid: LabelledWaves | None = None,
+    extra: LabelledWaves | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
     max_steps: int | None = None,
 ) -> SpeechTrainResult:
-    """Train a :class:`SpeechClassifier` with early stopping on a held-out validation share.
+    """Train a :class:`SpeechClassifier` with early stopping on validation accuracy.
 
     Args:
         waves: mono waveforms at ``mel.sample_rate``, ``(T_i,)`` each.
         labels: class ids in ``[0, num_classes)``.
         mel, model_config, config: front end, model shape and optimisation.
+        valid: ``(waves, labels)`` to stop on; by default a seeded ``config.valid_fraction``
+            of ``waves``, drawn per class (on a speaker split, a held-out training speaker
+            measures what matters, a new voice, far better).
+        extra: ``(waves, labels)`` used for training only, never for validation (synthetic
+            voices, other data sets).
         progress: called with each epoch's record.
         max_steps: stop after this many updates (smoke tests).
     """
-    if len(waves) != len(labels):
-        raise ValueError(f"waves and labels differ in length: {len(waves)} vs {len(labels)}")
+    for name, pair in (("waves", (waves, labels)), ("valid", valid), ("extra", extra)):
+        if pair is not None and len(pair[0]) != len(pair[1]):
+            raise ValueError(
+                f"{name}: waves and labels differ in length: {len(pair[0])} vs {len(pair[1])}"
+            )
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    train_idx, valid_idx = _split_valid(labels, config.valid_fraction, config.seed)
+    if valid is None:
+        train_idx, valid_idx = _split_valid(labels, config.valid_fraction, config.seed)
+        valid_waves = [waves[i] for i in valid_idx]
+        valid_y = torch.tensor([labels[i] for i in valid_idx], dtype=torch.long)
+    else:
+        train_idx = list(range(len(waves)))
+        valid_waves, valid_y = list(valid[0]), torch.tensor(list(valid[1]), dtype=torch.long)
+    extra_waves, extra_labels = extra if extra is not None else ([], [])
+    train_idx += range(len(waves), len(waves) + len(extra_waves))
     model = SpeechClassifier(model_config, num_classes)
     fb = mel_filterbank(mel)
-    all_waves, all_lengths = pad_waves(waves)
-    y = torch.tensor(labels, dtype=torch.long)
+    all_waves, all_lengths = pad_waves([*waves, *extra_waves])
+    y = torch.tensor([*labels, *extra_labels], dtype=torch.long)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     total = steps_per_epoch * config.max_epochs
     warmup = max(1, steps_per_epoch * config.warmup_epochs)
@@ -400,7 +481,6 @@ def train_speech(
     history: list[dict[str, float]] = []
     step_losses: list[float] = []
     stopped_by = "max_epochs"
-    epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         losses = []
@@ -409,7 +489,7 @@ def train_speech(
             x = add_noise(all_waves[idx, : int(lengths.max())], lengths, config.augment, gen)
             feats, frames = batch_features(x, lengths, mel, fb)
             feats, frames = augment_features(feats, frames, config.augment, gen)
-            loss = F.cross_entropy(model(feats, frames), y[idx])
+            loss = _mixup_loss(model, feats, frames, y[idx], config.augment.mixup, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -419,9 +499,9 @@ def train_speech(
             step_losses.append(loss.item())
             if max_steps is not None and len(step_losses) >= max_steps:
                 break
-        if valid_idx:
-            probs = predict_waves(model, [waves[i] for i in valid_idx], mel)
-            acc = float((probs.argmax(-1) == y[valid_idx]).float().mean())
+        if valid_waves:
+            probs = predict_waves(model, valid_waves, mel)
+            acc = float((probs.argmax(-1) == valid_y).float().mean())
         else:
             acc = -float(np.mean(losses))  # no validation share: keep the lowest training loss
         record = {
@@ -446,16 +526,7 @@ def train_speech(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return SpeechTrainResult(
-        model=model,
-        best_epoch=best_epoch,
-        valid_accuracy=best_acc,
-        epochs=epoch,
-        seconds=time.perf_counter() - start,
-        history=history,
-        step_losses=step_losses,
-        stopped_by=stopped_by,
-    )
+    return SpeechTrainResult(model, history, step_losses, stopped_by)
 
 
 # ------------------------------------------------------------------ checkpoints and reports
