@@ -20,6 +20,7 @@ from multihead.cli import main
 from multihead.tasks.features import (
     MelConfig,
     cmvn,
+    floor_db,
     lifter_matrix,
     log_mel,
     mel_filterbank,
@@ -250,8 +251,19 @@ def test_utterance_norm_against_numpy() -> None:
     with pytest.raises(ValueError, match="norm"):
         MelConfig(norm="global")
     old = MelConfig().to_dict()
-    del old["norm"]  # a checkpoint from before the option: trained with per-band CMVN
-    assert MelConfig.from_dict(old).norm == "band"
+    for name in ("norm", "lifter", "top_db"):
+        del old[name]  # a checkpoint from before these options
+    assert MelConfig.from_dict(old) == MelConfig(norm="band", lifter=0, top_db=None)
+
+
+def test_floor_db_against_numpy() -> None:
+    x = np.log(np.random.default_rng(2).uniform(1e-9, 1.0, (2, 30, 8)))
+    got = floor_db(torch.tensor(x), 30.0).numpy()
+    db = 10 * np.log10(np.exp(x))  # the same values in decibels
+    ref_db = np.maximum(db, db.max(axis=(1, 2), keepdims=True) - 30.0)
+    np.testing.assert_allclose(10 * np.log10(np.exp(got)), ref_db, atol=1e-9)
+    with pytest.raises(ValueError, match="top_db"):
+        MelConfig(top_db=0.0)
 
 
 @pytest.mark.parametrize("keep", [1, 13, 40])

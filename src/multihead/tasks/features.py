@@ -29,6 +29,7 @@ __all__ = [
     "NORMS",
     "MelConfig",
     "cmvn",
+    "floor_db",
     "frames_for",
     "hz_to_mel",
     "lifter_matrix",
@@ -60,6 +61,10 @@ class MelConfig:
     # Keep this many cepstral coefficients of each frame (DCT-II of the log-mels) and map back
     # to the mel bands, smoothing away the pitch harmonics; 0 keeps the bands as they are.
     lifter: int = 0
+    # Floor every log-mel value at this many dB below the clip's loudest one (librosa's
+    # ``power_to_db(top_db=...)``), so that recordings with a deep or a high noise floor have
+    # the same silence; None keeps the full range.
+    top_db: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
@@ -68,6 +73,8 @@ class MelConfig:
                 raise ValueError(f"MelConfig.{name} must be an int >= 1, got {value!r}")
         if isinstance(self.lifter, bool) or not isinstance(self.lifter, int) or self.lifter < 0:
             raise ValueError(f"MelConfig.lifter must be an int >= 0, got {self.lifter!r}")
+        if self.top_db is not None and not self.top_db > 0:
+            raise ValueError(f"MelConfig.top_db must be > 0 or None, got {self.top_db!r}")
         if self.norm not in NORMS:
             raise ValueError(f"MelConfig.norm must be one of {NORMS}, got {self.norm!r}")
         top = self.sample_rate / 2 if self.f_max is None else self.f_max
@@ -82,8 +89,9 @@ class MelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MelConfig:
-        # Checkpoints written before ``norm`` existed were trained with per-band CMVN.
-        return cls(**{"norm": "band", **d})
+        # Checkpoints written before an option existed were trained without it: per-band
+        # CMVN before ``norm``, the full dynamic range before ``top_db``.
+        return cls(**{"norm": "band", "lifter": 0, "top_db": None, **d})
 
 
 def hz_to_mel(f: Tensor | float) -> Tensor:
@@ -155,6 +163,16 @@ def log_mel(waves: Tensor, config: MelConfig, filterbank: Tensor | None = None) 
     power = spec.real**2 + spec.imag**2
     mel = torch.matmul(fb.to(power), power)  # (B, n_mels, F)
     return torch.log(mel + _LOG_FLOOR).transpose(1, 2)
+
+
+def floor_db(features: Tensor, top_db: float) -> Tensor:
+    """Raise every log-mel value (natural log of power) to at least ``top_db`` dB below the
+    utterance's largest: ``max(x, max(x) - top_db * ln(10) / 10)``.
+
+    Shapes: ``(B, F, M)`` -> ``(B, F, M)``.
+    """
+    peak = features.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    return torch.maximum(features, peak - top_db * math.log(10.0) / 10.0)
 
 
 def lifter_matrix(n_mels: int, keep: int) -> Tensor:

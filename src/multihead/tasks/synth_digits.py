@@ -142,8 +142,13 @@ def speak(
     return x
 
 
-def _add_noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """White noise at 10-40 dB SNR, then a peak of 0.9 (a recording's level is arbitrary)."""
+def _take(
+    text: str, voice: str, rng: np.random.Generator, sample_rate: int, scratch: str
+) -> np.ndarray:
+    """One noisy take of ``text``: a random speed (120-220 words/min) and pitch (20-80), white
+    noise at 10-40 dB SNR, then a peak of 0.9 (a recording's level is arbitrary)."""
+    speed, pitch = int(rng.integers(120, 221)), int(rng.integers(20, 81))
+    x = speak(text, voice, speed=speed, pitch=pitch, sample_rate=sample_rate, scratch=scratch)
     power = float(np.mean(x**2)) or 1e-8
     snr = rng.uniform(10.0, 40.0)
     x = x + rng.standard_normal(len(x)) * np.sqrt(power / 10 ** (snr / 10))
@@ -175,18 +180,8 @@ def synthetic_voices(
     with tempfile.TemporaryDirectory() as scratch:
         for _, voice in voice_variety(voices, seed=seed):
             for label in labels:
-                text = label.replace("_", " ")
                 for _ in range(per_label):
-                    speed, pitch = int(rng.integers(120, 221)), int(rng.integers(20, 81))
-                    x = speak(
-                        text,
-                        voice,
-                        speed=speed,
-                        pitch=pitch,
-                        sample_rate=sample_rate,
-                        scratch=scratch,
-                    )
-                    waves.append(_add_noise(x, rng))
+                    waves.append(_take(label.replace("_", " "), voice, rng, sample_rate, scratch))
                     said.append(label)
     return waves, said
 
@@ -221,17 +216,8 @@ def synthesize_digits(
         for speaker, voice in voices:
             for digit in digits:
                 for index in range(per_digit):
-                    speed, pitch = int(rng.integers(120, 221)), int(rng.integers(20, 81))
                     rate = 16000 if index % 2 else 8000
-                    x = speak(
-                        DIGIT_WORDS[digit],
-                        voice,
-                        speed=speed,
-                        pitch=pitch,
-                        sample_rate=rate,
-                        scratch=scratch,
-                    )
-                    x = _add_noise(x, rng)
+                    x = _take(DIGIT_WORDS[digit], voice, rng, rate, scratch)
                     if index % 3 == 2:  # stereo, with the channels at slightly different gains
                         x = np.stack([x, 0.8 * x], axis=1)
                     paths.append(write_wav(out / f"{digit}_{speaker}_{index}.wav", x, rate))

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from multihead.modules import EncoderLayer
 from multihead.tasks.features import (
     MelConfig,
+    floor_db,
     frames_for,
     lifter_matrix,
     log_mel,
@@ -227,6 +228,8 @@ def batch_features(
     Shapes: ``waves (B, T)``, ``lengths (B,)`` samples -> ``(features (B, F, M), frames (B,))``.
     """
     feats = log_mel(waves, mel, filterbank)
+    if mel.top_db is not None:
+        feats = floor_db(feats, mel.top_db)
     if mel.lifter:
         feats = feats @ lifter_matrix(mel.n_mels, mel.lifter)
     frames = frames_for(lengths, mel).clamp(max=feats.shape[1])
