@@ -25,6 +25,7 @@ from multihead.tasks.features import (
     log_mel,
     mel_filterbank,
     normalise,
+    trim_silence,
 )
 from multihead.tasks.speech import (
     SpeechExample,
@@ -264,6 +265,17 @@ def test_floor_db_against_numpy() -> None:
     np.testing.assert_allclose(10 * np.log10(np.exp(got)), ref_db, atol=1e-9)
     with pytest.raises(ValueError, match="top_db"):
         MelConfig(top_db=0.0)
+
+
+def test_trim_silence_keeps_the_word() -> None:
+    config = MelConfig(trim_db=30.0)
+    word = _sine(8000, 0.3)  # 2400 samples, from sample 1600 to 4000
+    quiet = np.random.default_rng(3).standard_normal(1600) * 1e-3  # -51 dB below the sine
+    x = torch.tensor(np.concatenate([np.zeros(1600), word, quiet]), dtype=torch.float32)
+    got = trim_silence(x, config)
+    # One hop (80 samples) of margin either side of the word, and nothing more.
+    torch.testing.assert_close(got, x[1520:4080])
+    assert trim_silence(x, MelConfig()) is x
 
 
 @pytest.mark.parametrize("keep", [1, 13, 40])

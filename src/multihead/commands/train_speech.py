@@ -39,12 +39,14 @@ from multihead.tasks.speech import (
 )
 from multihead.tasks.synth_digits import espeak_available, synthetic_voices
 from multihead.train.speech import (
+    RECIPES,
     SpeechModelConfig,
     SpeechTrainConfig,
     confusion_matrix,
     plot_confusion,
     predict_waves,
     save_speech_checkpoint,
+    speech_recipe,
     train_speech,
 )
 from multihead.viz.heatmaps import write_atomic
@@ -83,6 +85,14 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
             "default": 0,
             "metavar": "N",
             "help": "also train on the labels said by N espeak-ng voices (default 0)",
+        },
+    ),
+    (
+        "--recipe",
+        {
+            "choices": RECIPES,
+            "help": "front end and augmentation: 'new-speakers' (the default for --split "
+            "speaker) for voices never heard in training, else 'standard'",
         },
     ),
     ("--epochs", {"type": int, "help": "most passes over the data (default 100)"}),
@@ -210,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``multihead train speech``; returns the exit status."""
     set_threads(args.threads)
     out = Path(args.out if args.out is not None else os.path.join("runs", "speech"))
-    mel = MelConfig()
+    recipe = args.recipe or ("new-speakers" if args.split == "speaker" else "standard")
+    mel, augment = speech_recipe(recipe)
     train_ex, test_ex = _examples(args)
     train_ex, valid_ex = _hold_out_speaker(train_ex, args.valid_speaker)
     train_waves, train_ex = _load(train_ex, "training", args, mel)
@@ -242,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr or base.lr,
         time_limit_s=args.time_limit if args.time_limit is not None else base.time_limit_s,
         seed=args.seed or 0,
+        augment=augment,
     )
     chatty = not (args.no_progress or args.json)
     if chatty:
@@ -274,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
     )
     metrics: dict[str, Any] = {
         "task": "speech",
+        "recipe": recipe,
         "train_files": len(train_waves),
         "extra_train_clips": len(extra[0]),
         "valid_files": len(valid[0]) if valid else None,

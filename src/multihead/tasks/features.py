@@ -37,6 +37,7 @@ __all__ = [
     "mel_filterbank",
     "mel_to_hz",
     "normalise",
+    "trim_silence",
 ]
 
 NORMS = ("band", "utterance")
@@ -65,6 +66,10 @@ class MelConfig:
     # ``power_to_db(top_db=...)``), so that recordings with a deep or a high noise floor have
     # the same silence; None keeps the full range.
     top_db: float | None = None
+    # Cut the frames at both ends whose power is this many dB below the clip's loudest frame
+    # (leading and trailing silence, whose length differs from one recording set-up to the
+    # next); None keeps the whole clip.
+    trim_db: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
@@ -73,8 +78,10 @@ class MelConfig:
                 raise ValueError(f"MelConfig.{name} must be an int >= 1, got {value!r}")
         if isinstance(self.lifter, bool) or not isinstance(self.lifter, int) or self.lifter < 0:
             raise ValueError(f"MelConfig.lifter must be an int >= 0, got {self.lifter!r}")
-        if self.top_db is not None and not self.top_db > 0:
-            raise ValueError(f"MelConfig.top_db must be > 0 or None, got {self.top_db!r}")
+        for name in ("top_db", "trim_db"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"MelConfig.{name} must be > 0 or None, got {value!r}")
         if self.norm not in NORMS:
             raise ValueError(f"MelConfig.norm must be one of {NORMS}, got {self.norm!r}")
         top = self.sample_rate / 2 if self.f_max is None else self.f_max
@@ -91,7 +98,7 @@ class MelConfig:
     def from_dict(cls, d: dict[str, Any]) -> MelConfig:
         # Checkpoints written before an option existed were trained without it: per-band
         # CMVN before ``norm``, the full dynamic range before ``top_db``.
-        return cls(**{"norm": "band", "lifter": 0, "top_db": None, **d})
+        return cls(**{"norm": "band", "lifter": 0, "top_db": None, "trim_db": None, **d})
 
 
 def hz_to_mel(f: Tensor | float) -> Tensor:
@@ -173,6 +180,21 @@ def floor_db(features: Tensor, top_db: float) -> Tensor:
     """
     peak = features.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
     return torch.maximum(features, peak - top_db * math.log(10.0) / 10.0)
+
+
+def trim_silence(wave: Tensor, config: MelConfig) -> Tensor:
+    """``wave (T,)`` without the hops (``config.hop_length`` samples) at either end whose
+    power is more than ``config.trim_db`` dB below the loudest hop's (unchanged when
+    ``trim_db`` is None). One hop either side of the kept run is kept as well, so onsets
+    and releases stay whole.
+    """
+    if config.trim_db is None or len(wave) < 2 * config.hop_length:
+        return wave
+    hop = config.hop_length
+    power = wave[: len(wave) // hop * hop].reshape(-1, hop).pow(2).mean(1)  # (T // hop,)
+    loud = torch.nonzero(power >= power.max() * 10 ** (-config.trim_db / 10)).flatten()
+    first, last = max(int(loud[0]) - 1, 0), int(loud[-1]) + 2
+    return wave[first * hop : min(last * hop, len(wave))]
 
 
 def lifter_matrix(n_mels: int, keep: int) -> Tensor:
