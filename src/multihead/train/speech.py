@@ -364,11 +364,18 @@ def predict_waves(
     return probs
 
 
+def _score(record: dict[str, float]) -> tuple[float, float]:
+    """What makes an epoch better: validation accuracy, and between equal accuracies the lower
+    validation loss (a share of the training speakers' clips is soon classified perfectly; the
+    loss still tells a more confident model from a lucky one)."""
+    return record["valid_accuracy"], -record["valid_loss"]
+
+
 @dataclass
 class SpeechTrainResult:
     """What :func:`train_speech` returns: the best model (by validation accuracy) and its
     history. ``history`` has one dict per epoch (``epoch``, ``loss``, ``valid_accuracy``,
-    ``seconds``); ``step_losses`` the training loss of every update. The rest is read off
+    ``valid_loss``, ``seconds``); ``step_losses`` the training loss of every update. The rest is read off
     the history, so it cannot disagree with it."""
 
     model: SpeechClassifier
@@ -379,7 +386,7 @@ class SpeechTrainResult:
     @property
     def best(self) -> dict[str, float]:
         """The record of the epoch whose weights ``model`` holds (the first best one)."""
-        return max(self.history, key=lambda record: record["valid_accuracy"])
+        return max(self.history, key=_score)
 
     @property
     def best_epoch(self) -> int:
@@ -514,7 +521,7 @@ def train_speech(
         return min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    best_score, best_epoch, best_state = (-math.inf, 0.0), 0, copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
     step_losses: list[float] = []
     stopped_by = "max_epochs"
@@ -539,19 +546,25 @@ def train_speech(
         if valid_waves:
             probs = predict_waves(model, valid_waves, mel)
             acc = float((probs.argmax(-1) == valid_y).float().mean())
-        else:
-            acc = -float(np.mean(losses))  # no validation share: keep the lowest training loss
+            valid_loss = float(F.nll_loss(torch.log(probs.clamp(min=1e-12)), valid_y))
+        else:  # no validation share: keep the lowest training loss
+            acc, valid_loss = -float(np.mean(losses)), float(np.mean(losses))
         record = {
             "epoch": float(epoch),
             "loss": float(np.mean(losses)),
             "valid_accuracy": acc,
+            "valid_loss": valid_loss,
             "seconds": time.perf_counter() - start,
         }
         history.append(record)
         if progress is not None:
             progress(record)
-        if acc > best_acc:
-            best_acc, best_epoch, best_state = acc, epoch, copy.deepcopy(model.state_dict())
+        if _score(record) > best_score:
+            best_score, best_epoch, best_state = (
+                _score(record),
+                epoch,
+                copy.deepcopy(model.state_dict()),
+            )
         if max_steps is not None and len(step_losses) >= max_steps:
             stopped_by = "max_steps"
             break
