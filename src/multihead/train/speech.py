@@ -157,12 +157,12 @@ def speech_recipe(name: str) -> tuple[MelConfig, AugmentConfig]:
     Example:
         >>> mel, augment = speech_recipe("new-speakers")
         >>> mel.trim_db, augment.mixup
-        (35.0, 0.4)
+        (25.0, 0.4)
     """
     if name == "standard":
         return MelConfig(), AugmentConfig()
     if name == "new-speakers":
-        return MelConfig(top_db=45.0, trim_db=35.0), AugmentConfig(
+        return MelConfig(top_db=45.0, trim_db=25.0), AugmentConfig(
             speed=(0.8, 1.25), warp=(0.85, 1.15), noise_prob=0.5, snr_db=(5.0, 30.0), mixup=0.4
         )
     raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {name!r}")
