@@ -448,6 +448,7 @@ def test_valid_speaker_and_extra_training(
     summary = json.loads(captured.out)
     assert (summary["train_files"], summary["valid_files"], summary["test_files"]) == (16, 8, 8)
     assert summary["extra_train_clips"] == 2 + 4 * 2  # 1 voice x 4 labels x 2 takes
+    assert summary["recipe"] == "new-speakers"  # the default for --split speaker
     assert "9_zed_0.wav: its label is not among the training labels" in captured.err
     assert main([*argv[:6], "--valid-speaker", "dora", "--out", str(out)]) == 2
     assert "--valid-speaker: 'dora' is not one of the training speakers" in capsys.readouterr().err
