@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from multihead.commands._common import set_threads
+from multihead.commands._common import int_in, set_threads
 from multihead.errors import CommandError
 from multihead.tasks.features import MelConfig
 from multihead.tasks.speech import (
@@ -37,7 +37,7 @@ from multihead.tasks.speech import (
     scan_folder,
     split_examples,
 )
-from multihead.tasks.synth_digits import espeak_available, synthetic_voices
+from multihead.tasks.synth_digits import ACCENTS, VARIANTS, espeak_available, synthetic_voices
 from multihead.train.speech import (
     RECIPES,
     SpeechModelConfig,
@@ -81,7 +81,7 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     (
         "--synthetic-voices",
         {
-            "type": int,
+            "type": int_in(0, len(ACCENTS) * len(VARIANTS)),
             "default": 0,
             "metavar": "N",
             "help": "also train on the labels said by N espeak-ng voices (default 0)",
