@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import wave
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,16 @@ import pytest
 import torch
 
 from multihead.cli import main
-from multihead.tasks.features import MelConfig, cmvn, log_mel, mel_filterbank, normalise
+from multihead.tasks.features import (
+    MelConfig,
+    cmvn,
+    floor_db,
+    lifter_matrix,
+    log_mel,
+    mel_filterbank,
+    normalise,
+    trim_silence,
+)
 from multihead.tasks.speech import (
     SpeechExample,
     WavError,
@@ -26,7 +36,12 @@ from multihead.tasks.speech import (
     scan_folder,
     split_examples,
 )
-from multihead.tasks.synth_digits import espeak_available, synthesize_digits
+from multihead.tasks.synth_digits import (
+    espeak_available,
+    synthesize_digits,
+    synthetic_voices,
+    voice_variety,
+)
 from multihead.train.speech import (
     AugmentConfig,
     SpeechClassifier,
@@ -237,8 +252,44 @@ def test_utterance_norm_against_numpy() -> None:
     with pytest.raises(ValueError, match="norm"):
         MelConfig(norm="global")
     old = MelConfig().to_dict()
-    del old["norm"]  # a checkpoint from before the option: trained with per-band CMVN
-    assert MelConfig.from_dict(old).norm == "band"
+    for name in ("norm", "lifter", "top_db"):
+        del old[name]  # a checkpoint from before these options
+    assert MelConfig.from_dict(old) == MelConfig(norm="band", lifter=0, top_db=None)
+
+
+def test_floor_db_against_numpy() -> None:
+    x = np.log(np.random.default_rng(2).uniform(1e-9, 1.0, (2, 30, 8)))
+    got = floor_db(torch.tensor(x), 30.0).numpy()
+    db = 10 * np.log10(np.exp(x))  # the same values in decibels
+    ref_db = np.maximum(db, db.max(axis=(1, 2), keepdims=True) - 30.0)
+    np.testing.assert_allclose(10 * np.log10(np.exp(got)), ref_db, atol=1e-9)
+    with pytest.raises(ValueError, match="top_db"):
+        MelConfig(top_db=0.0)
+
+
+def test_trim_silence_keeps_the_word() -> None:
+    config = MelConfig(trim_db=30.0)
+    word = _sine(8000, 0.3)  # 2400 samples, from sample 1600 to 4000
+    quiet = np.random.default_rng(3).standard_normal(1600) * 1e-3  # -51 dB below the sine
+    x = torch.tensor(np.concatenate([np.zeros(1600), word, quiet]), dtype=torch.float32)
+    got = trim_silence(x, config)
+    # One hop (80 samples) of margin either side of the word, and nothing more.
+    torch.testing.assert_close(got, x[1520:4080])
+    assert trim_silence(x, MelConfig()) is x
+
+
+@pytest.mark.parametrize("keep", [1, 13, 40])
+def test_lifter_against_scipy_dct(keep: int) -> None:
+    from scipy.fft import dct, idct
+
+    x = np.random.default_rng(1).standard_normal((7, 40))
+    c = dct(x, type=2, norm="ortho", axis=1)
+    c[:, keep:] = 0.0
+    ref = idct(c, type=2, norm="ortho", axis=1)
+    got = torch.tensor(x, dtype=torch.float32) @ lifter_matrix(40, keep)
+    np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="lifter"):
+        MelConfig(lifter=-1)
 
 
 # ----------------------------------------------------------------------------- model
@@ -268,6 +319,12 @@ def test_augment_identity_and_shapes() -> None:
     assert new.tolist() == frames.tolist()
     out, new = augment_features(feats, frames, AugmentConfig(speed=(0.8, 0.8)), gen)
     assert new.tolist() == [38, 27, 10] and out.shape == (3, 38, 40)
+    # The channel curve is smooth over the bands, the same in every frame, absent in padding.
+    channel = replace(plain, channel=0.5)
+    out, _ = augment_features(feats, frames, channel, gen)
+    curve = out - feats  # (B, F, M)
+    torch.testing.assert_close(curve[1, :21], curve[1, :1].expand(21, 40))
+    assert not curve[1, 21:].any() and curve[0].abs().max() <= 1.5 + 1e-5
     assert confusion_matrix(torch.tensor([1, 1]), torch.tensor([0, 1]), 3).sum() == 2
 
 
@@ -298,6 +355,17 @@ def test_synthesized_digits_read_back(digits: Path) -> None:
     waves, kept, refused = load_examples(examples, 8000)
     assert not refused and all(0.1 < len(w) / 8000 < 3.0 for w in waves)
     assert {e.speaker for e in kept} == {"alan", "bea", "carl", "dora"}
+
+
+@needs_espeak
+def test_synthetic_voices_say_any_label() -> None:
+    assert len({v for _, v in voice_variety(30)}) == 30
+    with pytest.raises(ValueError, match="count"):
+        voice_variety(10_000)
+    waves, labels = synthetic_voices(["7", "yes"], voices=2, per_label=1, sample_rate=8000)
+    assert labels == ["7", "yes", "7", "yes"]
+    # Trimmed to the word: a spoken digit lasts well under a second.
+    assert all(w.dtype == np.float32 and 0.1 < len(w) / 8000 < 1.2 for w in waves)
 
 
 @needs_espeak
@@ -358,3 +426,29 @@ def test_train_and_recognize_commands(
     assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-3 and "error" in rows[1]
     assert main(["recognize", "--checkpoint", ckpt, files[0]]) == 0
     assert main(["recognize", "--checkpoint", str(tmp_path / "none.pt"), files[0]]) == 2
+
+
+@needs_espeak
+def test_valid_speaker_and_extra_training(
+    digits: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Speakers alan, bea, carl, dora; test dora (the last), validate on bea, train on alan and
+    # carl plus the extra folder (two clips of a known label, one of a label never trained).
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for name in ("0_alan_0.wav", "1_carl_1.wav"):
+        (extra / name).write_bytes((digits / name).read_bytes())
+    (extra / "9_zed_0.wav").write_bytes((digits / "0_alan_0.wav").read_bytes())
+    out = tmp_path / "run"
+    argv = ["train", "speech", "--data", str(digits), "--split", "speaker"]
+    argv += ["--valid-speaker", "bea", "--extra-train", str(extra), "--synthetic-voices", "1"]
+    argv += ["--steps", "2", "--batch-size", "8", "--out", str(out), "--threads", "1", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert (summary["train_files"], summary["valid_files"], summary["test_files"]) == (16, 8, 8)
+    assert summary["extra_train_clips"] == 2 + 4 * 2  # 1 voice x 4 labels x 2 takes
+    assert summary["recipe"] == "new-speakers"  # the default for --split speaker
+    assert "9_zed_0.wav: its label is not among the training labels" in captured.err
+    assert main([*argv[:6], "--valid-speaker", "dora", "--out", str(out)]) == 2
+    assert "--valid-speaker: 'dora' is not one of the training speakers" in capsys.readouterr().err

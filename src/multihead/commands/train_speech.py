@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from multihead.commands._common import set_threads
+from multihead.commands._common import int_in, set_threads
 from multihead.errors import CommandError
 from multihead.tasks.features import MelConfig
 from multihead.tasks.speech import (
@@ -36,18 +37,76 @@ from multihead.tasks.speech import (
     scan_folder,
     split_examples,
 )
+from multihead.tasks.synth_digits import ACCENTS, VARIANTS, espeak_available, synthetic_voices
 from multihead.train.speech import (
+    RECIPES,
     SpeechModelConfig,
     SpeechTrainConfig,
     confusion_matrix,
     plot_confusion,
     predict_waves,
     save_speech_checkpoint,
+    speech_recipe,
     train_speech,
 )
 from multihead.viz.heatmaps import write_atomic
 
 __all__ = ["add_options", "run"]
+
+
+# (flag, argparse keywords) of the speech block. --data and --epochs are shared with
+# textclass's block, which may have declared them already; a flag declared is kept as it is.
+_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--data", {"metavar": "PATH", "help": "training data (speech: a WAV folder)"}),
+    ("--test-data", {"metavar": "DIR", "help": "a separate folder of test WAV files"}),
+    ("--label-regex", {"metavar": "REGEX", "help": "label = group 1 in the file name"}),
+    ("--split", {"choices": SPLITS, "default": "index", "help": "default: index"}),
+    ("--test-speaker", {"metavar": "NAME", "help": "for --split speaker"}),
+    (
+        "--valid-speaker",
+        {
+            "metavar": "NAME",
+            "help": "stop early on this training speaker, held out from training ('none': "
+            "on a 10%% share of every speaker; default: none)",
+        },
+    ),
+    (
+        "--extra-train",
+        {
+            "metavar": "DIR",
+            "action": "append",
+            "help": "more labelled WAV files for training only (repeatable)",
+        },
+    ),
+    (
+        "--synthetic-voices",
+        {
+            "type": int_in(0, len(ACCENTS) * len(VARIANTS)),
+            "default": 0,
+            "metavar": "N",
+            "help": "also train on the labels said by N espeak-ng voices (default 0)",
+        },
+    ),
+    (
+        "--recipe",
+        {
+            "choices": RECIPES,
+            "help": "front end and augmentation: 'new-speakers' (the default for --split "
+            "speaker) for voices never heard in training, else 'standard'",
+        },
+    ),
+    ("--epochs", {"type": int, "help": "most passes over the data (default 100)"}),
+    ("--time-limit", {"type": float, "metavar": "S", "help": "stop after S seconds (default 270)"}),
+    (
+        "--max-seconds",
+        {
+            "type": float,
+            "default": MAX_SECONDS,
+            "metavar": "S",
+            "help": f"refuse recordings longer than S seconds (default {MAX_SECONDS:g})",
+        },
+    ),
+)
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -57,25 +116,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "speech", "multihead train speech --data DIR: spoken words from a folder of WAV files"
     )
-    # --data may be declared already by another task's block (textclass); share it then.
-    if "--data" not in parser._option_string_actions:
-        group.add_argument("--data", metavar="PATH", help="training data (speech: a WAV folder)")
-    group.add_argument("--test-data", metavar="DIR", help="a separate folder of test WAV files")
-    group.add_argument("--label-regex", metavar="REGEX", help="label = group 1 in the file name")
-    group.add_argument("--split", choices=SPLITS, default="index", help="default: index")
-    group.add_argument("--test-speaker", metavar="NAME", help="for --split speaker")
-    if "--epochs" not in parser._option_string_actions:  # textclass declares it too
-        group.add_argument("--epochs", type=int, help="most passes over the data (default 100)")
-    group.add_argument(
-        "--time-limit", type=float, metavar="S", help="stop after S seconds (default 270)"
-    )
-    group.add_argument(
-        "--max-seconds",
-        type=float,
-        default=MAX_SECONDS,
-        metavar="S",
-        help=f"refuse recordings longer than S seconds (default {MAX_SECONDS:g})",
-    )
+    for flag, keywords in _OPTIONS:
+        if flag not in parser._option_string_actions:
+            group.add_argument(flag, **keywords)
 
 
 def _warn_refused(refused: list[str], what: str) -> None:
@@ -104,28 +147,96 @@ def _examples(args: argparse.Namespace) -> tuple[list[SpeechExample], list[Speec
     return split_examples(examples, args.split, test_speaker=args.test_speaker, seed=args.seed or 0)
 
 
+def _load(
+    examples: list[SpeechExample], what: str, args: argparse.Namespace, mel: MelConfig
+) -> tuple[list[np.ndarray], list[SpeechExample]]:
+    """Read the audio of ``examples``, leaving out (with a warning) the files that fail."""
+    waves, kept, refused = load_examples(examples, mel.sample_rate, max_seconds=args.max_seconds)
+    _warn_refused(refused, what)
+    return waves, kept
+
+
+def _known(
+    waves: list[np.ndarray], examples: list[SpeechExample], index: dict[str, int], what: str
+) -> tuple[list[np.ndarray], list[SpeechExample], list[int]]:
+    """Leave out (with a warning) the files whose label the model is not trained on."""
+    unseen = [e.path for e in examples if e.label not in index]
+    _warn_refused([f"{p}: its label is not among the training labels" for p in unseen], what)
+    keep = [i for i, e in enumerate(examples) if e.label in index]
+    kept = [examples[i] for i in keep]
+    return [waves[i] for i in keep], kept, [index[e.label] for e in kept]
+
+
+def _hold_out_speaker(
+    train: list[SpeechExample], name: str | None
+) -> tuple[list[SpeechExample], list[SpeechExample]]:
+    """``(train, valid)``: ``valid`` is training speaker ``name``'s files (none for ``None``
+    or ``"none"``)."""
+    if name is None or name == "none":
+        return train, []
+    speakers = sorted({e.speaker for e in train if e.speaker is not None})
+    if name not in speakers:
+        raise CommandError(
+            f"--valid-speaker: {name!r} is not one of the training speakers {speakers}"
+        )
+    if len(speakers) < 2:
+        raise CommandError(f"--valid-speaker needs at least 2 training speakers, found {speakers}")
+    return [e for e in train if e.speaker != name], [e for e in train if e.speaker == name]
+
+
+def _extra_training(
+    args: argparse.Namespace, labels: list[str], index: dict[str, int], mel: MelConfig
+) -> tuple[list[np.ndarray], list[int]]:
+    """Clips for training only: ``--extra-train`` folders and ``--synthetic-voices``."""
+    waves: list[np.ndarray] = []
+    ids: list[int] = []
+    for folder in args.extra_train or []:
+        examples, skipped = scan_folder(folder, args.label_regex)
+        _warn_refused(skipped, "unlabelled extra")
+        more, examples = _load(examples, "extra", args, mel)
+        more, _, more_ids = _known(more, examples, index, "extra")
+        waves += more
+        ids += more_ids
+    if args.synthetic_voices:
+        if not espeak_available():
+            print(
+                "notice: espeak-ng is not installed, so --synthetic-voices adds nothing "
+                "(scripts/ensure-espeak.sh installs it)",
+                file=sys.stderr,
+            )
+        else:
+            said, said_labels = synthetic_voices(
+                labels,
+                voices=args.synthetic_voices,
+                sample_rate=mel.sample_rate,
+                seed=args.seed or 0,
+            )
+            waves += said
+            ids += [index[label] for label in said_labels]
+    return waves, ids
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead train speech``; returns the exit status."""
     set_threads(args.threads)
     out = Path(args.out if args.out is not None else os.path.join("runs", "speech"))
-    mel = MelConfig()
+    recipe = args.recipe or ("new-speakers" if args.split == "speaker" else "standard")
+    mel, augment = speech_recipe(recipe)
     train_ex, test_ex = _examples(args)
-    train_waves, train_ex, refused = load_examples(
-        train_ex, mel.sample_rate, max_seconds=args.max_seconds
-    )
-    _warn_refused(refused, "training")
-    test_waves, test_ex, refused = load_examples(
-        test_ex, mel.sample_rate, max_seconds=args.max_seconds
-    )
-    _warn_refused(refused, "test")
+    train_ex, valid_ex = _hold_out_speaker(train_ex, args.valid_speaker)
+    train_waves, train_ex = _load(train_ex, "training", args, mel)
     labels = sorted({e.label for e in train_ex}, key=lambda s: (len(s), s))
     if len(labels) < 2:
         raise CommandError(f"--data: a classifier needs at least 2 labels, found {labels}")
     index = {label: i for i, label in enumerate(labels)}
-    unseen = [e.path for e in test_ex if e.label not in index]
-    _warn_refused([f"{p}: its label is not among the training labels" for p in unseen], "test")
-    keep = [i for i, e in enumerate(test_ex) if e.label in index]
-    test_ex, test_waves = [test_ex[i] for i in keep], [test_waves[i] for i in keep]
+    test_waves, test_ex, test_ids = _known(*_load(test_ex, "test", args, mel), index, "test")
+    valid: tuple[list[np.ndarray], list[int]] | None = None
+    if valid_ex:
+        valid_waves, _, valid_ids = _known(
+            *_load(valid_ex, "validation", args, mel), index, "validation"
+        )
+        valid = (valid_waves, valid_ids)
+    extra = _extra_training(args, labels, index, mel)
 
     defaults = SpeechModelConfig()
     model_config = SpeechModelConfig(
@@ -142,11 +253,14 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr or base.lr,
         time_limit_s=args.time_limit if args.time_limit is not None else base.time_limit_s,
         seed=args.seed or 0,
+        augment=augment,
     )
     chatty = not (args.no_progress or args.json)
     if chatty:
         print(
-            f"training on {len(train_waves)} recordings of {len(labels)} labels, "
+            f"training on {len(train_waves)} recordings of {len(labels)} labels"
+            f"{f' and {len(extra[0])} extra' if extra[0] else ''}, "
+            f"validating on {len(valid[0]) if valid else 'a share of them'}, "
             f"testing on {len(test_waves)}"
         )
 
@@ -165,12 +279,17 @@ def run(args: argparse.Namespace) -> int:
         mel=mel,
         model_config=model_config,
         config=config,
+        valid=valid,
+        extra=extra if extra[0] else None,
         progress=progress,
         max_steps=args.steps,
     )
     metrics: dict[str, Any] = {
         "task": "speech",
+        "recipe": recipe,
         "train_files": len(train_waves),
+        "extra_train_clips": len(extra[0]),
+        "valid_files": len(valid[0]) if valid else None,
         "test_files": len(test_waves),
         "labels": labels,
         "epochs": result.epochs,
@@ -182,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if test_waves:
         probs = predict_waves(result.model, test_waves, mel)
-        actual = torch.tensor([index[e.label] for e in test_ex])
+        actual = torch.tensor(test_ids)
         matrix = confusion_matrix(probs.argmax(-1), actual, len(labels))
         accuracy = float(matrix.diag().sum()) / len(test_waves)
         metrics["test_accuracy"] = round(accuracy, 4)

@@ -18,6 +18,7 @@ microphone and channel, and with it the envelope of the word.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,12 +29,15 @@ __all__ = [
     "NORMS",
     "MelConfig",
     "cmvn",
+    "floor_db",
     "frames_for",
     "hz_to_mel",
+    "lifter_matrix",
     "log_mel",
     "mel_filterbank",
     "mel_to_hz",
     "normalise",
+    "trim_silence",
 ]
 
 NORMS = ("band", "utterance")
@@ -55,12 +59,29 @@ class MelConfig:
     # "band": per-band mean and variance (cmvn), which also removes that envelope. On the
     # FSDD's index split the validation accuracy was 99.4% with "utterance", 98.3% with "band".
     norm: str = "utterance"
+    # Keep this many cepstral coefficients of each frame (DCT-II of the log-mels) and map back
+    # to the mel bands, smoothing away the pitch harmonics; 0 keeps the bands as they are.
+    lifter: int = 0
+    # Floor every log-mel value at this many dB below the clip's loudest one (librosa's
+    # ``power_to_db(top_db=...)``), so that recordings with a deep or a high noise floor have
+    # the same silence; None keeps the full range.
+    top_db: float | None = None
+    # Cut the frames at both ends whose power is this many dB below the clip's loudest frame
+    # (leading and trailing silence, whose length differs from one recording set-up to the
+    # next); None keeps the whole clip.
+    trim_db: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MelConfig.{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.lifter, bool) or not isinstance(self.lifter, int) or self.lifter < 0:
+            raise ValueError(f"MelConfig.lifter must be an int >= 0, got {self.lifter!r}")
+        for name in ("top_db", "trim_db"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"MelConfig.{name} must be > 0 or None, got {value!r}")
         if self.norm not in NORMS:
             raise ValueError(f"MelConfig.norm must be one of {NORMS}, got {self.norm!r}")
         top = self.sample_rate / 2 if self.f_max is None else self.f_max
@@ -75,8 +96,9 @@ class MelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MelConfig:
-        # Checkpoints written before ``norm`` existed were trained with per-band CMVN.
-        return cls(**{"norm": "band", **d})
+        # Checkpoints written before an option existed were trained without it: per-band
+        # CMVN before ``norm``, the full dynamic range before ``top_db``.
+        return cls(**{"norm": "band", "lifter": 0, "top_db": None, "trim_db": None, **d})
 
 
 def hz_to_mel(f: Tensor | float) -> Tensor:
@@ -148,6 +170,45 @@ def log_mel(waves: Tensor, config: MelConfig, filterbank: Tensor | None = None) 
     power = spec.real**2 + spec.imag**2
     mel = torch.matmul(fb.to(power), power)  # (B, n_mels, F)
     return torch.log(mel + _LOG_FLOOR).transpose(1, 2)
+
+
+def floor_db(features: Tensor, top_db: float) -> Tensor:
+    """Raise every log-mel value (natural log of power) to at least ``top_db`` dB below the
+    utterance's largest: ``max(x, max(x) - top_db * ln(10) / 10)``.
+
+    Shapes: ``(B, F, M)`` -> ``(B, F, M)``.
+    """
+    peak = features.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    return torch.maximum(features, peak - top_db * math.log(10.0) / 10.0)
+
+
+def trim_silence(wave: Tensor, config: MelConfig) -> Tensor:
+    """``wave (T,)`` without the hops (``config.hop_length`` samples) at either end whose
+    power is more than ``config.trim_db`` dB below the loudest hop's (unchanged when
+    ``trim_db`` is None). One hop either side of the kept run is kept as well, so onsets
+    and releases stay whole.
+    """
+    if config.trim_db is None or len(wave) < 2 * config.hop_length:
+        return wave
+    hop = config.hop_length
+    power = wave[: len(wave) // hop * hop].reshape(-1, hop).pow(2).mean(1)  # (T // hop,)
+    loud = torch.nonzero(power >= power.max() * 10 ** (-config.trim_db / 10)).flatten()
+    first, last = max(int(loud[0]) - 1, 0), int(loud[-1]) + 2
+    return wave[first * hop : min(last * hop, len(wave))]
+
+
+def lifter_matrix(n_mels: int, keep: int) -> Tensor:
+    """``(M, M)`` map that keeps the first ``keep`` coefficients of the orthonormal DCT-II
+    over the mel axis (the cepstrum, Davis & Mermelstein, 1980) and transforms back:
+    ``features @ matrix`` is the log-mel envelope without its fine structure (pitch
+    harmonics). ``keep >= n_mels`` gives the identity.
+    """
+    m = torch.arange(n_mels, dtype=torch.float64)
+    dct = torch.cos(math.pi / n_mels * (m[None, :] + 0.5) * m[:, None])  # (K=M, M) rows: k
+    dct[0] /= math.sqrt(2.0)
+    dct *= math.sqrt(2.0 / n_mels)  # orthonormal: dct @ dct.T = I
+    kept = dct[: min(keep, n_mels)]  # (keep, M)
+    return (kept.T @ kept).float()
 
 
 def frames_for(num_samples: Tensor | int, config: MelConfig) -> Tensor:

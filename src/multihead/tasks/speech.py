@@ -21,6 +21,7 @@ Splits (:func:`split_examples`):
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import wave
@@ -173,19 +174,22 @@ def resample(
     ratio = new_rate / orig_rate
     cutoff = min(1.0, ratio) * 0.95
     half = int(np.ceil(zero_crossings / cutoff))  # kernel half-width, in input samples
+    g = math.gcd(orig_rate, new_rate)
+    up, down = new_rate // g, orig_rate // g  # output n sits at input time n * down / up
     n_out = int(np.ceil(len(x) * ratio))
     padded = np.concatenate([np.zeros(half + 1), x, np.zeros(half + 1)])
     offsets = np.arange(-half, half + 1)  # (K,)
     out = np.empty(n_out)
-    # Chunks keep the (chunk, K) tap matrix small for long files.
+    # Chunks keep the (chunk, K) tap matrix small for long files. The taps depend only on the
+    # output's phase (n * down) % up, so each distinct phase's taps are computed once.
     for start in range(0, n_out, 8192):
-        n = np.arange(start, min(start + 8192, n_out))
-        t = n * (orig_rate / new_rate)  # (C,) positions in input samples
-        j = np.floor(t).astype(np.int64)[:, None] + offsets  # (C, K) input indices
-        d = t[:, None] - j  # (C, K) distances
+        n = np.arange(start, min(start + 8192, n_out), dtype=np.int64)
+        j = (n * down) // up  # (C,) the input sample at or before each output
+        phases, which = np.unique((n * down) % up, return_inverse=True)
+        d = (phases / up)[:, None] - offsets  # (P, K) distances from the taps' inputs
         window = np.i0(8.6 * np.sqrt(np.clip(1 - (d / (half + 1)) ** 2, 0, None))) / np.i0(8.6)
-        taps = cutoff * np.sinc(cutoff * d) * window  # (C, K)
-        out[n] = (taps * padded[j + half + 1]).sum(axis=1)
+        taps = cutoff * np.sinc(cutoff * d) * window  # (P, K)
+        out[n] = (taps[which] * padded[j[:, None] + offsets + half + 1]).sum(axis=1)
     return out.astype(np.float32)
 
 
@@ -267,6 +271,16 @@ def speakers_of(examples: Iterable[SpeechExample]) -> list[str]:
     return sorted({e.speaker for e in examples if e.speaker is not None})
 
 
+def _require_field(examples: Sequence[SpeechExample], split: str, what: str) -> None:
+    """Refuse ``--split index|speaker`` when a file name lacks the field it splits on."""
+    missing = [e.path for e in examples if getattr(e, split) is None]
+    if missing:
+        raise ValueError(
+            f"--split {split} needs {what} (as in 7_george_12.wav); "
+            f"{len(missing)} file(s) lack it, e.g. {missing[0]!r}"
+        )
+
+
 def split_examples(
     examples: Sequence[SpeechExample],
     split: str,
@@ -290,21 +304,11 @@ def split_examples(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if split == "index":
-        missing = [e.path for e in examples if e.index is None]
-        if missing:
-            raise ValueError(
-                f"--split index needs a numeric last name field (as in 7_george_12.wav); "
-                f"{len(missing)} file(s) lack it, e.g. {missing[0]!r}"
-            )
+        _require_field(examples, "index", "a numeric last name field")
         test = [e for e in examples if e.index is not None and e.index < 5]
         train = [e for e in examples if e.index is not None and e.index >= 5]
     elif split == "speaker":
-        missing = [e.path for e in examples if e.speaker is None]
-        if missing:
-            raise ValueError(
-                f"--split speaker needs the speaker as the second name field (as in "
-                f"7_george_12.wav); {len(missing)} file(s) lack it, e.g. {missing[0]!r}"
-            )
+        _require_field(examples, "speaker", "the speaker as the second name field")
         speakers = speakers_of(examples)
         if len(speakers) < 2:
             raise ValueError(f"--split speaker needs at least 2 speakers, found {speakers}")

@@ -6,15 +6,10 @@ two stride-2 3x3 convolutions (4x fewer frames, so attention is 16x cheaper) -> 
 ``d_model`` -> pre-norm Transformer encoder layers with rotary positions -> the mean over real
 frames -> a linear classifier.
 
-Training augments every batch afresh, because a few speakers are all most users have and a new
-voice is the real test:
-
-* additive white noise at a random signal-to-noise ratio;
-* speed perturbation (Ko et al., 2015) as a random stretch of the time axis of the features;
-* vocal-tract length perturbation (Jaitly & Hinton, 2013) as a random stretch of the mel axis,
-  which moves formants and pitch harmonics the way a shorter or longer vocal tract does;
-* SpecAugment (Park et al., 2019): random bands of frequencies and runs of frames set to the
-  utterance mean.
+Training augments every batch afresh (:mod:`multihead.train.speech_augment`: noise, speed and
+vocal-tract stretches, SpecAugment, mixup, chosen by a named recipe), and keeps the weights of
+the epoch that does best on validation. This module re-exports the augmentation's public
+names, so ``from multihead.train.speech import AugmentConfig`` keeps working.
 
 Random gain is not needed: per-utterance normalisation (``normalise``) removes it.
 
@@ -39,10 +34,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multihead.modules import EncoderLayer
-from multihead.tasks.features import MelConfig, frames_for, log_mel, mel_filterbank, normalise
+from multihead.tasks.features import (
+    MelConfig,
+    floor_db,
+    frames_for,
+    lifter_matrix,
+    log_mel,
+    mel_filterbank,
+    normalise,
+    trim_silence,
+)
 from multihead.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from multihead.train.speech_augment import (
+    RECIPES,
+    AugmentConfig,
+    add_noise,
+    augment_features,
+    mixup_loss,
+    speech_recipe,
+)
 
 __all__ = [
+    "RECIPES",
     "AugmentConfig",
     "SpeechClassifier",
     "SpeechModelConfig",
@@ -56,6 +69,7 @@ __all__ = [
     "plot_confusion",
     "predict_waves",
     "save_speech_checkpoint",
+    "speech_recipe",
     "train_speech",
 ]
 
@@ -78,25 +92,6 @@ class SpeechModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpeechModelConfig:
         return cls(**d)
-
-
-@dataclass(frozen=True, kw_only=True)
-class AugmentConfig:
-    """Training-time augmentation; ranges are drawn uniformly per utterance."""
-
-    # Ranges from the papers rather than from any one data set: speed 0.9-1.1 as Ko et al.
-    # (2015), warp 0.9-1.1 as Jaitly & Hinton (2013); noise mild enough to keep fricatives.
-    noise_prob: float = 0.3
-    snr_db: tuple[float, float] = (15.0, 40.0)
-    speed: tuple[float, float] = (0.9, 1.1)  # time stretch: > 1 plays faster
-    warp: tuple[float, float] = (0.9, 1.1)  # mel-axis stretch: vocal tract length
-    time_masks: int = 2
-    time_mask_frames: int = 8  # widest run of masked frames (10 ms each)
-    freq_masks: int = 2
-    freq_mask_bands: int = 6  # widest band of masked mel bands
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,12 +191,16 @@ class SpeechClassifier(nn.Module):
         return (logits, maps) if need_weights else logits
 
 
-def pad_waves(waves: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
-    """Stack 1-D waveforms, zero-padded at the end -> ``(waves (B, T), lengths (B,))``."""
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-    out = torch.zeros(len(waves), int(lengths.max()))
-    for i, w in enumerate(waves):
-        out[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+def pad_waves(waves: Sequence[np.ndarray], mel: MelConfig | None = None) -> tuple[Tensor, Tensor]:
+    """Stack 1-D waveforms, zero-padded at the end -> ``(waves (B, T), lengths (B,))``; with
+    ``mel``, each is first trimmed of silence as ``mel.trim_db`` asks (:func:`trim_silence`)."""
+    clips = [torch.from_numpy(np.asarray(w, dtype=np.float32)) for w in waves]
+    if mel is not None:
+        clips = [trim_silence(c, mel) for c in clips]
+    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
+    out = torch.zeros(len(clips), int(lengths.max()))
+    for i, c in enumerate(clips):
+        out[i, : len(c)] = c
     return out, lengths
 
 
@@ -213,68 +212,12 @@ def batch_features(
     Shapes: ``waves (B, T)``, ``lengths (B,)`` samples -> ``(features (B, F, M), frames (B,))``.
     """
     feats = log_mel(waves, mel, filterbank)
+    if mel.top_db is not None:
+        feats = floor_db(feats, mel.top_db)
+    if mel.lifter:
+        feats = feats @ lifter_matrix(mel.n_mels, mel.lifter)
     frames = frames_for(lengths, mel).clamp(max=feats.shape[1])
     return normalise(feats, frames, mel.norm), frames
-
-
-def add_noise(waves: Tensor, lengths: Tensor, aug: AugmentConfig, gen: torch.Generator) -> Tensor:
-    """White noise at a random SNR (dB) relative to each utterance's power, on a random
-    ``noise_prob`` share of the batch. Shapes: ``(B, T)`` -> ``(B, T)``."""
-    b, t = waves.shape
-    real = torch.arange(t)[None, :] < lengths[:, None]
-    power = (waves**2).sum(1) / lengths.clamp(min=1)  # (B,)
-    lo, hi = aug.snr_db
-    snr = lo + (hi - lo) * torch.rand(b, generator=gen)
-    scale = torch.sqrt(power / 10 ** (snr / 10))  # (B,)
-    scale = scale * (torch.rand(b, generator=gen) < aug.noise_prob)
-    noise = torch.randn(b, t, generator=gen) * scale[:, None]
-    return waves + noise * real
-
-
-def augment_features(
-    feats: Tensor, frames: Tensor, aug: AugmentConfig, gen: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Speed and vocal-tract stretch, then SpecAugment masks, drawn per utterance.
-
-    Shapes: ``feats (B, F, M)`` normalised, ``frames (B,)`` -> ``(B, F', M)``, ``(B,)`` with
-    ``F' = ceil(F / min speed)`` so a slowed-down utterance still fits.
-    """
-    b, f, m = feats.shape
-    speed = aug.speed[0] + (aug.speed[1] - aug.speed[0]) * torch.rand(b, generator=gen)
-    warp = aug.warp[0] + (aug.warp[1] - aug.warp[0]) * torch.rand(b, generator=gen)
-    f_out = math.ceil(f / aug.speed[0])
-    # Output frame i reads input frame i * speed; output band j reads band j * warp (clamped
-    # to the top band, so a stretched spectrum keeps its highest band rather than zeros).
-    src_t = torch.arange(f_out)[None, :] * speed[:, None]  # (B, F')
-    src_m = (torch.arange(m)[None, :] * warp[:, None]).clamp(max=m - 1)  # (B, M)
-    grid = torch.stack(
-        torch.broadcast_tensors(
-            (2 * src_m / max(m - 1, 1) - 1)[:, None, :],  # x: the mel axis
-            (2 * src_t / max(f - 1, 1) - 1)[:, :, None],  # y: the time axis
-        ),
-        dim=-1,
-    )  # (B, F', M, 2)
-    out = F.grid_sample(
-        feats.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=True
-    ).squeeze(1)  # (B, F', M)
-    new_frames = torch.ceil(frames / speed).long().clamp(1, f_out)
-    f_out = int(new_frames.max())
-    out = out[:, :f_out]  # frames past every utterance's end are padding
-    real = torch.arange(f_out)[None, :] < new_frames[:, None]
-    out = out.masked_fill(~real.unsqueeze(-1), 0.0)
-    # SpecAugment: zero is the utterance's mean after normalisation.
-    for _ in range(aug.freq_masks):
-        width = torch.randint(0, aug.freq_mask_bands + 1, (b, 1), generator=gen)
-        start = (torch.rand(b, 1, generator=gen) * (m - width + 1)).long()
-        band = torch.arange(m)[None, :]
-        out = out.masked_fill(((band >= start) & (band < start + width)).unsqueeze(1), 0.0)
-    for _ in range(aug.time_masks):
-        width = torch.randint(0, aug.time_mask_frames + 1, (b, 1), generator=gen)
-        width = torch.minimum(width, new_frames[:, None] // 5)  # never hide most of a word
-        start = (torch.rand(b, 1, generator=gen) * (new_frames[:, None] - width + 1)).long()
-        step = torch.arange(f_out)[None, :]
-        out = out.masked_fill(((step >= start) & (step < start + width)).unsqueeze(-1), 0.0)
-    return out, new_frames
 
 
 @torch.no_grad()
@@ -297,7 +240,7 @@ def predict_waves(
     probs = torch.zeros(len(waves), model.head.out_features)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        one = [batch_features(*pad_waves([waves[i]]), mel, fb)[0][0] for i in idx]  # (F_i, M)
+        one = [batch_features(*pad_waves([waves[i]], mel), mel, fb)[0][0] for i in idx]  # (F_i, M)
         frames = torch.tensor([len(f) for f in one])
         feats = torch.nn.utils.rnn.pad_sequence(one, batch_first=True)  # (B, F, M)
         logits = model(feats, frames)
@@ -306,20 +249,48 @@ def predict_waves(
     return probs
 
 
+def _score(record: dict[str, float]) -> tuple[float, float]:
+    """What makes an epoch better: validation accuracy, and between equal accuracies the lower
+    validation loss (a share of the training speakers' clips is soon classified perfectly; the
+    loss still tells a more confident model from a lucky one)."""
+    return record["valid_accuracy"], -record["valid_loss"]
+
+
 @dataclass
 class SpeechTrainResult:
     """What :func:`train_speech` returns: the best model (by validation accuracy) and its
     history. ``history`` has one dict per epoch (``epoch``, ``loss``, ``valid_accuracy``,
-    ``seconds``); ``step_losses`` the training loss of every update."""
+    ``valid_loss``, ``seconds``); ``step_losses`` the training loss of every update. The rest is read off
+    the history, so it cannot disagree with it."""
 
     model: SpeechClassifier
-    best_epoch: int
-    valid_accuracy: float
-    epochs: int
-    seconds: float
     history: list[dict[str, float]]
     step_losses: list[float]
     stopped_by: str
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The record of the epoch whose weights ``model`` holds (the first best one)."""
+        return max(self.history, key=_score)
+
+    @property
+    def best_epoch(self) -> int:
+        return int(self.best["epoch"])
+
+    @property
+    def valid_accuracy(self) -> float:
+        return self.best["valid_accuracy"]
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    @property
+    def seconds(self) -> float:
+        return self.history[-1]["seconds"]
+
+
+LabelledWaves = tuple[Sequence[np.ndarray], Sequence[int]]  # (waves (T_i,) each, class ids)
 
 
 def _split_valid(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -359,27 +330,45 @@ def train_speech(
     mel: MelConfig,
     model_config: SpeechModelConfig,
     config: SpeechTrainConfig,
+    valid: LabelledWaves | None = None,
+    extra: LabelledWaves | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
     max_steps: int | None = None,
 ) -> SpeechTrainResult:
-    """Train a :class:`SpeechClassifier` with early stopping on a held-out validation share.
+    """Train a :class:`SpeechClassifier` with early stopping on validation accuracy.
 
     Args:
         waves: mono waveforms at ``mel.sample_rate``, ``(T_i,)`` each.
         labels: class ids in ``[0, num_classes)``.
         mel, model_config, config: front end, model shape and optimisation.
+        valid: ``(waves, labels)`` to stop on; by default a seeded ``config.valid_fraction``
+            of ``waves``, drawn per class (on a speaker split, a held-out training speaker
+            measures what matters, a new voice, far better).
+        extra: ``(waves, labels)`` used for training only, never for validation (synthetic
+            voices, other data sets).
         progress: called with each epoch's record.
         max_steps: stop after this many updates (smoke tests).
     """
-    if len(waves) != len(labels):
-        raise ValueError(f"waves and labels differ in length: {len(waves)} vs {len(labels)}")
+    for name, pair in (("waves", (waves, labels)), ("valid", valid), ("extra", extra)):
+        if pair is not None and len(pair[0]) != len(pair[1]):
+            raise ValueError(
+                f"{name}: waves and labels differ in length: {len(pair[0])} vs {len(pair[1])}"
+            )
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    train_idx, valid_idx = _split_valid(labels, config.valid_fraction, config.seed)
+    if valid is None:
+        train_idx, valid_idx = _split_valid(labels, config.valid_fraction, config.seed)
+        valid_waves = [waves[i] for i in valid_idx]
+        valid_y = torch.tensor([labels[i] for i in valid_idx], dtype=torch.long)
+    else:
+        train_idx = list(range(len(waves)))
+        valid_waves, valid_y = list(valid[0]), torch.tensor(list(valid[1]), dtype=torch.long)
+    extra_waves, extra_labels = extra if extra is not None else ([], [])
+    train_idx += range(len(waves), len(waves) + len(extra_waves))
     model = SpeechClassifier(model_config, num_classes)
     fb = mel_filterbank(mel)
-    all_waves, all_lengths = pad_waves(waves)
-    y = torch.tensor(labels, dtype=torch.long)
+    all_waves, all_lengths = pad_waves([*waves, *extra_waves], mel)
+    y = torch.tensor([*labels, *extra_labels], dtype=torch.long)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     total = steps_per_epoch * config.max_epochs
     warmup = max(1, steps_per_epoch * config.warmup_epochs)
@@ -396,11 +385,10 @@ def train_speech(
         return min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    best_score, best_epoch, best_state = (-math.inf, 0.0), 0, copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
     step_losses: list[float] = []
     stopped_by = "max_epochs"
-    epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         losses = []
@@ -409,7 +397,7 @@ def train_speech(
             x = add_noise(all_waves[idx, : int(lengths.max())], lengths, config.augment, gen)
             feats, frames = batch_features(x, lengths, mel, fb)
             feats, frames = augment_features(feats, frames, config.augment, gen)
-            loss = F.cross_entropy(model(feats, frames), y[idx])
+            loss = mixup_loss(model, feats, frames, y[idx], config.augment.mixup, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -419,22 +407,28 @@ def train_speech(
             step_losses.append(loss.item())
             if max_steps is not None and len(step_losses) >= max_steps:
                 break
-        if valid_idx:
-            probs = predict_waves(model, [waves[i] for i in valid_idx], mel)
-            acc = float((probs.argmax(-1) == y[valid_idx]).float().mean())
-        else:
-            acc = -float(np.mean(losses))  # no validation share: keep the lowest training loss
+        if valid_waves:
+            probs = predict_waves(model, valid_waves, mel)
+            acc = float((probs.argmax(-1) == valid_y).float().mean())
+            valid_loss = float(F.nll_loss(torch.log(probs.clamp(min=1e-12)), valid_y))
+        else:  # no validation share: keep the lowest training loss
+            acc, valid_loss = -float(np.mean(losses)), float(np.mean(losses))
         record = {
             "epoch": float(epoch),
             "loss": float(np.mean(losses)),
             "valid_accuracy": acc,
+            "valid_loss": valid_loss,
             "seconds": time.perf_counter() - start,
         }
         history.append(record)
         if progress is not None:
             progress(record)
-        if acc > best_acc:
-            best_acc, best_epoch, best_state = acc, epoch, copy.deepcopy(model.state_dict())
+        if _score(record) > best_score:
+            best_score, best_epoch, best_state = (
+                _score(record),
+                epoch,
+                copy.deepcopy(model.state_dict()),
+            )
         if max_steps is not None and len(step_losses) >= max_steps:
             stopped_by = "max_steps"
             break
@@ -446,16 +440,7 @@ def train_speech(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return SpeechTrainResult(
-        model=model,
-        best_epoch=best_epoch,
-        valid_accuracy=best_acc,
-        epochs=epoch,
-        seconds=time.perf_counter() - start,
-        history=history,
-        step_losses=step_losses,
-        stopped_by=stopped_by,
-    )
+    return SpeechTrainResult(model, history, step_losses, stopped_by)
 
 
 # ------------------------------------------------------------------ checkpoints and reports
