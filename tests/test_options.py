@@ -137,3 +137,23 @@ def test_make_spec_checks_each_option_it_is_given(options, error, message):
     q, k, v = _qkv()
     with pytest.raises(error, match=message):
         make_spec(q, k, v, **options)
+
+
+def test_forwarding_entry_points_name_themselves_in_keyword_errors():
+    from multihead import MultiHeadAttention
+    from multihead.decoding import greedy_decode, sample
+    from multihead.modules.models import DecoderLM, Seq2SeqTransformer, TransformerConfig
+
+    config = TransformerConfig(vocab_size=9, d_model=8, num_heads=2, d_ff=16)
+    src = torch.tensor([[3, 4, 5]])
+    seq2seq, lm = Seq2SeqTransformer(config), DecoderLM(config)
+    with pytest.raises(TypeError, match=r"greedy_decode\(\) got .*\['length_penalty'\]"):
+        greedy_decode(seq2seq, src, bos_id=1, eos_id=2, max_len=3, length_penalty=7.0)
+    with pytest.raises(TypeError, match=r"greedy_decode\(\) missing .*\['max_len'\]"):
+        greedy_decode(seq2seq, src, bos_id=1, eos_id=2)
+    with pytest.raises(TypeError, match=r"sample\(\) got .*\['temprature'\]"):
+        sample(lm, src, max_new_tokens=2, temprature=0.5)
+    with pytest.raises(TypeError, match=r"generate\(\) got .*\['pad_id'\]"):
+        lm.generate(src, 2, pad_id=3)
+    with pytest.raises(TypeError, match=r"why_backend\(\) got .*\['causl'\]"):
+        MultiHeadAttention(8, 2).why_backend(torch.randn(1, 3, 8), causl=True)

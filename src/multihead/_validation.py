@@ -12,7 +12,7 @@ This module imports nothing else from the package, so everything may use it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
@@ -93,6 +93,37 @@ def check_probability(value: Any, name: str) -> float:
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
     return float(value)
+
+
+def check_options(
+    options: Mapping[str, object],
+    allowed: Any,
+    caller: str,
+    *,
+    required: Collection[str] = (),
+) -> None:
+    """Refuse keywords that the TypedDict ``allowed`` does not declare, and missing
+    ``required`` ones, naming ``caller``: a function that forwards ``**options`` to another's
+    explicit signature would otherwise let that other function's name into the error.
+
+    Example:
+        >>> from typing import TypedDict
+        >>> class Opts(TypedDict, total=False):
+        ...     causal: bool
+        >>> check_options({"causl": True}, Opts, "attend")
+        Traceback (most recent call last):
+        ...
+        TypeError: attend() got unexpected keyword argument(s) ['causl']; it takes ['causal']
+    """
+    names = allowed.__required_keys__ | allowed.__optional_keys__
+    unknown = sorted(options.keys() - names)
+    if unknown:
+        raise TypeError(
+            f"{caller}() got unexpected keyword argument(s) {unknown}; it takes {sorted(names)}"
+        )
+    missing = [name for name in required if name not in options]
+    if missing:
+        raise TypeError(f"{caller}() missing required keyword argument(s) {missing}")
 
 
 def check_bool(value: Any, name: str) -> bool:

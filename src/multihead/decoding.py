@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 import torch
 from torch import Tensor
 
-from ._validation import check_bool, check_int, check_padding_mask, check_token_ids
+from ._validation import (
+    check_bool,
+    check_int,
+    check_options,
+    check_padding_mask,
+    check_token_ids,
+)
 from .cache import DecoderCache
 
 if TYPE_CHECKING:
@@ -285,6 +291,7 @@ def greedy_decode(
         >>> greedy_decode(model, torch.tensor([[3, 4, 5]]), bos_id=1, eos_id=2, max_len=4).dtype
         torch.int64
     """
+    check_options(options, SearchOptions, "greedy_decode", required=("bos_id", "eos_id", "max_len"))
     return beam_search(model, src, src_padding_mask, beam_size=1, **options)
 
 
@@ -480,6 +487,7 @@ def sample(
         >>> sample(lm, torch.tensor([[3, 4]]), max_new_tokens=5, top_k=3, generator=g).shape
         torch.Size([1, 7])
     """
+    check_options(options, SampleOptions, "sample")
     return generate_lm(model, prompt, max_new_tokens=max_new_tokens, do_sample=True, **options)
 
 

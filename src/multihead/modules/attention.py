@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks as M
-from .._validation import check_bool, check_choice, check_int, check_probability
+from .._validation import check_bool, check_choice, check_int, check_options, check_probability
 from ..cache import KVCache, StaticKVCache
 from ..distributed.model import ContextParallel, context_parallel_forward
 from ..functional import AttentionResult, AttentionSpec, get_backend, select_backend
@@ -31,10 +31,10 @@ from .observers import add_attention_observer, has_attention_observers, notify_a
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["AttentionOptions", "MultiHeadAttention", "add_attention_observer"]
+__all__ = ["ForwardOptions", "MultiHeadAttention", "add_attention_observer"]
 
 
-class AttentionOptions(TypedDict, total=False):
+class ForwardOptions(TypedDict, total=False):
     """The keywords of :meth:`MultiHeadAttention.forward` after its inputs, as
     :meth:`MultiHeadAttention.why_backend` passes them on to ``attention_spec``."""
 
@@ -545,12 +545,12 @@ class MultiHeadAttention(nn.Module):
         query: Tensor,
         key: Tensor | None = None,
         value: Tensor | None = None,
-        **options: Unpack[AttentionOptions],
+        **options: Unpack[ForwardOptions],
     ) -> str:
         """Which kernel :meth:`forward` with these arguments would use, and why the others
         were not. Built by the same code as :meth:`forward` (a given cache is copied, not
         changed), in the module's current train/eval mode. The keywords are
-        :meth:`forward`'s (:class:`AttentionOptions`).
+        :meth:`forward`'s (:class:`ForwardOptions`).
 
         Example:
             >>> mha = MultiHeadAttention(16, 2)
@@ -558,6 +558,7 @@ class MultiHeadAttention(nn.Module):
             >>> why.split()[0], "sdpa: fused kernels do not return attention weights" in why
             ('math', True)
         """
+        check_options(options, ForwardOptions, "why_backend")
         if self.context_parallel is not None:
             return (
                 "context_parallel (the sequence is sharded over the process group: "

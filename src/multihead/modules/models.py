@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_padding_mask, check_token_ids
+from .._validation import check_options, check_padding_mask, check_token_ids
 from ..cache import DecoderCache
 from ..config import TransformerConfig, ViTConfig
 from ..decoding import GenerateOptions, generate_lm
@@ -335,6 +335,7 @@ class DecoderLM(nn.Module):
             >>> lm.generate(torch.tensor([[1, 2, 3]]), 5).shape
             torch.Size([1, 8])
         """
+        check_options(options, GenerateOptions, "generate")
         return generate_lm(self, input_ids, max_new_tokens=max_new_tokens, **options)
 
     def attention_maps(self, ids: Tensor, padding_mask: Tensor | None = None) -> AttentionMaps:
