@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -295,8 +296,10 @@ def test_packed_float32_linear_equals_the_float_layer(k, n, bias, lead):
         )
     with pytest.raises(RuntimeError, match=r"Missing key.*weight"):
         Float32PackedLinear(64, 24).load_state_dict({"bias": torch.zeros(24)})
-    with pytest.raises(TypeError, match=r"x must be float32 .* got torch.float64"):
-        layer(x.double())
+    # Another dtype is computed in float32 and comes back in its own.
+    with torch.no_grad():
+        out64 = layer(x.double())
+    assert out64.dtype == torch.float64 and torch.equal(out64, out.double())
 
 
 @needs_packing
@@ -320,6 +323,19 @@ def test_packed_float32_model_decodes_like_the_float_model():
     )
     with pytest.raises(ValueError, match="already quantized"):
         quantize(q, weights="float32")
+    # A float model's state dict lacks the fused q/k/v copy: refused even with strict=False,
+    # which would otherwise leave self-attention on the old weights.
+    other = DecoderLM(config).state_dict()
+    for strict in (True, False):
+        with pytest.raises(ValueError, match=r"qkv_proj: the checkpoint has no fused q/k/v"):
+            q.load_state_dict(other, strict=strict)
+    twin = copy.deepcopy(q)
+    assert not twin.training and twin.lm_head is not q.lm_head
+    with torch.no_grad():
+        assert torch.equal(twin(ids), q(ids))
+    wide = quantize(copy.deepcopy(lm).double(), weights="float32")
+    with torch.no_grad():
+        assert wide(ids).dtype == torch.float64
 
 
 @pytest.mark.parametrize("weights", FORMATS)
@@ -430,7 +446,9 @@ def test_float_and_quantized_checkpoints_are_not_confused(tmp_path):
         load_quantized(float_path, DecoderLM(config))
     for weights in FORMATS:
         q = quantize(lm, weights=weights, group_size=32)
-        with pytest.raises(ValueError, match=r"holds (float|bf16) weights|is torch.float32"):
+        with pytest.raises(
+            ValueError, match=r"holds (float|bf16) weights|is torch.float32|no fused q/k/v"
+        ):
             q.load_state_dict(torch.load(float_path, weights_only=True))
     q_path = tmp_path / "q.pt"
     save_quantized(quantize(lm, weights="int8"), q_path)

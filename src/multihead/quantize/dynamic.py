@@ -385,6 +385,19 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
     def bias(self) -> bool:
         return self._fused_bias
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A float model's state dict has q/k/v but no fused copy: loading it (even with
+        # strict=False) would leave self-attention on the old fused weights.
+        if not any(k.startswith(prefix + "qkv_proj.") for k in state_dict) and any(
+            k.startswith(prefix + "q_proj.") for k in state_dict
+        ):
+            raise ValueError(
+                f"{prefix}qkv_proj: the checkpoint has no fused q/k/v projection (it looks like "
+                "a float model's state dict); load it into the float model and call "
+                "multihead.quantize.quantize() afterwards"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def reset_parameters(self) -> None:
         raise TypeError("a quantized MultiHeadAttention has no float weights to reset")
 

@@ -393,7 +393,10 @@ class Float32PackedLinear(WeightOnlyLinear):
     Nothing is rounded: results equal ``nn.Linear``'s up to the order of the float32 sums. The
     state dict holds the plain ``(N, K)`` ``weight`` (unpacked on save), so it is the float
     model's own: a float checkpoint loads into this layer and this layer's into a float model.
-    No autograd (the kernel has no backward); inputs must be float32.
+    No autograd (the kernel has no backward); inputs of another dtype are computed in float32
+    and returned in their dtype. Inside a model made by :func:`~multihead.quantize.quantize`,
+    attention layers also hold a fused q/k/v copy, so a float model's checkpoint loads into the
+    float model, not into the quantized one (a ``ValueError`` says so).
 
     Example:
         >>> lin = nn.Linear(64, 32)
@@ -425,9 +428,11 @@ class Float32PackedLinear(WeightOnlyLinear):
         return layer
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Float32PackedLinear:
+        # The opaque packed tensor cannot be deep-copied; the copy repacks the unpacked weight.
         copy = Float32PackedLinear(self.in_features, self.out_features, self.bias is not None)
         copy.load_state_dict(self.state_dict())
-        return copy
+        memo[id(self)] = copy
+        return copy.train(self.training)
 
     def _save_to_state_dict(
         self, destination: dict[str, Any], prefix: str, keep_vars: bool
@@ -454,9 +459,9 @@ class Float32PackedLinear(WeightOnlyLinear):
             unexpected_keys.remove(key)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype != torch.float32:
-            raise TypeError(f"x must be float32 for a float32 packed layer, got {x.dtype}")
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        # Other dtypes are computed in float32 and returned in their own, as the other formats do.
+        y = torch.ops.mkldnn._linear_pointwise(x.float(), self._packed, self.bias, "none", [], "")
+        return y.to(x.dtype)
 
 
 WEIGHT_LAYERS: dict[str, type[WeightOnlyLinear]] = {
