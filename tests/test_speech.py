@@ -452,3 +452,19 @@ def test_valid_speaker_and_extra_training(
     assert "9_zed_0.wav: its label is not among the training labels" in captured.err
     assert main([*argv[:6], "--valid-speaker", "dora", "--out", str(out)]) == 2
     assert "--valid-speaker: 'dora' is not one of the training speakers" in capsys.readouterr().err
+
+
+def test_missing_folders_are_named_by_their_option_before_any_audio_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from multihead.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()  # empty: the missing --extra-train folder must be reported first
+    missing = str(tmp_path / "nope")
+    for flag in ("--extra-train", "--test-data"):
+        argv = ["train", "speech", "--data", str(data), flag, missing, "--out", str(tmp_path / "r")]
+        assert main(argv) == 2  # a usage error, like a missing --data
+        assert f"{flag}: {missing!r} is not a folder" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"^folder: .* is not a folder"):
+        scan_folder(missing)

@@ -134,12 +134,17 @@ def _warn_refused(refused: list[str], what: str) -> None:
 def _examples(args: argparse.Namespace) -> tuple[list[SpeechExample], list[SpeechExample]]:
     if args.data is None:
         raise CommandError("train speech: --data DIR (a folder of WAV files) is required")
-    examples, skipped = scan_folder(args.data, args.label_regex)
+    # Every folder is checked before any audio is read: a typo in the last one costs nothing.
+    for flag, folders in (("--test-data", [args.test_data]), ("--extra-train", args.extra_train)):
+        for folder in folders or []:
+            if folder is not None and not Path(folder).is_dir():
+                raise CommandError(f"{flag}: {str(folder)!r} is not a folder")
+    examples, skipped = scan_folder(args.data, args.label_regex, name="--data")
     _warn_refused(skipped, "unlabelled")
     if not examples:
         raise CommandError(f"--data: no labelled .wav files in {args.data!r}")
     if args.test_data is not None:
-        test, skipped = scan_folder(args.test_data, args.label_regex)
+        test, skipped = scan_folder(args.test_data, args.label_regex, name="--test-data")
         _warn_refused(skipped, "unlabelled test")
         if not test:
             raise CommandError(f"--test-data: no labelled .wav files in {args.test_data!r}")
@@ -191,7 +196,7 @@ def _extra_training(
     waves: list[np.ndarray] = []
     ids: list[int] = []
     for folder in args.extra_train or []:
-        examples, skipped = scan_folder(folder, args.label_regex)
+        examples, skipped = scan_folder(folder, args.label_regex, name="--extra-train")
         _warn_refused(skipped, "unlabelled extra")
         more, examples = _load(examples, "extra", args, mel)
         more, _, more_ids = _known(more, examples, index, "extra")

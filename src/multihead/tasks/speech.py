@@ -212,9 +212,9 @@ def _fields(stem: str) -> tuple[str | None, int | None]:
 
 
 def scan_folder(
-    folder: str | os.PathLike[str], label_regex: str | None = None
+    folder: str | os.PathLike[str], label_regex: str | None = None, *, name: str = "folder"
 ) -> tuple[list[SpeechExample], list[str]]:
-    """Find the ``.wav`` files under ``folder`` and label them.
+    """Find the ``.wav`` files under ``folder`` (called ``name`` in errors) and label them.
 
     With sub-folders holding WAV files (and no ``label_regex`` given) each sub-folder is a
     label; otherwise ``label_regex`` (default :data:`DEFAULT_LABEL_REGEX`) is searched in each
@@ -235,7 +235,7 @@ def scan_folder(
     """
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"--data: {str(root)!r} is not a folder")
+        raise FileNotFoundError(f"{name}: {str(root)!r} is not a folder")
     if label_regex is not None:
         try:
             pattern = re.compile(label_regex)
