@@ -80,6 +80,7 @@ def test_an_unknown_option_is_a_type_error_naming_it(call):
         ("linear", {"dropout_p": 0.1}, "dropout_p"),
         ("linear", {"alibi_slopes": alibi_slopes(4)}, "alibi_slopes"),
         ("linear", {"mask": torch.zeros(6, 9)}, "mask"),
+        ("linear", {"scale": 0.5}, "scale"),
         ("lowrank", {"causal": True}, "causal"),
         ("lowrank", {"window": 2}, "window"),
         ("lowrank", {"need_weights": True}, "need_weights"),

@@ -155,8 +155,9 @@ def linear_attention(
         chunk_size: positions per chunk of the causal form (see module docstring).
         options: the options of ``attention`` that apply (:class:`KernelOptions`): ``mask``,
             ``None`` or a bool key padding mask ``(B|1, 1|H, 1, Nk)`` (``True`` = real key);
-            ``causal``, bottom-right aligned (query ``i`` sees keys ``j <= i + Nk - Nq``);
-            ``scale``, which has no effect. The others raise ``ValueError``.
+            ``causal``, bottom-right aligned (query ``i`` sees keys ``j <= i + Nk - Nq``).
+            The others, ``scale`` included (``phi(q) . phi(k)`` has no logit scale), raise
+            ``ValueError``.
 
     Returns:
         ``(B, H, Nq, Dv)``; rows with no key to attend to are zeros.
@@ -168,6 +169,11 @@ def linear_attention(
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if options.get("scale") is not None:
+        raise ValueError(
+            f"scale: linear attention has no logit scale to set (phi(q) . phi(k) ignores it); "
+            f"pass None, got {options['scale']!r}"
+        )
     spec = kernel_spec(supports, query, key, value, alibi=False, **options)
     return _run(spec, chunk_size)
 
