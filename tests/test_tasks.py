@@ -224,7 +224,9 @@ def test_tasks_package_imports_only_allowed_modules():
             for name in names:
                 root = name.split(".")[0]
                 if root == "multihead":
-                    assert name.startswith("multihead.tasks"), (file.name, name)
+                    # multihead._files is a standard-library-only leaf (the atomic writer).
+                    allowed = name.startswith("multihead.tasks") or name == "multihead._files"
+                    assert allowed, (file.name, name)
                 assert root != "sklearn" or node not in tree.body, (file.name, "top-level sklearn")
 
 

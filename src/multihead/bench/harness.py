@@ -17,7 +17,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -184,7 +183,7 @@ def attention_flops(
         >>> attention_flops(1, 8, 1024, 1024, 64, causal=False, backward=False) / 1e9
         2.147483648
         >>> attention_flops(1, 8, 1024, 1024, 64, causal=True, backward=True) / 1e9
-        2.68435456
+        3.221225472
     """
     for name, value in (
         ("batch", batch),
@@ -272,30 +271,6 @@ def available_memory_bytes() -> int:
     except OSError:
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and
-    :func:`os.replace`, so a reader never sees a half-written file.
-
-    Example:
-        >>> import tempfile
-        >>> p = os.path.join(tempfile.mkdtemp(), "x.txt")
-        >>> write_atomic(p, "hello")
-        >>> open(p).read()
-        'hello'
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def machine_summary() -> str:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .._files import write_atomic
 from . import harness
 from .config import PEERS, BenchConfig
 
@@ -203,7 +204,7 @@ def write_report(report: BenchReport, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "bench.md", "json": out / "bench.json", "png": out / "bench.png"}
-    harness.write_atomic(paths["md"], "# multihead bench\n\n" + report.to_markdown())
-    harness.write_atomic(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
-    harness.write_atomic(paths["png"], plot_report(report))
+    write_atomic(paths["md"], "# multihead bench\n\n" + report.to_markdown())
+    write_atomic(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
+    write_atomic(paths["png"], plot_report(report))
     return paths

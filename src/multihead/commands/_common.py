@@ -1,7 +1,7 @@
 """What several commands share: thread settings, option types with ranges, output folders,
 checkpoint loading, the blocks batch commands stream their input in, and messages that stay
 one readable line. (Atomic writes are in the library:
-``multihead.viz.heatmaps.write_atomic`` and ``multihead.train.checkpoint.save_checkpoint``.)
+``multihead._files.write_atomic`` and ``multihead.train.checkpoint.save_checkpoint``.)
 
 Option types raise ``argparse.ArgumentTypeError``, so argparse reports them in one wording
 everywhere: ``multihead demo: error: argument --target: must be in (0, 1], got 2``.

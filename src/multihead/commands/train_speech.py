@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from multihead._files import write_atomic
 from multihead.commands._common import int_in, set_threads
 from multihead.errors import CommandError
 from multihead.tasks.features import MelConfig
@@ -49,7 +50,6 @@ from multihead.train.speech import (
     speech_recipe,
     train_speech,
 )
-from multihead.viz.heatmaps import write_atomic
 
 __all__ = ["add_options", "run"]
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multihead._files import write_atomic
 from multihead.tasks.speech import read_wav
 
 __all__ = [
@@ -94,12 +95,7 @@ def write_wav(path: str | os.PathLike[str], samples: np.ndarray, rate: int) -> P
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(pcm.tobytes())
-    # Written whole under a temporary name, then renamed: a reader never sees half a file.
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, target)
-    return target
+    return write_atomic(path, buffer.getvalue())
 
 
 def voice_variety(count: int, *, seed: int = 0) -> list[tuple[str, str]]:

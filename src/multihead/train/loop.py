@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from multihead._files import write_atomic
 from multihead.train.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -47,7 +48,6 @@ from multihead.train.distributed import (
 from multihead.train.optim import SCHEDULES, make_optimizer, make_scheduler
 from multihead.train.plots import plot_loss_curve
 from multihead.train.rundir import lock_run_dir, removed_if_failed
-from multihead.viz.heatmaps import write_atomic
 
 __all__ = [
     "CHECKPOINT_NAME",

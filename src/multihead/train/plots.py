@@ -17,7 +17,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from multihead.viz.heatmaps import write_atomic
+from multihead._files import write_atomic
 
 __all__ = ["plot_cross_attention", "plot_loss_curve", "save_figure"]
 

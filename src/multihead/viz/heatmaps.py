@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
+from .._files import write_atomic
 from .capture import AttentionMap
 
 if TYPE_CHECKING:
@@ -200,34 +200,6 @@ def _literal(text: str) -> str:
     """``text`` shown as written: matplotlib reads ``$...$`` as TeX math (and fails on bad
     TeX at draw time); an escaped dollar is drawn as a plain dollar."""
     return text.replace("$", r"\$")
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None]) -> Path:
-    """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically:
-    into a temporary file in the same folder, then renamed over ``path``, so a reader never
-    sees half a file and a crash leaves the old file intact.
-
-    Example:
-        >>> import tempfile
-        >>> write_atomic(f"{tempfile.mkdtemp()}/x.txt", b"hi").read_bytes()
-        b'hi'
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, (bytes, bytearray)):
-                f.write(data)
-            else:
-                data(f)
-        # mkstemp creates the file private (0600); pictures and pages are meant to be shared.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:

@@ -29,8 +29,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._files import write_atomic
 from .capture import AttentionMap
-from .heatmaps import write_atomic
 
 __all__ = ["attention_html", "page_data", "write_attention_html"]
 

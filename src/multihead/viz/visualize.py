@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._files import write_atomic
 from ..decoding import greedy_decode
 from ..modules.models import DecoderLM, Seq2SeqTransformer
 from ..tasks import BOS, EOS, CharVocab
 from ..tasks.date_reading import model_source
 from .capture import AttentionMap, capture_attention, maps_from_record
-from .heatmaps import attention_grid, save_figure, write_atomic
+from .heatmaps import attention_grid, save_figure
 from .html import write_attention_html
 from .stats import HeadStats, record_stats, stats_markdown
 
