@@ -72,7 +72,7 @@ from torch import Tensor, nn
 
 from ..modules.attention import MultiHeadAttention
 from ..modules.feedforward import FeedForward
-from .weight_only import _cpu_flags, int8_kernel_available, probe_kernel
+from .weight_only import _cpu_flags, float_checkpoint_error, int8_kernel_available, probe_kernel
 
 __all__ = [
     "KERNELS",
@@ -391,10 +391,10 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
         if not any(k.startswith(prefix + "qkv_proj.") for k in state_dict) and any(
             k.startswith(prefix + "q_proj.") for k in state_dict
         ):
-            raise ValueError(
+            raise float_checkpoint_error(
                 f"{prefix}qkv_proj: the checkpoint has no fused q/k/v projection (it looks like "
-                "a float model's state dict); load it into the float model and call "
-                "multihead.quantize.quantize() afterwards"
+                "a float model's state dict)",
+                None,
             )
         super()._load_from_state_dict(state_dict, prefix, *args)
 

@@ -146,6 +146,16 @@ def float32_packing_available() -> None:
     _packed_linear(torch.float32)
 
 
+def float_checkpoint_error(problem: str, weights: str | None) -> ValueError:
+    """The error for a float checkpoint loaded into a quantized model: ``problem``, then what
+    to do instead (``weights``: the format to name, ``None`` for any)."""
+    how = "quantize()" if weights is None else f"quantize(model, weights={weights!r})"
+    return ValueError(
+        f"{problem}; load the float checkpoint into a float model and call "
+        f"multihead.quantize.{how} afterwards"
+    )
+
+
 class WeightOnlyLinear(nn.Module):
     """Base of the weight-only layers: ``x (..., in_features)`` float -> ``(..., out_features)``
     float32 (or ``x``'s dtype). Subclasses store the weights and implement :meth:`_matmul`.
@@ -193,10 +203,10 @@ class WeightOnlyLinear(nn.Module):
         error_msgs: list[str],
     ) -> None:
         if prefix + "weight" in state_dict and self.format != "bf16":
-            raise ValueError(
+            raise float_checkpoint_error(
                 f"{prefix}weight: the checkpoint holds float weights but this layer is "
-                f"{self.format}-quantized; load the float checkpoint into a float model and "
-                f"call multihead.quantize.quantize(model, weights={self.format!r}) afterwards"
+                f"{self.format}-quantized",
+                self.format,
             )
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -372,10 +382,8 @@ class BF16WeightLinear(WeightOnlyLinear):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         weight = state_dict.get(prefix + "weight")
         if isinstance(weight, Tensor) and weight.dtype != torch.bfloat16:
-            raise ValueError(
-                f"{prefix}weight is {weight.dtype} but this layer holds bf16 weights; load the "
-                "float checkpoint into a float model and call "
-                "multihead.quantize.quantize(model, weights='bf16') afterwards"
+            raise float_checkpoint_error(
+                f"{prefix}weight is {weight.dtype} but this layer holds bf16 weights", "bf16"
             )
         super()._load_from_state_dict(state_dict, prefix, *args)
 
