@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -233,8 +233,7 @@ def _sweep(config: BenchConfig, *, progress: bool) -> BenchReport:
     budget = config.memory_budget_bytes()
     groups = [(m, c) for m in config.modes for c in config.causal]
     total = len(config.lengths) * len(groups) * len(impls)
-    last: dict[tuple[str, str, bool], tuple[int, float]] = {}
-    stopped: dict[tuple[str, str, bool], str] = {}
+    sweep = _SweepState(config, exact=exact, peak=peak, budget=budget)
     results: list[CaseResult] = []
     bar = tqdm(total=total, desc="bench", unit="case", disable=not progress, leave=False)
     try:
@@ -243,23 +242,7 @@ def _sweep(config: BenchConfig, *, progress: bool) -> BenchReport:
                 flops = attention_flops_for(config, n, mode=mode, causal=causal)
                 for impl in impls:
                     bar.set_postfix_str(f"N={n} {mode} {'causal ' if causal else ''}{impl}")
-                    key = (impl, mode, causal)
-                    results.append(
-                        _run_case(
-                            config,
-                            impl,
-                            n,
-                            mode,
-                            causal,
-                            exact=exact[impl],
-                            flops=flops,
-                            peak=peak,
-                            budget=budget,
-                            last=last,
-                            stopped=stopped,
-                            key=key,
-                        )
-                    )
+                    results.append(sweep.run_case(impl, n, mode, causal, flops))
                     bar.update(1)
     finally:
         bar.close()
@@ -296,76 +279,79 @@ def attention_flops_for(config: BenchConfig, n: int, *, mode: str, causal: bool)
     )
 
 
-def _run_case(
-    config: BenchConfig,
-    impl: str,
-    n: int,
-    mode: str,
-    causal: bool,
-    *,
-    exact: bool,
-    flops: float,
-    peak: float,
-    budget: float,
-    last: dict[tuple[str, str, bool], tuple[int, float]],
-    stopped: dict[tuple[str, str, bool], str],
-    key: tuple[str, str, bool],
-) -> CaseResult:
-    # Where the case sits in the sweep, and the input shape every case of the sweep shares.
-    what: dict[str, Any] = dict(impl=impl, n=n, mode=mode, causal=causal)
-    shape = {name: getattr(config, name) for name in ("batch", "heads", "head_dim", "dtype")}
-    predicted = predicted_bytes(**what, **shape)
-    result: dict[str, Any] = dict(
-        **what,
-        kind="peer" if impl in PEERS else "ours",
-        exact=exact,
-        predicted_gib=predicted / 2**30,
-    )
+@dataclass
+class _SweepState:
+    """What one sweep carries from case to case: the fixed budgets, and per (impl, mode,
+    causal) the fastest time at the last length measured (to predict the next one) or the
+    reason it stopped (a backend that cannot run a kind of call is not retried at larger N)."""
 
-    def skipped(note: str) -> CaseResult:
-        return CaseResult(**result, median_ms=None, repeat=0, gflops=None, peak_mib=None, note=note)
+    config: BenchConfig
+    exact: dict[str, bool]
+    peak: float
+    budget: float
+    last: dict[tuple[str, str, bool], tuple[int, float]] = field(default_factory=dict)
+    stopped: dict[tuple[str, str, bool], str] = field(default_factory=dict)
 
-    if key in stopped:
-        return skipped(stopped[key])
-    if predicted > budget:
-        return skipped(
-            f"skipped: predicted {predicted / 2**30:.1f} GiB > memory budget "
-            f"{budget / 2**30:.1f} GiB (--max-memory-gb)"
+    def run_case(self, impl: str, n: int, mode: str, causal: bool, flops: float) -> CaseResult:
+        config, budget, key = self.config, self.budget, (impl, mode, causal)
+        exact, last, stopped = self.exact[impl], self.last, self.stopped
+        # Where the case sits in the sweep, and the input shape every case of the sweep shares.
+        what: dict[str, Any] = dict(impl=impl, n=n, mode=mode, causal=causal)
+        shape = {name: getattr(config, name) for name in ("batch", "heads", "head_dim", "dtype")}
+        predicted = predicted_bytes(**what, **shape)
+        result: dict[str, Any] = dict(
+            **what,
+            kind="peer" if impl in PEERS else "ours",
+            exact=exact,
+            predicted_gib=predicted / 2**30,
         )
-    seconds = _predicted_seconds(impl, exact, n, last.get(key), flops, peak)
-    if seconds is not None and seconds > config.case_budget_s:
-        return skipped(
-            f"skipped: predicted ~{seconds:.3g} s per call > case budget "
-            f"{config.case_budget_s:g} s (--case-budget)"
-        )
-    case = _Case(**what, **shape, window=config.window, seed=config.seed)
-    try:
-        timing = harness.time_within(
-            _build(case), budget_s=config.case_budget_s, max_repeat=config.repeat
-        )
-    except (ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
-        # A backend that cannot run this kind of call says why; it is not retried at larger N.
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        stopped[key] = f"not run: {reason}"
-        return skipped(stopped[key])
-    last[key] = (n, timing.min_s)
-    peak_mib = None
-    note = ""
-    if config.memory:
-        try:
-            peak_mib = harness.peak_rss_mib(
-                "multihead.bench.suite",
-                "memory_probe",
-                case.kwargs(),
-                timeout_s=60 + 10 * timing.median_s,
+
+        def skipped(note: str) -> CaseResult:
+            return CaseResult(
+                **result, median_ms=None, repeat=0, gflops=None, peak_mib=None, note=note
             )
-        except Exception as exc:  # the child died (OOM) or hung: say so, keep the timing
-            note = f"memory probe failed: {type(exc).__name__}"
-    return CaseResult(
-        **result,
-        median_ms=timing.median_ms,
-        repeat=timing.repeat,
-        gflops=flops / timing.median_s / 1e9,
-        peak_mib=peak_mib,
-        note=note,
-    )
+
+        if key in stopped:
+            return skipped(stopped[key])
+        if predicted > budget:
+            return skipped(
+                f"skipped: predicted {predicted / 2**30:.1f} GiB > memory budget "
+                f"{budget / 2**30:.1f} GiB (--max-memory-gb)"
+            )
+        seconds = _predicted_seconds(impl, exact, n, last.get(key), flops, self.peak)
+        if seconds is not None and seconds > config.case_budget_s:
+            return skipped(
+                f"skipped: predicted ~{seconds:.3g} s per call > case budget "
+                f"{config.case_budget_s:g} s (--case-budget)"
+            )
+        case = _Case(**what, **shape, window=config.window, seed=config.seed)
+        try:
+            timing = harness.time_within(
+                _build(case), budget_s=config.case_budget_s, max_repeat=config.repeat
+            )
+        except (ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
+            # A backend that cannot run this kind of call says why; it is not retried at larger N.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            stopped[key] = f"not run: {reason}"
+            return skipped(stopped[key])
+        last[key] = (n, timing.min_s)
+        peak_mib = None
+        note = ""
+        if config.memory:
+            try:
+                peak_mib = harness.peak_rss_mib(
+                    "multihead.bench.suite",
+                    "memory_probe",
+                    case.kwargs(),
+                    timeout_s=60 + 10 * timing.median_s,
+                )
+            except Exception as exc:  # the child died (OOM) or hung: say so, keep the timing
+                note = f"memory probe failed: {type(exc).__name__}"
+        return CaseResult(
+            **result,
+            median_ms=timing.median_ms,
+            repeat=timing.repeat,
+            gflops=flops / timing.median_s / 1e9,
+            peak_mib=peak_mib,
+            note=note,
+        )

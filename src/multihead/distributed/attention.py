@@ -86,19 +86,7 @@ def context_parallel_attention(
         q, k, v = (t.to(work).contiguous() for t in (spec.query, spec.key, spec.value))
         slopes = None if spec.alibi_slopes is None else spec.alibi_slopes.to(work)
     if method == "ulysses":
-        out = ulysses_attention(
-            q,
-            k,
-            v,
-            key_padding_mask,
-            slopes,
-            causal=cfg.geo.causal,
-            window=cfg.geo.window,
-            scale=cfg.geo.scale,
-            layout=layout,
-            comm=comm,
-            block_size=(cfg.geo.block_q, cfg.geo.block_k),
-        )
+        out = ulysses_attention(q, k, v, key_padding_mask, slopes, cfg, comm)
     else:
         mask = None if key_padding_mask is None else key_padding_mask.contiguous()
         out = BlockwiseAttention.apply(q, k, v, mask, slopes, cfg, comm, method)

@@ -9,15 +9,18 @@ the number of heads must be divisible by the number of ranks.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from ..functional.chunked import chunked_attention
-from ..masks import Window
+from ..functional.chunked import _ChunkedAttention
 from ._comm import Comm
 from .layout import segments
+
+if TYPE_CHECKING:
+    from .ring import CallConfig
 
 __all__ = ["ulysses_attention"]
 
@@ -76,42 +79,31 @@ def ulysses_attention(
     v: Tensor,
     mask: Tensor | None,
     slopes: Tensor | None,
-    *,
-    causal: bool,
-    window: Window | None,
-    scale: float,
-    layout: str,
+    cfg: CallConfig,
     comm: Comm,
-    block_size: tuple[int, int] | None,
 ) -> Tensor:
-    """Context-parallel attention by head resharding; inputs in the work dtype."""
+    """Context-parallel attention by head resharding, with the same arguments as
+    :class:`~multihead.distributed.ring.BlockwiseAttention`; inputs in the work dtype."""
     b, h, n, _ = q.shape
     hkv, p = k.shape[1], comm.world
     if hkv % p:
         # K/V heads cannot be split with their query groups: give every query head its own.
         k = k.repeat_interleave(h // hkv, dim=1)
         v = v.repeat_interleave(h // hkv, dim=1)
-    order = _rank_order(n, layout, p, q.device)
+    order = _rank_order(n, cfg.layout, p, q.device)
     qh, kh, vh = (_to_heads(t, comm, order) for t in (q, k, v))
-    full_mask = None
+    allowed = None
     if mask is not None:
         with comm.guard("padding all-gather"):
             gathered = comm.all_gather(mask.to(torch.uint8))  # (P, B, n)
-        full_mask = gathered.permute(1, 0, 2).reshape(b, p * n).index_select(1, order).bool()
-        full_mask = full_mask[:, None, None, :]
+        allowed = gathered.permute(1, 0, 2).reshape(b, p * n).index_select(1, order).bool()
+        allowed = allowed[:, None, None, :]
     my_slopes = None
     if slopes is not None:
         my_slopes = slopes.view(p, h // p)[comm.rank]
-    win = None if window is None else (window[0], window[1])
-    out = chunked_attention(
-        qh,
-        kh,
-        vh,
-        mask=full_mask,
-        causal=causal,
-        window=win,
-        scale=scale,
-        alibi_slopes=my_slopes,
-        block_size=block_size,
-    )
+    # The call was validated as a whole; locally it is the chunked kernel over the whole
+    # sequence for this rank's heads, queries and keys aligned at position 0.
+    _, hq, nq, _ = qh.shape
+    geo = replace(cfg.geo, h=hq, hkv=kh.shape[1], nq=nq, nk=nq, q_offset=None)
+    out, _ = _ChunkedAttention.apply(qh, kh, vh, None, allowed, my_slopes, geo)
     return _to_sequence(out, comm, order)
