@@ -86,7 +86,7 @@ def context_parallel_attention(
         q, k, v = (t.to(work).contiguous() for t in (spec.query, spec.key, spec.value))
         slopes = None if spec.alibi_slopes is None else spec.alibi_slopes.to(work)
     if method == "ulysses":
-        out = ulysses_attention(q, k, v, key_padding_mask, slopes, cfg, comm)
+        out = ulysses_attention(cfg, comm, q, k, v, key_padding_mask, slopes)
     else:
         mask = None if key_padding_mask is None else key_padding_mask.contiguous()
         out = BlockwiseAttention.apply(q, k, v, mask, slopes, cfg, comm, method)

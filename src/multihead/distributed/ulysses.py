@@ -74,16 +74,17 @@ def _rank_order(n: int, layout: str, world: int, device: torch.device) -> Tensor
 
 
 def ulysses_attention(
+    cfg: CallConfig,
+    comm: Comm,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     mask: Tensor | None,
     slopes: Tensor | None,
-    cfg: CallConfig,
-    comm: Comm,
 ) -> Tensor:
-    """Context-parallel attention by head resharding, with the same arguments as
-    :class:`~multihead.distributed.ring.BlockwiseAttention`; inputs in the work dtype."""
+    """Context-parallel attention by head resharding: this rank's shards ``q (B, H, N/P, Dk)``,
+    ``k``/``v``, ``mask (B, N/P)`` and the ALiBi ``slopes (H,)``, in the work dtype, of a call
+    validated into ``cfg``; returns the output shard ``(B, H, N/P, Dv)``."""
     b, h, n, _ = q.shape
     hkv, p = k.shape[1], comm.world
     if hkv % p:

@@ -212,18 +212,13 @@ def attention(
 # are mostly for callers who name them); math, which runs everything, last. Approximate ones
 # are only used when named.
 for _name, _fn, _supports, _exact, _priority, _alibi, _description in (
-    ("sdpa", sdpa.sdpa_attention, sdpa.supports, True, 10, True,
-     "torch.nn.functional.scaled_dot_product_attention (fused kernels)"),
-    ("local", local.local_backend, local.supports, True, 40, False,
-     "exact sliding-window attention in O(N·W); needs window"),
-    ("chunked", chunked.chunked_backend, chunked.supports, True, 50, True,
-     "exact; key blocks with an online softmax, O(N·D) memory; long sequences"),
-    ("math", reference.math_attention, reference.supports, True, 1000, True,
-     "readable reference in float math; returns weights; any dtype"),
-    ("linear", linear.linear_backend, linear.supports, False, 200, False,
-     "approximate: linear attention, phi = elu + 1 (Katharopoulos et al. 2020)"),
-    ("lowrank", lowrank.lowrank_backend, lowrank.supports, False, 210, False,
-     "approximate: Linformer-style keys/values mean-pooled to 64 rows"),
+    # name      kernel                    supports            exact  prio  ALiBi  description
+    ("sdpa",     sdpa.sdpa_attention,      sdpa.supports,      True,  10,   True,  "torch.nn.functional.scaled_dot_product_attention (fused kernels)"),
+    ("local",    local.local_backend,      local.supports,     True,  40,   False, "exact sliding-window attention in O(N·W); needs window"),
+    ("chunked",  chunked.chunked_backend,  chunked.supports,   True,  50,   True,  "exact; key blocks with an online softmax, O(N·D) memory; long sequences"),
+    ("math",     reference.math_attention, reference.supports, True,  1000, True,  "readable reference in float math; returns weights; any dtype"),
+    ("linear",   linear.linear_backend,    linear.supports,    False, 200,  False, "approximate: linear attention, phi = elu + 1 (Katharopoulos et al. 2020)"),
+    ("lowrank",  lowrank.lowrank_backend,  lowrank.supports,   False, 210,  False, "approximate: Linformer-style keys/values mean-pooled to 64 rows"),
 ):  # fmt: skip
     register_backend(
         _name,

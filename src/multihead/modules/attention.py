@@ -11,7 +11,8 @@ with ``bias=True``, ``.bias``), in ``nn.Linear`` layout ``(out_features, in_feat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypedDict
+import inspect
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ __all__ = ["ForwardOptions", "MultiHeadAttention", "add_attention_observer"]
 
 class ForwardOptions(TypedDict, total=False):
     """The keywords of :meth:`MultiHeadAttention.forward` after its inputs, as
-    :meth:`MultiHeadAttention.why_backend` passes them on to ``attention_spec``."""
+    :meth:`MultiHeadAttention.why_backend` takes them."""
 
     mask: Tensor | None
     key_padding_mask: Tensor | None
@@ -45,6 +46,21 @@ class ForwardOptions(TypedDict, total=False):
     window: int | tuple[int, int] | None
     cache: KVCache | StaticKVCache | None
     positions: Tensor | None
+
+
+# forward's arguments in its order, as forward hands them to _spec.
+_Call = tuple[
+    Tensor,  # query
+    "Tensor | None",  # key, value, mask, key_padding_mask
+    "Tensor | None",
+    "Tensor | None",
+    "Tensor | None",
+    bool,  # causal, need_weights
+    bool,
+    "int | tuple[int, int] | None",  # window
+    "KVCache | StaticKVCache | None",  # cache
+    "Tensor | None",  # positions
+]
 
 
 def _plain_linear(module: nn.Module) -> bool:
@@ -366,29 +382,19 @@ class MultiHeadAttention(nn.Module):
         if self.context_parallel is not None:  # this rank's shard of each sequence
             return AttentionResult(context_parallel_forward(self, *call, positions), None)
         # 1) project, 2) positions (RoPE), 3) cache, 4) attend, 5) concat heads + W_O.
-        spec = self.attention_spec(*call, positions)
+        spec = self._spec((*call, positions))
         if has_attention_observers():
             notify_attention_observers(self, spec)
         out, weights = select_backend(spec, self.backend)[0].fn(spec)
         out = out.transpose(1, 2).flatten(2)  # (B, H, Nq, Dv) -> (B, Nq, H * Dv)
         return AttentionResult(self.out_proj(out), weights)
 
-    def attention_spec(
-        self,
-        query: Tensor,
-        key: Tensor | None = None,
-        value: Tensor | None = None,
-        mask: Tensor | None = None,
-        key_padding_mask: Tensor | None = None,
-        causal: bool = False,
-        need_weights: bool = False,
-        window: int | tuple[int, int] | None = None,
-        cache: KVCache | StaticKVCache | None = None,
-        positions: Tensor | None = None,
-    ) -> AttentionSpec:
-        """Everything :meth:`forward` does before the kernel: the call's
-        :class:`~multihead.functional.AttentionSpec` (projected, rotated, cached). Updates
-        ``cache`` as :meth:`forward` does; :meth:`why_backend` uses a copy."""
+    def _spec(self, call: _Call) -> AttentionSpec:
+        """Everything :meth:`forward` does before the kernel, for ``forward``'s arguments in
+        its order: the call's :class:`~multihead.functional.AttentionSpec` (projected, rotated,
+        cached). Updates the cache as ``forward`` does; :meth:`why_backend` passes a copy."""
+        query, key, value, mask, key_padding_mask, causal, need_weights = call[:7]
+        window, cache, positions = call[7:]
         self._check_input(query, "query", self.embed_dim, "embed_dim")
         check_bool(causal, "causal")
         check_bool(need_weights, "need_weights")
@@ -567,8 +573,9 @@ class MultiHeadAttention(nn.Module):
         cache = options.get("cache")
         if cache is not None:
             options["cache"] = cache.clone()
+        given = (options.get(name, default) for name, default in _FORWARD_DEFAULTS)
         with torch.no_grad():
-            spec = self.attention_spec(query, key, value, **options)
+            spec = self._spec(cast(_Call, (query, key, value, *given)))
         chosen, skipped = select_backend(spec, self.backend)
         if not skipped:
             return chosen.name
@@ -599,3 +606,11 @@ class MultiHeadAttention(nn.Module):
         other than ``E // H``, ``v_head_dim != head_dim``, cosine scores).
         """
         return torch_convert.to_torch(self)
+
+
+# The defaults of forward's keywords, read from its signature so that they are declared once.
+_FORWARD_DEFAULTS: tuple[tuple[str, object], ...] = tuple(
+    (p.name, p.default)
+    for p in inspect.signature(MultiHeadAttention.forward).parameters.values()
+    if p.name in ForwardOptions.__annotations__
+)
