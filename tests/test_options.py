@@ -21,6 +21,7 @@ from multihead.functional.chunked import chunked_attention
 from multihead.functional.linear import linear_attention
 from multihead.functional.local import local_attention
 from multihead.functional.lowrank import lowrank_attention
+from multihead.modules.attention import ForwardOptions, MultiHeadAttention
 from multihead.positional import alibi_slopes
 from oracle import attention64
 
@@ -50,6 +51,13 @@ def test_options_are_attentions_keyword_parameters_with_its_defaults():
     for name in [*names, "mask"]:
         assert builder[name].default == public[name].default, name
     assert set(KernelOptions.__annotations__) == names | {"mask"}
+
+
+def test_forward_options_are_the_modules_forward_parameters_in_order():
+    """why_backend fills a call from ForwardOptions in forward's order: the two must agree."""
+    params = list(inspect.signature(MultiHeadAttention.forward).parameters)
+    assert params[:4] == ["self", "query", "key", "value"]
+    assert params[4:] == list(ForwardOptions.__annotations__)
 
 
 @pytest.mark.parametrize(
