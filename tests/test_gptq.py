@@ -142,6 +142,17 @@ def test_gptq_output_error_is_at_most_round_to_nearest(weights):
     assert err_gptq < {"int8": 0.95, "int4": 0.98}[weights] * err_rtn
 
 
+def test_an_input_never_seen_in_calibration_keeps_its_nearest_rounding():
+    torch.manual_seed(5)
+    weight = torch.randn(8, 32)
+    x = correlated_inputs(100, 32, seed=6)
+    x[:, 3] = 0.0  # channel 3 never fires in calibration
+    got = gptq_round(weight, 2 * x.T @ x, "int8", act_order=True)
+    rtn_codes, _ = rtn(weight, "int8", 32)
+    assert torch.equal(got.codes[:, 3], rtn_codes[:, 3])  # not zeroed, not moved
+    assert not torch.equal(got.codes, rtn_codes)
+
+
 # ------------------------------------------------------------------------------ model level
 
 

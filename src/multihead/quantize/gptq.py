@@ -119,9 +119,10 @@ def gptq_round(
         low, high, offset = 0.0, 15.0, 8.0
 
     h = hessian.detach().double().clone()
-    dead = torch.diagonal(h) == 0  # an input that is always zero: its weights do not matter
+    # An input that was always zero in calibration: no information about it, so its weights
+    # round to nearest and pass no error on (GPTQ zeroes them; other text may use them).
+    dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
     order = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(k)
     w, h, scale, zero = w[:, order], h[order][:, order], scale[:, order], zero[:, order]
     h += damping * torch.diagonal(h).mean() * torch.eye(k, dtype=torch.float64)
