@@ -265,3 +265,19 @@ def test_generate_command_calibrates_on_the_training_text(tmp_path, capsys):
         assert len(json.loads(capsys.readouterr().out)["text"]) == 5
     assert main([*base, "--quantize", "bf16", "--calibrate", "4"]) == 2
     assert "--calibrate goes with --quantize int8 or int4" in capsys.readouterr().err
+
+
+def test_generate_calibrate_refuses_a_training_text_that_changed(tmp_path, capsys):
+    from multihead.cli import main
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("abcdefgh " * 40, encoding="utf-8")
+    out = tmp_path / "text"
+    tiny = ["--d-model", "16", "--layers", "1", "--heads", "2", "--batch-size", "2"]
+    args = ["train", "text", "--text", str(text), "--steps", "1", "--block-size", "8"]
+    assert main([*args, "--out", str(out), *tiny, "--no-progress"]) == 0
+    text.write_text("xyz " * 100, encoding="utf-8")  # other characters now
+    capsys.readouterr()
+    command = ["generate", "--checkpoint", str(out / "checkpoint.pt"), "--prompt", "a"]
+    assert main([*command, "--quantize", "int8", "--calibrate", "2"]) == 2
+    assert "no longer has the characters the model was trained on" in capsys.readouterr().err
