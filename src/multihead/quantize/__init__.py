@@ -10,6 +10,8 @@ Two families, one entry point, :func:`quantize`:
   its weights in fewer bytes; activations and the key/value cache stay floating point. For
   decoding, whose steps are bound by reading the weights. ``weights="float32"`` rounds
   nothing and only re-lays the float32 weights out for oneDNN's faster matrix-vector kernel.
+  With ``calibration=ids``, int8/int4 weights are rounded by GPTQ
+  (:mod:`multihead.quantize.gptq`) instead of to nearest, on the same grid and kernels.
 
 Quantized models save with :func:`save_quantized` and load with :func:`load_quantized` (a
 float model of the same configuration is the skeleton). Loading a float checkpoint into a
@@ -177,7 +179,11 @@ def quantize(
 
     Raises:
         ValueError: ``model`` is already quantized; an unknown format; a kernel missing here
-            (the message names the alternative); ``dtype``/``kernel`` given with ``weights``.
+            (the message names the alternative); ``dtype``/``kernel`` given with ``weights``;
+            ``calibration`` with another format than int8/int4, or with ids outside the
+            vocabulary, of the wrong shape or longer than the model's positions.
+        TypeError: ``calibration`` not long token ids, or given for a model that is not a
+            ``DecoderLM``.
 
     Example:
         >>> from multihead.modules.models import Seq2SeqTransformer, TransformerConfig
