@@ -17,6 +17,8 @@ Quality, per weight format against our float32: the share of greedy tokens equal
 float32's until the first divergence and over all 256, and the max/mean absolute logit error
 on float32's own text (teacher forcing). For GPT-2 random weights here; for the trained
 character LM (``--text-checkpoint``, from ``multihead train text``) in ``bench_quantize.py``.
+The character LM's table also has int8 and int4 rounded by GPTQ (``quantize(...,
+calibration=ids)``, windows of its training split); they run the int8/int4 kernels unchanged.
 
 A second table compares our cached decoding with recomputing the whole prefix at every step
 (``use_cache=False``) for 512 new tokens on a small model.
@@ -47,6 +49,9 @@ from multihead.train.recipes import LanguageModelRecipe, get_recipe, load_traine
 
 PROMPT = 16
 PROMPTS = 64  # texts in the character LM's quality table
+# GPTQ calibration of the character LM: windows of its context length from the TRAINING split
+# (never the validation prompts); 128 and 256 gave 90.6% and 93.0% int8 agreement (RESULTS.md).
+CALIBRATION = 256
 # Issue 13's targets, batch 1: float32 at >= 85% of the read bandwidth, int8 weight-only at
 # >= 2.5x transformers' float32 generate, int4 at >= 3.5x.
 TARGET_FLOAT_BW = 0.85
@@ -180,21 +185,24 @@ def step_weight_bytes(model: nn.Module) -> int:
     return total
 
 
-def variants(lm: DecoderLM) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """Our float32 model and its quantized copies, with a note for formats that fell back."""
+def variants(
+    lm: DecoderLM, calibration: torch.Tensor | None = None
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Our float32 model and its quantized copies, with a note for formats that fell back.
+    With ``calibration`` ids ``(B, N)``, also int8 and int4 rounded by GPTQ on them
+    ("int8-gptq", "int4-gptq": the same layers and kernels as "int8" and "int4")."""
     models: dict[str, nn.Module] = {"float32": lm}
     notes: dict[str, str] = {}
     # "float32-packed": the same float32 weights, prepacked for oneDNN (weights="float32").
-    for name, weights in (
-        ("float32-packed", "float32"),
-        ("bf16", "bf16"),
-        ("int8", "int8"),
-        ("int4", "int4"),
-    ):
+    formats = [("float32-packed", "float32"), ("bf16", "bf16"), ("int8", "int8"), ("int4", "int4")]
+    if calibration is not None:
+        formats += [("int8-gptq", "int8"), ("int4-gptq", "int4")]
+    for name, weights in formats:
+        options = {"calibration": calibration} if name.endswith("-gptq") else {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             try:
-                models[name] = quantize(lm, weights=weights)
+                models[name] = quantize(lm, weights=weights, **options)
             except ValueError as exc:
                 notes[name] = f"skipped: {exc}"
                 continue
@@ -418,7 +426,8 @@ def char_lm_quality(path: Path, new_tokens: int) -> str:
     # 64 prompts: one early flip ends a text's agreement, so with 8 texts a single near-tie
     # moved the share by up to 12 points between otherwise equal runs.
     prompts = recipe.task.get_batch("valid", PROMPTS, torch.Generator().manual_seed(1))[0][:, :16]
-    models, notes = variants(lm)
+    calibration = recipe.task.get_batch("train", CALIBRATION, torch.Generator().manual_seed(0))[0]
+    models, notes = variants(lm, calibration)
     models = {"dynamic int8 (per-token)": quantize(lm), **models}
     ref_tokens, ref_logits = windowed_greedy(lm, prompts, new_tokens, context, None)
     rows = []
@@ -457,7 +466,9 @@ def char_lm_quality(path: Path, new_tokens: int) -> str:
         f"{lm.config.d_model}, context {context}): {PROMPTS} validation prompts of 16 characters, "
         f"{new_tokens} greedy characters each, every step on the last {context} (as `multihead "
         f"generate`); logit errors teacher-forced on float32's text; validation loss from the "
-        f"recipe's evaluation (8 batches of 32)."
+        f"recipe's evaluation (8 batches of 32). `-gptq`: rounded by GPTQ on {CALIBRATION} "
+        f"training windows of {context} characters (`quantize(lm, weights=..., "
+        f"calibration=ids)`); same kernels, so the speed table's int8/int4 rows hold for them."
     )
     return f"{note}\n\n{table}\n"
 

@@ -10,14 +10,16 @@ Example:
     multihead generate --prompt "The " --max-new-tokens 300 --temperature 0.8 --top-k 20
     multihead generate --checkpoint runs/text/checkpoint.pt --top-p 0.9 --seed 7
     multihead generate --quantize int8 --threads 1
+    multihead generate --quantize int8 --calibrate 128
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
@@ -33,7 +35,7 @@ from multihead.decoding import sample
 from multihead.errors import CommandError
 from multihead.modules.models import DecoderLM
 from multihead.quantize import quantize
-from multihead.tasks import CharVocab
+from multihead.tasks import CharTextTask, CharVocab
 from multihead.threads import apply_thread_policy
 from multihead.train.recipes import load_trained
 
@@ -44,6 +46,7 @@ __all__ = ["DEFAULT_CHECKPOINT", "SamplingOptions", "configure", "generate_text"
 
 DEFAULT_CHECKPOINT = "runs/text/checkpoint.pt"
 MAX_NEW_TOKENS = 100_000  # one model call each; more is a typo, not a request
+MAX_CALIBRATION = 4096  # sequences; GPTQ's statistics settle long before (docs/quantization.md)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +82,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="none",
         help="run a quantized copy (see docs/quantization.md): dynamic int8, or int8/int4/bf16 "
         "weights, or float32 weights prepacked for oneDNN (default none: float32 nn.Linear)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        type=int_in(1, MAX_CALIBRATION),
+        metavar="N",
+        help="with --quantize int8/int4: round the weights with GPTQ on N sequences drawn from "
+        "the model's training text (e.g. 128) instead of to nearest",
     )
     parser.add_argument(
         "--threads",
@@ -140,6 +150,24 @@ def generate_text(
     return vocab.decode(tokens[0, n_prompt:])
 
 
+def training_windows(
+    checkpoint: Mapping[str, Any], vocab: CharVocab, count: int, length: int
+) -> torch.Tensor:
+    """``count`` windows ``(count, length)`` of token ids from the training split of the text a
+    `multihead train text` checkpoint was trained on (the same draw every time)."""
+    task_config = checkpoint.get("task_config") or {}
+    try:
+        task = CharTextTask(task_config.get("path"), block_size=length)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--calibrate: cannot read the model's training text: {exc}") from exc
+    if task.vocab != vocab:
+        raise CommandError(
+            f"--calibrate: the training text {task_config.get('path') or '(built-in)'!r} no "
+            "longer has the characters the model was trained on (was the file changed?)"
+        )
+    return task.get_batch("train", count, torch.Generator().manual_seed(0))[0]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead generate``; returns the exit status."""
     apply_thread_policy(args.threads)
@@ -156,13 +184,23 @@ def run(args: argparse.Namespace) -> int:
         )
     assert isinstance(trained.model, DecoderLM)
     model = trained.model
-    if args.quantize != "none":
-        try:
-            model = quantize(model, weights=args.quantize)  # type: ignore[assignment]
-        except ValueError as exc:
-            raise CommandError(f"--quantize {args.quantize}: {exc}") from exc
     block = int(trained.checkpoint.get("task_config", {}).get("block_size") or 0)
     context = block or trained.model.config.max_len
+    calibration = None
+    if args.calibrate is not None:
+        if args.quantize not in ("int8", "int4"):
+            raise CommandError(
+                f"--calibrate goes with --quantize int8 or int4 (GPTQ rounding), got "
+                f"--quantize {args.quantize}"
+            )
+        calibration = training_windows(trained.checkpoint, trained.vocab, args.calibrate, context)
+    if args.quantize != "none":
+        try:
+            model = quantize(  # type: ignore[assignment]
+                model, weights=args.quantize, calibration=calibration
+            )
+        except ValueError as exc:
+            raise CommandError(f"--quantize {args.quantize}: {exc}") from exc
     text = generate_text(
         model,
         trained.vocab,

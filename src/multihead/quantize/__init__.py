@@ -10,6 +10,8 @@ Two families, one entry point, :func:`quantize`:
   its weights in fewer bytes; activations and the key/value cache stay floating point. For
   decoding, whose steps are bound by reading the weights. ``weights="float32"`` rounds
   nothing and only re-lays the float32 weights out for oneDNN's faster matrix-vector kernel.
+  With ``calibration=ids``, int8/int4 weights are rounded by GPTQ
+  (:mod:`multihead.quantize.gptq`) instead of to nearest, on the same grid and kernels.
 
 Quantized models save with :func:`save_quantized` and load with :func:`load_quantized` (a
 float model of the same configuration is the skeleton). Loading a float checkpoint into a
@@ -48,6 +50,7 @@ from .dynamic import (
     quantized_linear,
     torch_kernels_available,
 )
+from .gptq import RoundedWeight, check_calibration, gptq_weights
 from .weight_only import (
     DEFAULT_GROUP_SIZE,
     WEIGHT_FORMATS,
@@ -148,6 +151,7 @@ def quantize(
     group_size: int | None = None,
     dtype: torch.dtype = torch.qint8,
     kernel: str = "auto",
+    calibration: Any = None,
 ) -> nn.Module:
     """A quantized copy of ``model`` for CPU inference, in eval mode; ``model`` is untouched.
 
@@ -163,13 +167,23 @@ def quantize(
         group_size: int4 only: input channels per scale, 32-128, dividing every layer's input
             size. ``None``: 64, else 128, else 32, the first that divides them all.
         dtype, kernel: dynamic mode only.
+        calibration: ``"int8"``/``"int4"`` of a :class:`~multihead.modules.models.DecoderLM`
+            only: token ids ``(B, N)`` long (or an iterable of such batches), text like the
+            model's training text. Given, the weights are rounded with GPTQ (Frantar et al.,
+            2022; :mod:`multihead.quantize.gptq`) so as to keep each layer's outputs on these
+            inputs, instead of each weight to its nearest grid point; same format, scales and
+            kernels. ``None``: round to nearest.
 
     Returns:
         The quantized copy (no gradients).
 
     Raises:
         ValueError: ``model`` is already quantized; an unknown format; a kernel missing here
-            (the message names the alternative); ``dtype``/``kernel`` given with ``weights``.
+            (the message names the alternative); ``dtype``/``kernel`` given with ``weights``;
+            ``calibration`` with another format than int8/int4, or with ids outside the
+            vocabulary, of the wrong shape or longer than the model's positions.
+        TypeError: ``calibration`` not long token ids, or given for a model that is not a
+            ``DecoderLM``.
 
     Example:
         >>> from multihead.modules.models import Seq2SeqTransformer, TransformerConfig
@@ -189,6 +203,14 @@ def quantize(
             "model instead"
         )
     mode = "dynamic" if weights is None else _check_weight_format(weights)
+    batches = None
+    if calibration is not None:
+        if mode not in ("int8", "int4"):
+            raise ValueError(
+                f"calibration applies to weights='int8' or 'int4' (GPTQ rounding), got "
+                f"weights={weights!r}; leave calibration out"
+            )
+        batches = check_calibration(model, calibration)
     if mode != "dynamic" and (dtype != torch.qint8 or kernel != "auto"):
         raise ValueError(
             f"dtype and kernel belong to the dynamic mode; with weights={mode!r} leave them "
@@ -210,10 +232,15 @@ def quantize(
             stacklevel=2,
         )
     else:
-        _convert_weight_only(qmodel, mode, group_size)
+        rounded = None
+        if batches is not None:
+            rounded = gptq_weights(qmodel, mode, batches, group_size=group_size)
+        _convert_weight_only(qmodel, mode, group_size, rounded)
     mark: dict[str, Any] = {"weights": mode}
     if mode == "int4":
         mark["group_size"] = group_size
+    if batches is not None:
+        mark["rounding"] = "gptq"
     if missing:
         mark["fallback"] = "float32"
     setattr(qmodel, _MARK, mark)
@@ -252,13 +279,43 @@ def _check_group_size(model: nn.Module, group_size: Any) -> int:
     return group_size
 
 
-def _convert_weight_only(qmodel: nn.Module, weights: str, group_size: int) -> None:
+def _from_rounded(rounded: RoundedWeight, weights: str, bias: torch.Tensor | None) -> nn.Module:
+    if weights == "int8":
+        return Int8WeightLinear.from_codes(rounded.codes, rounded.grid, bias)
+    return Int4WeightLinear.from_codes(
+        rounded.codes, rounded.grid, bias, out_features=rounded.codes.shape[0]
+    )
+
+
+def _convert_weight_only(
+    qmodel: nn.Module,
+    weights: str,
+    group_size: int,
+    rounded: dict[int, RoundedWeight] | None = None,
+) -> None:
+    """Swap every ``nn.Linear`` of ``qmodel`` for a ``weights`` layer, rounded to nearest or,
+    for the layers in ``rounded`` (``id(layer)``: integer weights), as given there."""
+    done = rounded or {}
+
     def make(linear: nn.Linear) -> nn.Module:
+        if id(linear) in done:
+            return _from_rounded(done[id(linear)], weights, linear.bias)
         return weight_only_linear(linear, weights, group_size=group_size)
+
+    def make_fused(parts: list[nn.Linear], fused: nn.Linear) -> nn.Module:
+        # Every output row is rounded on its own (per-row scales, the same H for q, k and v),
+        # so stacking the three rounded matrices is rounding the stacked one.
+        if not all(id(p) in done for p in parts):
+            return make(fused)
+        pieces = [done[id(p)] for p in parts]
+        stacked = RoundedWeight(
+            codes=torch.cat([r.codes for r in pieces]), grid=torch.cat([r.grid for r in pieces])
+        )
+        return _from_rounded(stacked, weights, fused.bias)
 
     for module in list(qmodel.modules()):
         if isinstance(module, MultiHeadAttention):
-            QuantizedMultiHeadAttention.convert(module, make)
+            QuantizedMultiHeadAttention.convert(module, make, make_fused)
     # Every remaining nn.Linear: feed-forward layers, heads. A tied LM head gets its own
     # quantized copy; the embedding stays float (a step reads one row of it).
     for parent in list(qmodel.modules()):
@@ -329,10 +386,14 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
             qmodel = quantize(
                 model, weights=weights, group_size=mark.get("group_size", DEFAULT_GROUP_SIZE)
             )
-    if quantization_of(qmodel) != mark:
+    made = quantization_of(qmodel) or {}
+    if "rounding" in mark:  # how the integers were chosen; the file holds them
+        made["rounding"] = mark["rounding"]
+        setattr(qmodel, _MARK, made)
+    if made != mark:
         raise ValueError(
             f"{str(path)!r} was quantized as {mark} but this machine makes "
-            f"{quantization_of(qmodel)}; quantize the float model here instead"
+            f"{made}; quantize the float model here instead"
         )
     try:
         qmodel.load_state_dict(payload["state_dict"])

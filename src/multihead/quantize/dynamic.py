@@ -353,10 +353,15 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
 
     @classmethod
     def convert(
-        cls, mha: MultiHeadAttention, make: Callable[[nn.Linear], nn.Module]
+        cls,
+        mha: MultiHeadAttention,
+        make: Callable[[nn.Linear], nn.Module],
+        make_fused: Callable[[list[nn.Linear], nn.Linear], nn.Module] | None = None,
     ) -> QuantizedMultiHeadAttention:
         """Quantize ``mha`` **in place** (turning it into this class) with ``make`` (float
-        ``nn.Linear`` -> quantized module) and return it."""
+        ``nn.Linear`` -> quantized module) and return it. ``make_fused([q, k, v], fused)``, if
+        given, makes ``qkv_proj`` from the float projections and their stacked copy (default:
+        ``make(fused)``)."""
         if not isinstance(mha, MultiHeadAttention):
             raise TypeError(f"mha must be a MultiHeadAttention, got {type(mha).__name__}")
         projections = (mha.q_proj, mha.k_proj, mha.v_proj)
@@ -377,7 +382,7 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
             qmha.__dict__["_fused_qkv"] = None  # drop the float copy of [W_q; W_k; W_v]
         for name, module in quantized.items():
             setattr(qmha, name, module)
-        qmha.qkv_proj = make(fused)
+        qmha.qkv_proj = make(fused) if make_fused is None else make_fused(list(projections), fused)
         qmha._split = [p.out_features for p in projections]
         return qmha
 

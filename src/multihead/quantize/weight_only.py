@@ -51,7 +51,9 @@ __all__ = [
     "bf16_units",
     "float32_packing_available",
     "int4_kernel_available",
+    "int4_scales_zeros",
     "int8_kernel_available",
+    "int8_scales",
     "probe_kernel",
 ]
 
@@ -156,6 +158,35 @@ def float_checkpoint_error(problem: str, weights: str | None) -> ValueError:
     )
 
 
+def int8_scales(weight: Tensor) -> Tensor:
+    r"""The int8 format's scales of ``weight (N, K)``: one per output channel,
+    :math:`s_i = \max_j |W_{ij}| / 127` ``(N,)`` float32.
+
+    Example:
+        >>> int8_scales(torch.tensor([[254.0, -1.0], [0.0, 0.0]]))[0]
+        tensor(2.)
+    """
+    # A zero row would get scale 0 and divide by it; any positive scale maps it to zeros.
+    return (weight.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def int4_scales_zeros(weight: Tensor, group_size: int) -> Tensor:
+    """The int4 format's scale and zero of each row and group of ``group_size`` input channels
+    of ``weight (N, K)``: ``(N, K / group_size, 2)`` float32, ``[..., 0]`` the scale
+    ``(max - min) / 15``, ``[..., 1]`` the zero ``min + 8 * scale``; the weight ``w`` is coded
+    as ``q = round((w - min) / scale)`` in [0, 15] and read back as ``(q - 8) * scale + zero``.
+
+    Example:
+        >>> int4_scales_zeros(torch.tensor([[0.0, 15.0]]), 2)
+        tensor([[[1., 8.]]])
+    """
+    rows, k = weight.shape
+    wg = weight.float().reshape(rows, k // group_size, group_size)  # (N, groups, g)
+    low, high = wg.amin(dim=-1), wg.amax(dim=-1)  # (N, groups)
+    scale = ((high - low) / 15.0).clamp_min(1e-8)
+    return torch.stack([scale, low + 8.0 * scale], dim=-1)
+
+
 class WeightOnlyLinear(nn.Module):
     """Base of the weight-only layers: ``x (..., in_features)`` float -> ``(..., out_features)``
     float32 (or ``x``'s dtype). Subclasses store the weights and implement :meth:`_matmul`.
@@ -252,13 +283,20 @@ class Int8WeightLinear(WeightOnlyLinear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **options: Any) -> Int8WeightLinear:
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
         w = linear.weight.detach().float()  # (N, K)
-        # A zero row would get scale 0 and divide by it; any positive scale maps it to zeros.
-        scale = (w.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
-        layer.qweight.copy_(torch.round(w / scale[:, None]).clamp_(-127, 127))
+        scale = int8_scales(w)
+        codes = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        return cls.from_codes(codes, scale, linear.bias)
+
+    @classmethod
+    def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Int8WeightLinear:
+        """The layer of integer weights ``codes (N, K)`` in [-127, 127], ``scale (N,)`` and
+        ``bias (N,)`` or ``None`` (however the codes were rounded: nearest or GPTQ)."""
+        layer = cls(codes.shape[1], codes.shape[0], bias is not None)
+        layer.qweight.copy_(codes)
         layer.scale.copy_(scale)
-        _copy_bias(layer, linear)
+        if bias is not None and layer.bias is not None:
+            layer.bias.copy_(bias.detach().float())
         return layer
 
     def _matmul(self, x2d: Tensor) -> Tensor:
@@ -314,22 +352,38 @@ class Int4WeightLinear(WeightOnlyLinear):
     @classmethod
     def from_float(cls, linear: nn.Linear, **options: Any) -> Int4WeightLinear:
         group_size = options.get("group_size", DEFAULT_GROUP_SIZE)
-        layer = cls(
-            linear.in_features, linear.out_features, linear.bias is not None, group_size=group_size
-        )
         n, k = linear.out_features, linear.in_features
-        rows = layer.qweight.shape[0]
+        rows = -(-n // _INT4_ROWS) * _INT4_ROWS
         w = torch.zeros(rows, k)
         w[:n] = linear.weight.detach().float()
         wg = w.view(rows, k // group_size, group_size)  # (N', groups, g)
-        low, high = wg.amin(dim=-1), wg.amax(dim=-1)  # (N', groups)
-        scale = ((high - low) / 15.0).clamp_min(1e-8)
+        low = wg.amin(dim=-1)  # (N', groups)
+        scale = int4_scales_zeros(w, group_size)[..., 0]
         q = torch.round((wg - low[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8)
-        q = q.view(rows, k)
-        layer.qweight.copy_(q[:, 0::2] | (q[:, 1::2] << 4))
-        zero = low + 8.0 * scale
-        layer.scales_zeros.copy_(torch.stack([scale, zero], dim=-1).transpose(0, 1))
-        _copy_bias(layer, linear)
+        return cls.from_codes(
+            q.view(rows, k), int4_scales_zeros(w, group_size), linear.bias, out_features=n
+        )
+
+    @classmethod
+    def from_codes(
+        cls, codes: Tensor, scales_zeros: Tensor, bias: Tensor | None, *, out_features: int
+    ) -> Int4WeightLinear:
+        """The layer of 4-bit weights ``codes (N', K)`` in [0, 15] with ``scales_zeros
+        (N', K / group_size, 2)`` (:func:`int4_scales_zeros`), ``N'`` being ``out_features`` or
+        already padded to a multiple of 16 (padding rows are cut from the output)."""
+        rows, k = codes.shape
+        group_size = k // scales_zeros.shape[1]
+        layer = cls(k, out_features, bias is not None, group_size=group_size)
+        padded = layer.qweight.shape[0]
+        if rows < padded:  # pad as rows of zero weights would be
+            pad = torch.zeros(padded - rows, k)
+            codes = torch.cat([codes, torch.zeros(padded - rows, k, dtype=codes.dtype)])
+            scales_zeros = torch.cat([scales_zeros, int4_scales_zeros(pad, group_size)])
+        codes = codes.to(torch.uint8)
+        layer.qweight.copy_(codes[:, 0::2] | (codes[:, 1::2] << 4))
+        layer.scales_zeros.copy_(scales_zeros.transpose(0, 1))
+        if bias is not None and layer.bias is not None:
+            layer.bias.copy_(bias.detach().float())
         layer._pack()
         return layer
 

@@ -1,0 +1,283 @@
+"""GPTQ rounding (multihead.quantize.gptq): smaller layer error than round-to-nearest on the
+calibration inputs, the same format and scales, the column-by-column algorithm of the paper."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from multihead.modules.models import DecoderLM, Seq2SeqTransformer, TransformerConfig
+from multihead.quantize import (
+    Int4WeightLinear,
+    Int8WeightLinear,
+    load_quantized,
+    quantization_of,
+    quantize,
+    save_quantized,
+)
+from multihead.quantize.gptq import gptq_round
+
+VOCAB = 40
+
+
+def tiny_lm() -> DecoderLM:
+    torch.manual_seed(0)
+    config = TransformerConfig(
+        vocab_size=VOCAB, d_model=64, num_heads=2, d_ff=128, num_decoder_layers=2, max_len=32
+    )
+    return DecoderLM(config).eval()
+
+
+def calibration_ids(batch: int = 8, length: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def correlated_inputs(m: int, k: int, seed: int) -> torch.Tensor:
+    """Inputs ``(M, K)`` float64 with correlated channels of unequal size, as activations have
+    (with white inputs GPTQ has nothing to exploit)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g, dtype=torch.float64) / k**0.5
+    size = torch.logspace(-1, 1, k, dtype=torch.float64)
+    return (torch.randn(m, k, generator=g, dtype=torch.float64) @ mix) * size
+
+
+# ---------------------------------------------------------------- independent reference
+
+
+def read_back(codes: torch.Tensor, grid: torch.Tensor, weights: str) -> torch.Tensor:
+    """The weights ``(N, K)`` float64 a kernel multiplies by: int8 ``q * s``; int4
+    ``(q - 8) * s + z`` with the scale and zero as bfloat16 (what the int4 kernel reads)."""
+    if weights == "int8":
+        return codes.double() * grid.double()[:, None]
+    scale, zero = grid.to(torch.bfloat16).double().unbind(-1)  # (N, groups) each
+    g = codes.shape[1] // scale.shape[1]
+    return (codes.double() - 8) * scale.repeat_interleave(g, 1) + zero.repeat_interleave(g, 1)
+
+
+def column_grid(j: int, k: int, grid: torch.Tensor, weights: str):
+    """Scale and zero ``(N,)`` of input channel ``j`` of ``k`` (int8: zero 0, codes symmetric)."""
+    if weights == "int8":
+        return grid.double(), torch.zeros_like(grid.double())
+    scale, zero = grid.to(torch.bfloat16).double().unbind(-1)  # (N, groups) each
+    g = k // scale.shape[1]
+    return scale[:, j // g], zero[:, j // g]
+
+
+def reference_gptq(
+    weight: torch.Tensor, hessian: torch.Tensor, grid: torch.Tensor, weights: str
+) -> torch.Tensor:
+    """Optimal Brain Quantization's greedy step in column order (GPTQ eq. 2-3), written out:
+    round column ``j`` to the nearest grid point; move every column by ``-err / [H_F^-1]_jj``
+    times row ``j`` of ``H_F^-1``; remove ``j`` from ``H_F^-1`` by one step of Gaussian
+    elimination (eq. 3). No blocks, no Cholesky factor: float64 throughout."""
+    w = weight.double().clone()
+    k = w.shape[1]
+    h = hessian.double() + 0.01 * torch.diagonal(hessian).double().mean() * torch.eye(k)
+    h_inv = torch.linalg.inv(h)
+    codes = torch.zeros_like(w)
+    low, high, offset = (-127, 127, 0) if weights == "int8" else (0, 15, 8)
+    for j in range(k):
+        scale, zero = column_grid(j, k, grid, weights)
+        q = torch.round((w[:, j] - zero) / scale + offset).clamp(low, high)
+        codes[:, j] = q
+        err = (w[:, j] - ((q - offset) * scale + zero)) / h_inv[j, j]  # (N,)
+        w -= err[:, None] * h_inv[j][None, :]  # column j itself lands on its grid point
+        h_inv = h_inv - h_inv[:, j : j + 1] @ h_inv[j : j + 1, :] / h_inv[j, j]
+    return codes
+
+
+def rtn(weight: torch.Tensor, weights: str, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest codes and grid as the layers store them."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight.data.copy_(weight)
+    if weights == "int8":
+        layer8 = Int8WeightLinear.from_float(linear)
+        return layer8.qweight, layer8.scale
+    layer4 = Int4WeightLinear.from_float(linear, group_size=group)
+    q = torch.stack([layer4.qweight & 0xF, layer4.qweight >> 4], -1).flatten(1)
+    n = weight.shape[0]
+    return q[:n], layer4.scales_zeros.transpose(0, 1)[:n]  # bfloat16, as stored
+
+
+# ------------------------------------------------------------------------------ layer level
+
+
+@pytest.mark.parametrize(
+    ("weights", "act_order"), [("int8", False), ("int4", False), ("int8", True)]
+)
+def test_gptq_equals_the_plain_column_by_column_algorithm(weights, act_order):
+    torch.manual_seed(0)
+    n, k, group = 8, 48, 16
+    weight = torch.randn(n, k)
+    x = correlated_inputs(200, k, seed=2)
+    hessian = 2 * x.T @ x
+    # Blocks of 16 columns: the lazy updates across blocks are exercised.
+    got = gptq_round(weight, hessian, weights, group_size=group, block_size=16, act_order=act_order)
+    _, grid = rtn(weight, weights, group)
+    # Act-order is column order on permuted input channels (int8's grid is per row).
+    order = (
+        torch.argsort(torch.diagonal(hessian), descending=True) if act_order else torch.arange(k)
+    )
+    expected = reference_gptq(weight[:, order], hessian[order][:, order], grid, weights)
+    assert torch.equal(got.codes.double(), expected[:, torch.argsort(order)])
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_gptq_output_error_is_at_most_round_to_nearest(weights):
+    torch.manual_seed(3)
+    n, k, group = 24, 64, 32
+    weight = torch.randn(n, k)
+    x = correlated_inputs(300, k, seed=4)  # the calibration inputs
+    got = gptq_round(weight, 2 * x.T @ x, weights, group_size=group)
+    rtn_codes, grid = rtn(weight, weights, group)
+    assert torch.equal(got.grid.to(grid.dtype), grid)  # the same scales (and zeros)
+    exact = x @ weight.double().T
+    err_gptq = (exact - x @ read_back(got.codes, got.grid, weights).T).norm()
+    err_rtn = (exact - x @ read_back(rtn_codes, grid, weights).T).norm()
+    assert err_gptq <= err_rtn
+    # Correlated inputs: a real gain, not a tie (int4: its coarse grid leaves less to gain).
+    assert err_gptq < {"int8": 0.95, "int4": 0.98}[weights] * err_rtn
+
+
+def test_an_input_never_seen_in_calibration_keeps_its_nearest_rounding():
+    torch.manual_seed(5)
+    weight = torch.randn(8, 32)
+    x = correlated_inputs(100, 32, seed=6)
+    x[:, 3] = 0.0  # channel 3 never fires in calibration
+    got = gptq_round(weight, 2 * x.T @ x, "int8", act_order=True)
+    rtn_codes, _ = rtn(weight, "int8", 32)
+    assert torch.equal(got.codes[:, 3], rtn_codes[:, 3])  # not zeroed, not moved
+    assert not torch.equal(got.codes, rtn_codes)
+
+
+# ------------------------------------------------------------------------------ model level
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_quantize_with_calibration_keeps_the_format_and_scales(weights):
+    lm = tiny_lm()
+    ids = calibration_ids()
+    plain = quantize(lm, weights=weights)
+    gptq = quantize(lm, weights=weights, calibration=ids)
+    assert quantization_of(gptq)["rounding"] == "gptq"
+    assert "rounding" not in quantization_of(plain)
+    layers = dict(gptq.named_modules())
+    changed = 0
+    for name, ref in plain.named_modules():
+        if isinstance(ref, Int8WeightLinear):
+            got = layers[name]
+            assert isinstance(got, Int8WeightLinear)
+            assert got.qweight.dtype == torch.int8 and int(got.qweight.abs().max()) <= 127
+            assert torch.equal(got.scale, ref.scale)
+            changed += int(not torch.equal(got.qweight, ref.qweight))
+        elif isinstance(ref, Int4WeightLinear):
+            got = layers[name]
+            assert isinstance(got, Int4WeightLinear)
+            assert torch.equal(got.scales_zeros, ref.scales_zeros)
+            changed += int(not torch.equal(got.qweight, ref.qweight))
+    assert changed > 0
+    # The fused q/k/v matrix holds the three rounded projections stacked.
+    attn = gptq.decoder.layers[0].self_attn
+    stacked = torch.cat([attn.q_proj.qweight, attn.k_proj.qweight, attn.v_proj.qweight])
+    if weights == "int8":
+        assert torch.equal(attn.qkv_proj.qweight, stacked)
+    assert gptq.generate(ids[:2, :4], 5).shape == (2, 9)
+
+
+def test_first_layer_output_error_on_the_calibration_inputs_is_at_most_rtn():
+    lm = tiny_lm()
+    ids = calibration_ids()
+    inputs = []
+    first = lm.decoder.layers[0].self_attn.q_proj
+    handle = first.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach()))
+    with torch.no_grad():
+        lm(ids)
+    handle.remove()
+    x = inputs[0].reshape(-1, first.in_features).double()  # (M, K)
+    exact = x @ first.weight.double().T
+    errors = {}
+    for name, kwargs in (("rtn", {}), ("gptq", {"calibration": ids})):
+        q = quantize(lm, weights="int8", **kwargs).decoder.layers[0].self_attn.q_proj
+        w = q.qweight.double() * q.scale.double()[:, None]
+        errors[name] = float((exact - x @ w.T).norm().detach())
+    assert errors["gptq"] <= errors["rtn"]
+
+
+def test_batches_may_come_as_an_iterable():
+    lm = tiny_lm()
+    ids = calibration_ids()
+    one = quantize(lm, weights="int8", calibration=ids)
+    two = quantize(lm, weights="int8", calibration=[ids[:3], ids[3:]])
+    assert torch.equal(one.lm_head.qweight, two.lm_head.qweight)
+
+
+def test_gptq_checkpoint_round_trips(tmp_path):
+    lm = tiny_lm()
+    ids = calibration_ids()
+    q = quantize(lm, weights="int4", calibration=ids)
+    path = tmp_path / "q.pt"
+    save_quantized(q, path)
+    again = load_quantized(path, tiny_lm())
+    assert quantization_of(again) == quantization_of(q)
+    assert torch.equal(again.lm_head.qweight, q.lm_head.qweight)
+    with torch.no_grad():
+        assert torch.equal(again(ids), q(ids))
+
+
+def test_bad_calibration_is_refused_with_its_name():
+    lm = tiny_lm()
+    ids = calibration_ids()
+    seq2seq = Seq2SeqTransformer(TransformerConfig(vocab_size=VOCAB, d_model=32, num_heads=2))
+    cases = [
+        (lm, "int8", ids.float(), TypeError, "torch.long"),
+        (lm, "int8", ids[0], ValueError, "2-D"),
+        (lm, "int8", ids + VOCAB, ValueError, "vocabulary"),
+        (lm, "int8", ids - 100, ValueError, "vocabulary"),
+        (lm, "int8", torch.zeros(2, 33, dtype=torch.long), ValueError, "max_len"),
+        (lm, "int8", [], ValueError, "at least one"),
+        (lm, "int8", "abc", TypeError, "LongTensor"),
+        (lm, "int8", [ids, "x"], TypeError, r"calibration\[1\]"),
+        (lm, "bf16", ids, ValueError, "int8"),
+        (lm, "dynamic", ids, ValueError, "int8"),
+        (seq2seq, "int8", ids, TypeError, "DecoderLM"),
+    ]
+    for model, weights, calibration, error, words in cases:
+        with pytest.raises(error, match=words) as info:
+            quantize(model, weights=weights, calibration=calibration)
+        assert "calibration" in str(info.value)
+
+
+def test_generate_command_calibrates_on_the_training_text(tmp_path, capsys):
+    from multihead.cli import main
+
+    out = tmp_path / "text"
+    tiny = ["--d-model", "32", "--layers", "1", "--heads", "2", "--batch-size", "4"]
+    args = ["train", "text", "--steps", "2", "--block-size", "16", "--out", str(out)]
+    assert main([*args, *tiny, "--no-progress"]) == 0
+    capsys.readouterr()
+    base = ["generate", "--checkpoint", str(out / "checkpoint.pt"), "--json", "--top-k", "1"]
+    base += ["--max-new-tokens", "5", "--threads", "1"]
+    for mode in ("int8", "int4"):
+        assert main([*base, "--quantize", mode, "--calibrate", "4"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["text"]) == 5
+    assert main([*base, "--quantize", "bf16", "--calibrate", "4"]) == 2
+    assert "--calibrate goes with --quantize int8 or int4" in capsys.readouterr().err
+
+
+def test_generate_calibrate_refuses_a_training_text_that_changed(tmp_path, capsys):
+    from multihead.cli import main
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("abcdefgh " * 40, encoding="utf-8")
+    out = tmp_path / "text"
+    tiny = ["--d-model", "16", "--layers", "1", "--heads", "2", "--batch-size", "2"]
+    args = ["train", "text", "--text", str(text), "--steps", "1", "--block-size", "8"]
+    assert main([*args, "--out", str(out), *tiny, "--no-progress"]) == 0
+    text.write_text("xyz " * 100, encoding="utf-8")  # other characters now
+    capsys.readouterr()
+    command = ["generate", "--checkpoint", str(out / "checkpoint.pt"), "--prompt", "a"]
+    assert main([*command, "--quantize", "int8", "--calibrate", "2"]) == 2
+    assert "no longer has the characters the model was trained on" in capsys.readouterr().err
