@@ -56,8 +56,8 @@ from multihead.bench import suite
 from multihead.commands._common import (
     MAX_BATCH,
     MAX_BLOCK,
-    MAX_THREADS,
     MAX_WIDTH,
+    add_threads_option,
     check_out_dir,
     float_in,
     int_in,
@@ -94,7 +94,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--case-budget", type=float_in(0, 3600, lo_open=True), help="seconds per case (default 5)"
     )
     parser.add_argument("--repeat", type=int_in(1, 10_000), help="timed runs per case (default 5)")
-    parser.add_argument("--threads", type=int_in(1, MAX_THREADS), help="torch threads while timing")
+    add_threads_option(parser, "torch threads while timing")
     parser.add_argument("--out", metavar="DIR", help="write bench.md, bench.json, bench.png")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--quick", action="store_true", help="tiny sweep (seconds)")

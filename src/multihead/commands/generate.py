@@ -25,7 +25,7 @@ import torch
 
 from multihead.commands._common import (
     MAX_SEED,
-    MAX_THREADS,
+    add_threads_option,
     float_in,
     int_in,
     load_checkpoint_file,
@@ -90,10 +90,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="with --quantize int8/int4: round the weights with GPTQ on N sequences drawn from "
         "the model's training text (e.g. 128) instead of to nearest",
     )
-    parser.add_argument(
-        "--threads",
-        type=int_in(1, MAX_THREADS),
-        help="CPU threads (default: the physical cores that are free, 1 on a busy machine)",
+    add_threads_option(
+        parser, "CPU threads (default: the physical cores that are free, 1 on a busy machine)"
     )
 
 

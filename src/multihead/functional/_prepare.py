@@ -160,10 +160,10 @@ def build_spec(
         # With Dk == 0 every logit is an empty sum (0): any scale gives the same uniform rows.
         default_scale = 1.0 / math.sqrt(dk) if dk else 1.0
     spec = AttentionSpec(
-        query=query,
-        key=key,
-        value=value,
-        mask=mask,
+        query,
+        key,
+        value,
+        mask,
         causal=causal,
         window=win,
         scale=default_scale if scale is None else float(scale),

@@ -149,8 +149,10 @@ class _Residual(nn.Module):
         weights (B, H, N, Nk) or None)``."""
         attended, weights = self.self_attn(
             self._input(x, self.norm1),
-            mask=mask,
-            key_padding_mask=padding_mask,
+            None,  # key and value: self-attention
+            None,
+            mask,
+            padding_mask,
             causal=causal,
             need_weights=need_weights,
             cache=cache,
