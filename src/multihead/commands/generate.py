@@ -46,7 +46,7 @@ __all__ = ["DEFAULT_CHECKPOINT", "SamplingOptions", "configure", "generate_text"
 
 DEFAULT_CHECKPOINT = "runs/text/checkpoint.pt"
 MAX_NEW_TOKENS = 100_000  # one model call each; more is a typo, not a request
-MAX_CALIBRATION = 4096  # sequences; GPTQ's statistics settle long before (docs/quantization.md)
+MAX_CALIBRATION = 4096  # sequences, run as one batch: memory grows with N x the context length
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -291,23 +291,23 @@ def _convert_weight_only(
     qmodel: nn.Module,
     weights: str,
     group_size: int,
-    rounded: dict[int, RoundedWeight] | None = None,
+    rounded: dict[nn.Linear, RoundedWeight] | None = None,
 ) -> None:
     """Swap every ``nn.Linear`` of ``qmodel`` for a ``weights`` layer, rounded to nearest or,
-    for the layers in ``rounded`` (``id(layer)``: integer weights), as given there."""
+    for the layers in ``rounded`` (layer: integer weights), as given there."""
     done = rounded or {}
 
     def make(linear: nn.Linear) -> nn.Module:
-        if id(linear) in done:
-            return _from_rounded(done[id(linear)], weights, linear.bias)
+        if linear in done:
+            return _from_rounded(done[linear], weights, linear.bias)
         return weight_only_linear(linear, weights, group_size=group_size)
 
     def make_fused(parts: list[nn.Linear], fused: nn.Linear) -> nn.Module:
         # Every output row is rounded on its own (per-row scales, the same H for q, k and v),
         # so stacking the three rounded matrices is rounding the stacked one.
-        if not all(id(p) in done for p in parts):
+        if not all(p in done for p in parts):
             return make(fused)
-        pieces = [done[id(p)] for p in parts]
+        pieces = [done[p] for p in parts]
         stacked = RoundedWeight(
             codes=torch.cat([r.codes for r in pieces]), grid=torch.cat([r.grid for r in pieces])
         )
