@@ -48,19 +48,12 @@ class ForwardOptions(TypedDict, total=False):
     positions: Tensor | None
 
 
-# forward's arguments in its order, as forward hands them to _spec.
+# forward's arguments in its order, as forward hands them to _spec: query; key, value, mask,
+# key_padding_mask; causal, need_weights; window; cache; positions.
 _Call = tuple[
-    Tensor,  # query
-    "Tensor | None",  # key, value, mask, key_padding_mask
-    "Tensor | None",
-    "Tensor | None",
-    "Tensor | None",
-    bool,  # causal, need_weights
-    bool,
-    "int | tuple[int, int] | None",  # window
-    "KVCache | StaticKVCache | None",  # cache
-    "Tensor | None",  # positions
-]
+    Tensor, "Tensor | None", "Tensor | None", "Tensor | None", "Tensor | None", bool, bool,
+    "int | tuple[int, int] | None", "KVCache | StaticKVCache | None", "Tensor | None",
+]  # fmt: skip
 
 
 def _plain_linear(module: nn.Module) -> bool:
