@@ -50,6 +50,7 @@ from multihead.train.speech import (
     speech_recipe,
     train_speech,
 )
+from multihead.train.speech_tta import RECIPE_TTA, TTA_PRESETS, adapt_by_speaker, tta_views
 
 __all__ = ["add_options", "run"]
 
@@ -93,6 +94,23 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
             "choices": RECIPES,
             "help": "front end and augmentation: 'new-speakers' (the default for --split "
             "speaker) for voices never heard in training, else 'standard'",
+        },
+    ),
+    (
+        "--tta",
+        {
+            "choices": tuple(TTA_PRESETS),
+            "help": "test-time augmentation, stored in the checkpoint for recognize "
+            f"(default: {RECIPE_TTA['new-speakers']!r} with recipe new-speakers, else "
+            f"{RECIPE_TTA['standard']!r})",
+        },
+    ),
+    (
+        "--adapt-speaker",
+        {
+            "action": "store_true",
+            "help": "test: choose one vocal-tract warp per test speaker (the file names' "
+            "speaker field), as recognize --adapt-speaker does for a batch",
         },
     ),
     ("--epochs", {"type": int, "help": "most passes over the data (default 100)"}),
@@ -227,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out if args.out is not None else os.path.join("runs", "speech"))
     recipe = args.recipe or ("new-speakers" if args.split == "speaker" else "standard")
     mel, augment = speech_recipe(recipe)
+    tta = args.tta or RECIPE_TTA[recipe]
+    views = tta_views(tta)
     train_ex, test_ex = _examples(args)
     train_ex, valid_ex = _hold_out_speaker(train_ex, args.valid_speaker)
     train_waves, train_ex = _load(train_ex, "training", args, mel)
@@ -292,6 +312,8 @@ def run(args: argparse.Namespace) -> int:
     metrics: dict[str, Any] = {
         "task": "speech",
         "recipe": recipe,
+        "tta": tta,
+        "adapt_speaker": bool(args.adapt_speaker),
         "train_files": len(train_waves),
         "extra_train_clips": len(extra[0]),
         "valid_files": len(valid[0]) if valid else None,
@@ -305,7 +327,13 @@ def run(args: argparse.Namespace) -> int:
     }
     out.mkdir(parents=True, exist_ok=True)
     if test_waves:
-        probs = predict_waves(result.model, test_waves, mel)
+        if args.adapt_speaker:
+            probs, warps = adapt_by_speaker(
+                result.model, test_waves, [e.speaker for e in test_ex], mel, views=views
+            )
+            metrics["speaker_warps"] = {str(k): v for k, v in warps.items()}
+        else:
+            probs = predict_waves(result.model, test_waves, mel, views=views)
         actual = torch.tensor(test_ids)
         matrix = confusion_matrix(probs.argmax(-1), actual, len(labels))
         accuracy = float(matrix.diag().sum()) / len(test_waves)
@@ -318,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
         mel=mel,
         labels=labels,
         max_seconds=args.max_seconds,
+        tta=views,
         extra={"metrics": {k: v for k, v in metrics.items() if k != "confusion"}},
     )
     metrics["checkpoint"] = str(checkpoint)

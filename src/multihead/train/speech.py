@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -52,11 +52,13 @@ from multihead.train.speech_augment import (
     augment_features,
     mixup_loss,
     speech_recipe,
+    stretch_features,
 )
 
 __all__ = [
     "RECIPES",
     "AugmentConfig",
+    "SpeechCheckpoint",
     "SpeechClassifier",
     "SpeechModelConfig",
     "SpeechTrainConfig",
@@ -70,6 +72,7 @@ __all__ = [
     "predict_waves",
     "save_speech_checkpoint",
     "speech_recipe",
+    "stretch_features",
     "train_speech",
 ]
 
@@ -227,13 +230,21 @@ def predict_waves(
     mel: MelConfig,
     *,
     batch_size: int = 64,
+    views: Sequence[tuple[float, float]] = ((1.0, 1.0),),
 ) -> Tensor:
     """Class probabilities for mono waveforms at ``mel.sample_rate``: ``-> (B, C)``.
+
+    ``views`` are ``(speed, warp)`` stretches of each utterance's features
+    (:func:`~multihead.train.speech_augment.stretch_features`); the probabilities are averaged
+    over them (test-time augmentation). The default, one view ``(1, 1)``, is the plain
+    prediction.
 
     Utterances are batched by similar length so little padding is computed. Features are
     computed one utterance at a time, so a file's result never depends on the files it is
     batched with.
     """
+    if not views:
+        raise ValueError("views must hold at least one (speed, warp) pair, got none")
     model.eval()
     fb = mel_filterbank(mel)
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
@@ -243,9 +254,11 @@ def predict_waves(
         one = [batch_features(*pad_waves([waves[i]], mel), mel, fb)[0][0] for i in idx]  # (F_i, M)
         frames = torch.tensor([len(f) for f in one])
         feats = torch.nn.utils.rnn.pad_sequence(one, batch_first=True)  # (B, F, M)
-        logits = model(feats, frames)
-        assert isinstance(logits, Tensor)
-        probs[idx] = torch.softmax(logits, dim=-1)
+        for speed, warp in views:
+            x, n = stretch_features(feats, frames, speed=speed, warp=warp)
+            logits = model(x, n)
+            assert isinstance(logits, Tensor)
+            probs[idx] += torch.softmax(logits, dim=-1) / len(views)
     return probs
 
 
@@ -455,25 +468,37 @@ def save_speech_checkpoint(
     mel: MelConfig,
     labels: Sequence[str],
     max_seconds: float,
+    tta: Sequence[tuple[float, float]] = ((1.0, 1.0),),
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write everything :func:`load_speech_checkpoint` needs, atomically, as plain values."""
+    """Write everything :func:`load_speech_checkpoint` needs, atomically, as plain values;
+    ``tta`` are the ``(speed, warp)`` views :func:`predict_waves` should average over."""
     payload: dict[str, Any] = {
         "task": SPEECH_TASK,
         "model_config": model.config.to_dict(),
         "mel_config": mel.to_dict(),
         "labels": list(labels),
         "max_seconds": float(max_seconds),
+        "tta": [[float(speed), float(warp)] for speed, warp in tta],
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     payload.update(extra or {})
     return save_checkpoint(path, payload)
 
 
-def load_speech_checkpoint(
-    path: str | os.PathLike[str],
-) -> tuple[SpeechClassifier, MelConfig, list[str], float]:
-    """``(model in eval mode, front end, labels, max_seconds)`` from a speech checkpoint."""
+class SpeechCheckpoint(NamedTuple):
+    """What :func:`load_speech_checkpoint` returns."""
+
+    model: SpeechClassifier  # in eval mode
+    mel: MelConfig  # the front end it was trained with
+    labels: list[str]
+    max_seconds: float  # longer recordings are refused
+    tta: tuple[tuple[float, float], ...]  # (speed, warp) views to average over
+
+
+def load_speech_checkpoint(path: str | os.PathLike[str]) -> SpeechCheckpoint:
+    """Model, front end, labels, longest accepted recording and test-time views from a speech
+    checkpoint (one written before test-time augmentation existed has the plain view)."""
     data = load_checkpoint(path)
     if data.get("task") != SPEECH_TASK:
         raise CheckpointError(
@@ -484,7 +509,10 @@ def load_speech_checkpoint(
     model = SpeechClassifier(SpeechModelConfig.from_dict(data["model_config"]), len(labels))
     model.load_state_dict(data["model_state"])
     model.eval()
-    return model, MelConfig.from_dict(data["mel_config"]), labels, float(data["max_seconds"])
+    tta = tuple((float(s), float(w)) for s, w in data.get("tta", [[1.0, 1.0]]))
+    return SpeechCheckpoint(
+        model, MelConfig.from_dict(data["mel_config"]), labels, float(data["max_seconds"]), tta
+    )
 
 
 def confusion_matrix(predicted: Tensor, actual: Tensor, num_classes: int) -> Tensor:
