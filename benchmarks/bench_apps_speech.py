@@ -4,14 +4,17 @@ Both are trained and tested in the same run on ``../shared/data/spoken_digits`` 
 Spoken Digit Dataset's four speakers; not part of the repository), on the ``index`` split and on
 the ``speaker`` split rotated over every held-out speaker. Reports accuracy and training time.
 Ours runs ``multihead train speech``'s default recipe for each split: ``standard`` on ``index``,
-``new-speakers`` on ``speaker`` (:func:`multihead.train.speech.speech_recipe`).
+``new-speakers`` on ``speaker`` (:func:`multihead.train.speech.speech_recipe`). One trained
+model is then measured three ways: plain; with the recipe's test-time augmentation (``--tta``,
+default :data:`multihead.train.speech_tta.RECIPE_TTA`); and, on the speaker split, with that and
+one vocal-tract warp chosen over all of the test speaker's clips (``--adapt-speaker``).
 
 The baseline: 13 MFCCs (DCT-II of the same log-mel frames as ours, Davis & Mermelstein, 1980)
 and their first differences, summarised per recording by mean and standard deviation
 (52 numbers), standardised, then scikit-learn's ``LogisticRegression``.
 
 Usage: ``python benchmarks/bench_apps_speech.py [--data DIR] [--splits index,speaker]
-[--speakers a,b] [--threads N]``.
+[--speakers a,b] [--threads N] [--tta NAME]``.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from multihead.tasks.speech import load_examples, scan_folder, speakers_of, spli
 from multihead.train.speech import (
     SpeechModelConfig,
     SpeechTrainConfig,
-    predict_waves,
     speech_recipe,
     train_speech,
 )
+from multihead.train.speech_tta import RECIPE_TTA, TTA_PRESETS, predict_by_speaker, tta_views
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # ../shared next to the repository (a checkout in /work/main), or next to a worktree's parent.
@@ -69,8 +72,20 @@ def baseline(train_w, train_y, test_w, test_y, mel: MelConfig) -> tuple[float, f
     return float((clf.predict(mfcc_stats(test_w, mel)) == np.asarray(test_y)).mean()), seconds
 
 
-def ours(train_w, train_y, test_w, test_y, recipe: str, classes: int) -> tuple[float, float, str]:
-    """``multihead train speech``'s default for the split: the recipe, the rest as is."""
+def ours(
+    train_w,
+    train_y,
+    test_w,
+    test_y,
+    recipe: str,
+    classes: int,
+    tta: str,
+    adapt: bool,
+    train_speakers,
+    speakers,
+) -> tuple[list[float], float, str]:
+    """``multihead train speech``'s default for the split: the recipe, the rest as is.
+    Accuracies: plain, with ``tta``, and (``adapt``) with ``tta`` and one speaker warp."""
     mel, augment = speech_recipe(recipe)
     result = train_speech(
         train_w,
@@ -79,10 +94,22 @@ def ours(train_w, train_y, test_w, test_y, recipe: str, classes: int) -> tuple[f
         mel=mel,
         model_config=SpeechModelConfig(n_mels=mel.n_mels),
         config=SpeechTrainConfig(augment=augment),
+        speakers=train_speakers,
     )
-    probs = predict_waves(result.model, test_w, mel)
-    acc = float((probs.argmax(-1) == torch.tensor(test_y)).float().mean())
-    return acc, result.seconds, f"{result.epochs} ep, {result.stopped_by}"
+    y = torch.tensor(test_y)
+    probs = [
+        predict_by_speaker(result.model, test_w, speakers, mel, views=tta_views(t), adapt=False)[0]
+        for t in ("none", tta)
+    ]
+    how = f"{result.epochs} ep, {result.stopped_by}"
+    if adapt:
+        adapted, warps = predict_by_speaker(
+            result.model, test_w, speakers, mel, views=tta_views(tta)
+        )
+        probs.append(adapted)
+        how += ", warp " + "/".join(f"{w:g}" for w in warps.values())
+    accs = [float((p.argmax(-1) == y).float().mean()) for p in probs]
+    return accs, result.seconds, how
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -91,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--splits", default="index,speaker")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--speakers", default=None, help="test speakers to rotate (default all)")
+    parser.add_argument("--tta", choices=tuple(TTA_PRESETS), help="default: the recipe's")
     args, _ = parser.parse_known_args(argv)
     if not os.path.isdir(args.data):
         return f"skipped: no data folder {args.data!r} (the shared data is not in the repository)\n"
@@ -110,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     lines = [
         f"load at start: {os.getloadavg()[0]:.1f} (1-min average, 2 cores), "
         f"torch threads {torch.get_num_threads()}\n",
-        "| split | test | MFCC+LR acc | MFCC+LR s | ours acc | ours s | ours run | time ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| split | test | MFCC+LR acc | MFCC+LR s | ours acc | + TTA | + TTA + speaker warp "
+        "| ours s | ours run | time ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for split, speaker in cases:
         train_ex, test_ex = split_examples(examples, split, test_speaker=speaker)
@@ -121,10 +150,23 @@ def main(argv: Sequence[str] | None = None) -> str:
         test_y = [index[e.label] for e in test_ex]
         b_acc, b_s = baseline(train_w, train_y, test_w, test_y, mel)
         recipe = "new-speakers" if split == "speaker" else "standard"
-        o_acc, o_s, how = ours(train_w, train_y, test_w, test_y, recipe, len(labels))
+        tta = args.tta or RECIPE_TTA[recipe]
+        accs, o_s, how = ours(
+            train_w,
+            train_y,
+            test_w,
+            test_y,
+            recipe,
+            len(labels),
+            tta,
+            split == "speaker",
+            [e.speaker for e in train_ex],
+            [e.speaker for e in test_ex],
+        )
+        shown = [f"{a:.1%}" for a in accs] + [""] * (3 - len(accs))
         row = (
-            f"| {split} | {speaker or 'index 0-4'} | {b_acc:.1%} | {b_s:.1f} | {o_acc:.1%} | "
-            f"{o_s:.0f} | {how} | {o_s / b_s:.0f}x |"
+            f"| {split} | {speaker or 'index 0-4'} | {b_acc:.1%} | {b_s:.1f} | {shown[0]} | "
+            f"{shown[1]} ({tta}) | {shown[2]} | {o_s:.0f} | {how} | {o_s / b_s:.0f}x |"
         )
         print(row, file=sys.stderr, flush=True)
         lines.append(row)

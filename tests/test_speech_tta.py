@@ -12,21 +12,24 @@ import pytest
 import torch
 
 from multihead.cli import main
-from multihead.tasks.features import MelConfig
+from multihead.tasks.features import MelConfig, log_mel, speaker_offsets
 from multihead.tasks.synth_digits import espeak_available, synthesize_digits
 from multihead.train.speech import (
     SpeechClassifier,
     SpeechModelConfig,
+    SpeechTrainConfig,
     batch_features,
     pad_waves,
     predict_waves,
     stretch_features,
+    train_speech,
 )
 from multihead.train.speech_tta import (
     TTA_PRESETS,
-    adapt_by_speaker,
     adapt_speaker,
     check_views,
+    predict_by_speaker,
+    score_predictions,
     tta_views,
 )
 
@@ -94,42 +97,55 @@ def test_tta_against_per_clip_predictions() -> None:
     plain = predict_waves(model, waves, mel)
     single = predict_waves(model, waves, mel, views=tta_views("none"))
     assert torch.equal(plain, single)  # TTA with the one view (1, 1) is the plain prediction
-    views = TTA_PRESETS["vtlp-speed"]
+    views = (*TTA_PRESETS["speed"], *TTA_PRESETS["vtlp"])
     got = predict_waves(model, waves, mel, views=views, batch_size=2)
     for i, w in enumerate(waves):
         torch.testing.assert_close(plain[i], _by_hand(model, w, mel, [(1.0, 1.0)]))
         torch.testing.assert_close(got[i], _by_hand(model, w, mel, views), atol=1e-5, rtol=1e-4)
 
 
-def test_speaker_warp_matches_brute_force() -> None:
+def _score_by_hand(probs: np.ndarray, criterion: str) -> float:
+    """float64 numpy: mutual information of clip and class, or mean log largest probability."""
+    if criterion == "confidence":
+        return float(np.mean(np.log(probs.max(axis=1))))
+    mean = probs.mean(axis=0)
+    entropy_of_mean = -np.sum(mean * np.log(mean))
+    mean_entropy = -np.mean(np.sum(probs * np.log(probs), axis=1))
+    return float(entropy_of_mean - mean_entropy)
+
+
+@pytest.mark.parametrize("criterion", ["information", "confidence"])
+def test_speaker_warp_matches_brute_force(criterion: str) -> None:
     model, mel, waves = _model(), MelConfig(), _waves(6)
     candidates = (0.85, 0.95, 1.0, 1.1, 1.2)
     views = ((1.0, 0.94), (1.0, 1.06))
-    scores = {}
+    scores, by_factor = {}, {}
     for a in candidates:
-        probs = torch.stack(
+        by_factor[a] = torch.stack(
             [_by_hand(model, w, mel, [(s, v * a) for s, v in views]) for w in waves]
         )
-        scores[a] = float(np.mean([np.log(p.max()) for p in probs.numpy()]))
+        scores[a] = _score_by_hand(by_factor[a].double().numpy(), criterion)
     best = max(scores, key=scores.__getitem__)
-    probs, chosen = adapt_speaker(model, waves, mel, views=views, candidates=candidates)
+    probs, chosen = adapt_speaker(
+        model, waves, mel, views=views, candidates=candidates, criterion=criterion
+    )
     assert chosen.warp == best
     assert chosen.scores == pytest.approx(scores, abs=1e-4)
-    expected = torch.stack(
-        [_by_hand(model, w, mel, [(s, v * best) for s, v in views]) for w in waves]
-    )
-    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(probs, by_factor[best], atol=1e-5, rtol=1e-4)
+    if criterion == "confidence":
+        return
     # Per speaker: each group gets its own choice, the same as adapting it alone.
     speakers = ["a", "b", "a", "b", "a", "b"]
-    grouped, warps = adapt_by_speaker(model, waves, speakers, mel, candidates=candidates)
+    grouped, warps = predict_by_speaker(model, waves, speakers, mel, candidates=candidates)
     alone, b_warp = adapt_speaker(model, waves[1::2], mel, candidates=candidates)
     assert warps["b"] == b_warp.warp and set(warps) == {"a", "b"}
     torch.testing.assert_close(grouped[1::2], alone)
+    assert score_predictions(torch.eye(4)) == pytest.approx(np.log(4))
 
 
 def test_bad_values_name_the_option() -> None:
     model, mel, waves = _model(), MelConfig(), _waves(2)
-    with pytest.raises(ValueError, match=r"tta must be one of none, vtlp.*got 'loud'"):
+    with pytest.raises(ValueError, match=r"tta must be one of none, speed, vtlp, got 'loud'"):
         tta_views("loud")
     with pytest.raises(ValueError, match="warp must be a number > 0, got 0"):
         stretch_features(torch.zeros(1, 5, 40), torch.tensor([5]), warp=0)
@@ -145,8 +161,10 @@ def test_bad_values_name_the_option() -> None:
         adapt_speaker(model, waves, mel, candidates=())
     with pytest.raises(ValueError, match="waves must hold at least one clip"):
         adapt_speaker(model, [], mel)
+    with pytest.raises(ValueError, match="criterion must be one of information, confidence"):
+        adapt_speaker(model, waves, mel, criterion="likely")
     with pytest.raises(ValueError, match="speakers must name one speaker per clip: 1 for 2"):
-        adapt_by_speaker(model, waves, ["a"], mel)
+        predict_by_speaker(model, waves, ["a"], mel)
 
 
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
@@ -158,7 +176,7 @@ def test_tta_and_adapt_speaker_commands(tmp_path: Path, capsys: pytest.CaptureFi
     argv += ["--steps", "1", "--batch-size", "8", "--out", str(out), "--threads", "1", "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["tta"] == "vtlp" and summary["adapt_speaker"]  # new-speakers' default
+    assert summary["tta"] == "speed" and summary["adapt_speaker"]  # new-speakers' default
     assert set(summary["speaker_warps"]) == {"dora"}
     ckpt = str(out / "checkpoint.pt")
     files = sorted(str(p) for p in digits.glob("*_dora_*.wav"))
@@ -171,3 +189,32 @@ def test_tta_and_adapt_speaker_commands(tmp_path: Path, capsys: pytest.CaptureFi
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert main(["recognize", "--checkpoint", ckpt, "--tta", "loud", *files]) == 2
     assert "--tta: invalid choice: 'loud'" in capsys.readouterr().err
+
+
+def test_speaker_offsets_and_speaker_norm() -> None:
+    mel, waves = MelConfig(speaker_norm=True), _waves(4)
+    speakers = ["a", "b", "a", None]
+    offsets = speaker_offsets(waves, speakers, mel)
+    for i, who in enumerate(speakers):
+        frames = [
+            log_mel(torch.from_numpy(w), mel)[0].double().numpy()
+            for w, s in zip(waves, speakers, strict=True)
+            if s == who
+        ]
+        np.testing.assert_allclose(offsets[i].numpy(), np.concatenate(frames).mean(0), atol=1e-4)
+    # A speaker-normalised model: the speaker's mean comes off before the clip's normalisation.
+    model = _model()
+    by_speaker, _ = predict_by_speaker(model, waves, speakers, mel, adapt=False)
+    feats, frames = batch_features(*pad_waves([waves[1]], mel), mel, offsets=offsets[1:2])
+    alone = torch.softmax(model(feats, frames), -1)[0]
+    torch.testing.assert_close(by_speaker[1], alone, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="speakers must name the speaker of each of waves"):
+        train_speech(
+            waves,
+            [0, 1, 0, 1],
+            2,
+            mel=mel,
+            model_config=SpeechModelConfig(),
+            config=SpeechTrainConfig(),
+            max_steps=1,
+        )

@@ -28,7 +28,7 @@ import numpy as np
 from multihead.commands._common import in_blocks, set_threads
 from multihead.tasks.speech import WavError, read_wav
 from multihead.train.speech import load_speech_checkpoint, predict_waves
-from multihead.train.speech_tta import TTA_PRESETS, adapt_speaker, tta_views
+from multihead.train.speech_tta import TTA_PRESETS, predict_by_speaker, tta_views
 
 __all__ = ["configure", "run"]
 
@@ -75,11 +75,12 @@ def run(args: argparse.Namespace) -> int:
             except WavError as exc:
                 errors[number] = str(exc)
         clips = list(waves.values())
-        probs, chosen = None, None
+        probs, warp = None, None
         if clips and args.adapt_speaker:
-            probs, chosen = adapt_speaker(model, clips, mel, views=views)
+            probs, warps = predict_by_speaker(model, clips, [None] * len(clips), mel, views=views)
+            warp = warps[None]
             print(
-                f"multihead recognize: speaker warp {chosen.warp:g} over {len(clips)} file(s)",
+                f"multihead recognize: speaker warp {warp:g} over {len(clips)} file(s)",
                 file=sys.stderr,
             )
         elif clips:
@@ -97,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 scores = {lab: round(float(q), 4) for lab, q in zip(labels, p, strict=True)}
                 result = {"file": path, "label": label, "probabilities": scores}
-                if chosen is not None:
-                    result["speaker_warp"] = chosen.warp
+                if warp is not None:
+                    result["speaker_warp"] = warp
                 print(json.dumps(result))
             else:
                 print(label)

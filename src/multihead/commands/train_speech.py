@@ -50,7 +50,7 @@ from multihead.train.speech import (
     speech_recipe,
     train_speech,
 )
-from multihead.train.speech_tta import RECIPE_TTA, TTA_PRESETS, adapt_by_speaker, tta_views
+from multihead.train.speech_tta import RECIPE_TTA, TTA_PRESETS, predict_by_speaker, tta_views
 
 __all__ = ["add_options", "run"]
 
@@ -327,11 +327,17 @@ def run(args: argparse.Namespace) -> int:
     }
     out.mkdir(parents=True, exist_ok=True)
     if test_waves:
-        if args.adapt_speaker:
-            probs, warps = adapt_by_speaker(
-                result.model, test_waves, [e.speaker for e in test_ex], mel, views=views
+        if args.adapt_speaker or mel.speaker_norm:
+            probs, warps = predict_by_speaker(
+                result.model,
+                test_waves,
+                [e.speaker for e in test_ex],
+                mel,
+                views=views,
+                adapt=args.adapt_speaker,
             )
-            metrics["speaker_warps"] = {str(k): v for k, v in warps.items()}
+            if args.adapt_speaker:
+                metrics["speaker_warps"] = {str(k): v for k, v in warps.items()}
         else:
             probs = predict_waves(result.model, test_waves, mel, views=views)
         actual = torch.tensor(test_ids)

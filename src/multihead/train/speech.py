@@ -36,13 +36,10 @@ from torch import Tensor, nn
 from multihead.modules import EncoderLayer
 from multihead.tasks.features import (
     MelConfig,
-    floor_db,
-    frames_for,
-    lifter_matrix,
-    log_mel,
+    batch_features,
     mel_filterbank,
-    normalise,
-    trim_silence,
+    pad_waves,
+    speaker_offsets,
 )
 from multihead.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from multihead.train.speech_augment import (
@@ -194,35 +191,6 @@ class SpeechClassifier(nn.Module):
         return (logits, maps) if need_weights else logits
 
 
-def pad_waves(waves: Sequence[np.ndarray], mel: MelConfig | None = None) -> tuple[Tensor, Tensor]:
-    """Stack 1-D waveforms, zero-padded at the end -> ``(waves (B, T), lengths (B,))``; with
-    ``mel``, each is first trimmed of silence as ``mel.trim_db`` asks (:func:`trim_silence`)."""
-    clips = [torch.from_numpy(np.asarray(w, dtype=np.float32)) for w in waves]
-    if mel is not None:
-        clips = [trim_silence(c, mel) for c in clips]
-    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
-    out = torch.zeros(len(clips), int(lengths.max()))
-    for i, c in enumerate(clips):
-        out[i, : len(c)] = c
-    return out, lengths
-
-
-def batch_features(
-    waves: Tensor, lengths: Tensor, mel: MelConfig, filterbank: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Normalised log-mel features of padded waveforms.
-
-    Shapes: ``waves (B, T)``, ``lengths (B,)`` samples -> ``(features (B, F, M), frames (B,))``.
-    """
-    feats = log_mel(waves, mel, filterbank)
-    if mel.top_db is not None:
-        feats = floor_db(feats, mel.top_db)
-    if mel.lifter:
-        feats = feats @ lifter_matrix(mel.n_mels, mel.lifter)
-    frames = frames_for(lengths, mel).clamp(max=feats.shape[1])
-    return normalise(feats, frames, mel.norm), frames
-
-
 @torch.no_grad()
 def predict_waves(
     model: SpeechClassifier,
@@ -231,8 +199,12 @@ def predict_waves(
     *,
     batch_size: int = 64,
     views: Sequence[tuple[float, float]] = ((1.0, 1.0),),
+    offsets: Tensor | None = None,
 ) -> Tensor:
     """Class probabilities for mono waveforms at ``mel.sample_rate``: ``-> (B, C)``.
+
+    ``offsets (B, M)``: each clip's speaker mean, for a model trained with
+    ``mel.speaker_norm`` (:func:`~multihead.tasks.features.speaker_offsets`).
 
     ``views`` are ``(speed, warp)`` stretches of each utterance's features
     (:func:`~multihead.train.speech_augment.stretch_features`); the probabilities are averaged
@@ -245,13 +217,26 @@ def predict_waves(
     """
     if not views:
         raise ValueError("views must hold at least one (speed, warp) pair, got none")
+    if offsets is not None and tuple(offsets.shape) != (len(waves), mel.n_mels):
+        raise ValueError(
+            f"offsets must be (clips, n_mels) = {(len(waves), mel.n_mels)}, "
+            f"got {tuple(offsets.shape)}"
+        )
     model.eval()
     fb = mel_filterbank(mel)
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     probs = torch.zeros(len(waves), model.head.out_features)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        one = [batch_features(*pad_waves([waves[i]], mel), mel, fb)[0][0] for i in idx]  # (F_i, M)
+        one = [
+            batch_features(
+                *pad_waves([waves[i]], mel),
+                mel,
+                fb,
+                None if offsets is None else offsets[i : i + 1],
+            )[0][0]
+            for i in idx
+        ]  # (F_i, M) each
         frames = torch.tensor([len(f) for f in one])
         feats = torch.nn.utils.rnn.pad_sequence(one, batch_first=True)  # (B, F, M)
         for speed, warp in views:
@@ -347,6 +332,7 @@ def train_speech(
     extra: LabelledWaves | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
     max_steps: int | None = None,
+    speakers: Sequence[str | None] | None = None,
 ) -> SpeechTrainResult:
     """Train a :class:`SpeechClassifier` with early stopping on validation accuracy.
 
@@ -361,6 +347,8 @@ def train_speech(
             voices, other data sets).
         progress: called with each epoch's record.
         max_steps: stop after this many updates (smoke tests).
+        speakers: the speaker of each of ``waves``, needed by ``mel.speaker_norm`` (then
+            ``valid`` and ``extra``, when given, each count as one speaker).
     """
     for name, pair in (("waves", (waves, labels)), ("valid", valid), ("extra", extra)):
         if pair is not None and len(pair[0]) != len(pair[1]):
@@ -378,6 +366,25 @@ def train_speech(
         valid_waves, valid_y = list(valid[0]), torch.tensor(list(valid[1]), dtype=torch.long)
     extra_waves, extra_labels = extra if extra is not None else ([], [])
     train_idx += range(len(waves), len(waves) + len(extra_waves))
+    offsets: Tensor | None = None  # (N + extra, M) speaker means, with mel.speaker_norm
+    valid_offsets: Tensor | None = None
+    if mel.speaker_norm:
+        if speakers is None or len(speakers) != len(waves):
+            raise ValueError(
+                "speakers must name the speaker of each of waves when mel.speaker_norm is set, "
+                f"got {None if speakers is None else len(speakers)} for {len(waves)} clips"
+            )
+        offsets = torch.cat(
+            [
+                speaker_offsets(waves, speakers, mel),
+                speaker_offsets(extra_waves, [None] * len(extra_waves), mel),
+            ]
+        )
+        valid_offsets = (
+            offsets[valid_idx]
+            if valid is None
+            else speaker_offsets(valid_waves, [None] * len(valid_waves), mel)
+        )
     model = SpeechClassifier(model_config, num_classes)
     fb = mel_filterbank(mel)
     all_waves, all_lengths = pad_waves([*waves, *extra_waves], mel)
@@ -408,7 +415,9 @@ def train_speech(
         for idx in _length_batches(train_idx, all_lengths, config.batch_size, gen):
             lengths = all_lengths[idx]
             x = add_noise(all_waves[idx, : int(lengths.max())], lengths, config.augment, gen)
-            feats, frames = batch_features(x, lengths, mel, fb)
+            feats, frames = batch_features(
+                x, lengths, mel, fb, None if offsets is None else offsets[idx]
+            )
             feats, frames = augment_features(feats, frames, config.augment, gen)
             loss = mixup_loss(model, feats, frames, y[idx], config.augment.mixup, gen)
             opt.zero_grad(set_to_none=True)
@@ -421,7 +430,7 @@ def train_speech(
             if max_steps is not None and len(step_losses) >= max_steps:
                 break
         if valid_waves:
-            probs = predict_waves(model, valid_waves, mel)
+            probs = predict_waves(model, valid_waves, mel, offsets=valid_offsets)
             acc = float((probs.argmax(-1) == valid_y).float().mean())
             valid_loss = float(F.nll_loss(torch.log(probs.clamp(min=1e-12)), valid_y))
         else:  # no validation share: keep the lowest training loss
