@@ -7,9 +7,11 @@ Exit status: 0 when every file was recognized, 1 when any was refused, 2 for usa
 
 Each clip is classified under the test-time views stored in the checkpoint (``--tta`` of
 ``train speech``; ``--tta NAME`` here overrides them). ``--adapt-speaker`` treats all the files
-as clips of ONE speaker: it picks the single vocal-tract warp factor that makes the model most
-confident over all of them and classifies every clip with it (all files are then read before
-the first result; a batch that mixes voices gets one compromise factor).
+as clips of ONE speaker saying a variety of words: it picks the single vocal-tract warp factor
+whose predictions over all of them are most confident and most varied, and, for a checkpoint
+of the ``new-speakers`` recipe, subtracts their common mean log-mel (all files are then read
+before the first result; a batch that mixes voices gets one compromise). Without it, each file
+stands for its own speaker.
 
 Example:
     multihead recognize --checkpoint runs/speech/checkpoint.pt 7_george_0.wav 3_lucas_1.wav
@@ -63,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
     model, mel, labels, max_seconds, views = load_speech_checkpoint(args.checkpoint)
     if args.tta is not None:
         views = tta_views(args.tta)
+    if mel.speaker_norm and not args.adapt_speaker:
+        print(
+            "multihead recognize: this checkpoint subtracts the speaker's mean log-mel, and "
+            "each file stands for its speaker alone; --adapt-speaker with several files of one "
+            "speaker recognizes them better",
+            file=sys.stderr,
+        )
     # One speaker's clips are classified together, so they are all read first.
     size = max(len(args.files), 1) if args.adapt_speaker else _CHUNK
     refused = 0
@@ -83,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
                 f"multihead recognize: speaker warp {warp:g} over {len(clips)} file(s)",
                 file=sys.stderr,
             )
+        elif clips and mel.speaker_norm:
+            # Each file its own speaker: its result never depends on the files next to it.
+            alone = [str(i) for i in range(len(clips))]
+            probs, _ = predict_by_speaker(model, clips, alone, mel, views=views, adapt=False)
         elif clips:
             probs = predict_waves(model, clips, mel, views=views)
         row = dict(zip(waves, range(len(waves)), strict=True))

@@ -308,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
         extra=extra if extra[0] else None,
         progress=progress,
         max_steps=args.steps,
+        speakers=[e.speaker for e in train_ex],
     )
     metrics: dict[str, Any] = {
         "task": "speech",

@@ -75,18 +75,20 @@ def speech_recipe(name: str) -> tuple[MelConfig, AugmentConfig]:
     ``new-speakers`` is for voices never heard in training (``--split speaker``): leading and
     trailing silence is cut (``trim_db``) and the remaining floor levelled (``top_db``), as
     recording set-ups differ most in their silence; speed and vocal-tract ranges are wider,
-    noise stronger and more frequent, and utterances are blended (mixup). It was chosen on a
-    validation speaker held out from the training speakers (docs/speech.md).
+    noise stronger and more frequent, and utterances are blended (mixup); each speaker's mean
+    log-mel is subtracted (``MelConfig.speaker_norm``: training needs each clip's speaker, and
+    testing several clips of one speaker). It was chosen on validation speakers held out from
+    the training speakers (docs/speech.md).
 
     Example:
         >>> mel, augment = speech_recipe("new-speakers")
-        >>> mel.trim_db, augment.mixup
-        (25.0, 0.4)
+        >>> mel.trim_db, mel.speaker_norm, augment.mixup
+        (25.0, True, 0.4)
     """
     if name == "standard":
         return MelConfig(), AugmentConfig()
     if name == "new-speakers":
-        return MelConfig(top_db=45.0, trim_db=25.0), AugmentConfig(
+        return MelConfig(top_db=45.0, trim_db=25.0, speaker_norm=True), AugmentConfig(
             speed=(0.8, 1.25), warp=(0.85, 1.15), noise_prob=0.5, snr_db=(5.0, 30.0), mixup=0.4
         )
     raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {name!r}")
