@@ -208,6 +208,21 @@ def test_speaker_offsets_and_speaker_norm() -> None:
     feats, frames = batch_features(*pad_waves([waves[1]], mel), mel, offsets=offsets[1:2])
     alone = torch.softmax(model(feats, frames), -1)[0]
     torch.testing.assert_close(by_speaker[1], alone, atol=1e-5, rtol=1e-4)
+    # Training keeps the training speakers' means averaged, each speaker weighted alike.
+    config = SpeechTrainConfig(batch_size=4, valid_fraction=0.0)
+    result = train_speech(
+        waves,
+        [0, 1, 0, 1],
+        2,
+        mel=mel,
+        model_config=SpeechModelConfig(d_model=32, num_heads=2, d_ff=64),
+        config=config,
+        max_steps=1,
+        speakers=speakers,
+    )
+    expected = np.mean([offsets[0].numpy(), offsets[1].numpy(), offsets[3].numpy()], axis=0)
+    assert result.speaker_mean is not None
+    np.testing.assert_allclose(result.speaker_mean.numpy(), expected, atol=1e-5)
     with pytest.raises(ValueError, match="speakers must name the speaker of each of waves"):
         train_speech(
             waves,

@@ -62,16 +62,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``multihead recognize``; returns the exit status."""
     set_threads(args.threads)
-    model, mel, labels, max_seconds, views = load_speech_checkpoint(args.checkpoint)
+    model, mel, labels, max_seconds, views, speaker_mean = load_speech_checkpoint(args.checkpoint)
     if args.tta is not None:
         views = tta_views(args.tta)
-    if mel.speaker_norm and not args.adapt_speaker:
-        print(
-            "multihead recognize: this checkpoint subtracts the speaker's mean log-mel, and "
-            "each file stands for its speaker alone; --adapt-speaker with several files of one "
-            "speaker recognizes them better",
-            file=sys.stderr,
-        )
     # One speaker's clips are classified together, so they are all read first.
     size = max(len(args.files), 1) if args.adapt_speaker else _CHUNK
     refused = 0
@@ -92,12 +85,13 @@ def run(args: argparse.Namespace) -> int:
                 f"multihead recognize: speaker warp {warp:g} over {len(clips)} file(s)",
                 file=sys.stderr,
             )
-        elif clips and mel.speaker_norm:
-            # Each file its own speaker: its result never depends on the files next to it.
-            alone = [str(i) for i in range(len(clips))]
-            probs, _ = predict_by_speaker(model, clips, alone, mel, views=views, adapt=False)
         elif clips:
-            probs = predict_waves(model, clips, mel, views=views)
+            # Without the speaker's clips, a speaker_norm model subtracts the training speakers'
+            # average mean (better than one clip's own on the validation speakers).
+            offsets = None
+            if mel.speaker_norm and speaker_mean is not None:
+                offsets = speaker_mean.expand(len(clips), -1).contiguous()  # (N, M)
+            probs = predict_waves(model, clips, mel, views=views, offsets=offsets)
         row = dict(zip(waves, range(len(waves)), strict=True))
         for number, path in chunk:
             if number in errors:

@@ -354,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
         labels=labels,
         max_seconds=args.max_seconds,
         tta=views,
+        speaker_mean=result.speaker_mean,
         extra={"metrics": {k: v for k, v in metrics.items() if k != "confusion"}},
     )
     metrics["checkpoint"] = str(checkpoint)

@@ -265,6 +265,9 @@ class SpeechTrainResult:
     history: list[dict[str, float]]
     step_losses: list[float]
     stopped_by: str
+    # With mel.speaker_norm: the training speakers' means averaged, speakers weighted alike
+    # (M,), the stand-in for a speaker of whom only one clip is at hand.
+    speaker_mean: Tensor | None = None
 
     @property
     def best(self) -> dict[str, float]:
@@ -368,18 +371,17 @@ def train_speech(
     train_idx += range(len(waves), len(waves) + len(extra_waves))
     offsets: Tensor | None = None  # (N + extra, M) speaker means, with mel.speaker_norm
     valid_offsets: Tensor | None = None
+    speaker_mean: Tensor | None = None
     if mel.speaker_norm:
         if speakers is None or len(speakers) != len(waves):
             raise ValueError(
                 "speakers must name the speaker of each of waves when mel.speaker_norm is set, "
                 f"got {None if speakers is None else len(speakers)} for {len(waves)} clips"
             )
-        offsets = torch.cat(
-            [
-                speaker_offsets(waves, speakers, mel),
-                speaker_offsets(extra_waves, [None] * len(extra_waves), mel),
-            ]
-        )
+        own = speaker_offsets(waves, speakers, mel)  # (N, M)
+        first = {s: i for i, s in reversed(list(enumerate(speakers)))}  # one row per speaker
+        speaker_mean = own[list(first.values())].mean(0)
+        offsets = torch.cat([own, speaker_offsets(extra_waves, [None] * len(extra_waves), mel)])
         valid_offsets = (
             offsets[valid_idx]
             if valid is None
@@ -462,7 +464,7 @@ def train_speech(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return SpeechTrainResult(model, history, step_losses, stopped_by)
+    return SpeechTrainResult(model, history, step_losses, stopped_by, speaker_mean)
 
 
 # ------------------------------------------------------------------ checkpoints and reports
@@ -478,10 +480,12 @@ def save_speech_checkpoint(
     labels: Sequence[str],
     max_seconds: float,
     tta: Sequence[tuple[float, float]] = ((1.0, 1.0),),
+    speaker_mean: Tensor | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write everything :func:`load_speech_checkpoint` needs, atomically, as plain values;
-    ``tta`` are the ``(speed, warp)`` views :func:`predict_waves` should average over."""
+    ``tta`` are the ``(speed, warp)`` views :func:`predict_waves` should average over,
+    ``speaker_mean (M,)`` the stand-in speaker mean of a ``mel.speaker_norm`` model."""
     payload: dict[str, Any] = {
         "task": SPEECH_TASK,
         "model_config": model.config.to_dict(),
@@ -489,6 +493,7 @@ def save_speech_checkpoint(
         "labels": list(labels),
         "max_seconds": float(max_seconds),
         "tta": [[float(speed), float(warp)] for speed, warp in tta],
+        "speaker_mean": None if speaker_mean is None else speaker_mean.detach().cpu().float(),
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     payload.update(extra or {})
@@ -503,6 +508,7 @@ class SpeechCheckpoint(NamedTuple):
     labels: list[str]
     max_seconds: float  # longer recordings are refused
     tta: tuple[tuple[float, float], ...]  # (speed, warp) views to average over
+    speaker_mean: Tensor | None  # (M,) with mel.speaker_norm: for a clip without its speaker
 
 
 def load_speech_checkpoint(path: str | os.PathLike[str]) -> SpeechCheckpoint:
@@ -519,8 +525,9 @@ def load_speech_checkpoint(path: str | os.PathLike[str]) -> SpeechCheckpoint:
     model.load_state_dict(data["model_state"])
     model.eval()
     tta = tuple((float(s), float(w)) for s, w in data.get("tta", [[1.0, 1.0]]))
+    mel = MelConfig.from_dict(data["mel_config"])
     return SpeechCheckpoint(
-        model, MelConfig.from_dict(data["mel_config"]), labels, float(data["max_seconds"]), tta
+        model, mel, labels, float(data["max_seconds"]), tta, data.get("speaker_mean")
     )
 
 
