@@ -16,9 +16,11 @@ from multihead.tasks.features import MelConfig, log_mel, speaker_offsets
 from multihead.tasks.synth_digits import espeak_available, synthesize_digits
 from multihead.train.speech import (
     SpeechClassifier,
+    SpeechEnsemble,
     SpeechModelConfig,
     SpeechTrainConfig,
     batch_features,
+    load_speech_checkpoint,
     pad_waves,
     predict_waves,
     stretch_features,
@@ -178,6 +180,10 @@ def test_tta_and_adapt_speaker_commands(tmp_path: Path, capsys: pytest.CaptureFi
     summary = json.loads(capsys.readouterr().out)
     assert summary["tta"] == "speed" and summary["adapt_speaker"]  # new-speakers' default
     assert set(summary["speaker_warps"]) == {"dora"}
+    assert summary["ensemble"] == 3 and [m["seed"] for m in summary["members"]] == [0, 1, 2]
+    loaded = load_speech_checkpoint(out / "checkpoint.pt")
+    assert isinstance(loaded.model, SpeechEnsemble) and len(loaded.model.members) == 3
+    assert loaded.mel.speaker_norm and loaded.speaker_mean is not None
     ckpt = str(out / "checkpoint.pt")
     files = sorted(str(p) for p in digits.glob("*_dora_*.wav"))
     assert main(["recognize", "--checkpoint", ckpt, "--json", "--adapt-speaker", *files]) == 0
@@ -189,6 +195,8 @@ def test_tta_and_adapt_speaker_commands(tmp_path: Path, capsys: pytest.CaptureFi
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert main(["recognize", "--checkpoint", ckpt, "--tta", "loud", *files]) == 2
     assert "--tta: invalid choice: 'loud'" in capsys.readouterr().err
+    assert main([*argv[:-1], "--ensemble", "0"]) == 2
+    assert "--ensemble" in capsys.readouterr().err
 
 
 def test_speaker_offsets_and_speaker_norm() -> None:

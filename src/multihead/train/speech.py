@@ -51,12 +51,15 @@ from multihead.train.speech_augment import (
     speech_recipe,
     stretch_features,
 )
+from multihead.train.speech_report import confusion_matrix, plot_confusion
 
 __all__ = [
     "RECIPES",
     "AugmentConfig",
     "SpeechCheckpoint",
     "SpeechClassifier",
+    "SpeechEnsemble",
+    "SpeechModel",
     "SpeechModelConfig",
     "SpeechTrainConfig",
     "SpeechTrainResult",
@@ -191,9 +194,50 @@ class SpeechClassifier(nn.Module):
         return (logits, maps) if need_weights else logits
 
 
+class SpeechEnsemble(nn.Module):
+    """Several :class:`SpeechClassifier` of the same classes, trained with different seeds;
+    its "logits" are the log of their mean probabilities, so a softmax of them averages the
+    members' probabilities.
+
+    Shapes: ``features (B, F, M)``, ``lengths (B,)`` -> ``(B, C)``.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> members = [SpeechClassifier(SpeechModelConfig(), 3).eval() for _ in range(2)]
+        >>> x, n = torch.randn(1, 20, 40), torch.tensor([20])
+        >>> mean = (members[0](x, n).softmax(-1) + members[1](x, n).softmax(-1)) / 2
+        >>> torch.allclose(SpeechEnsemble(members)(x, n).softmax(-1), mean, atol=1e-6)
+        True
+    """
+
+    def __init__(self, members: Sequence[SpeechClassifier]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("members must hold at least one SpeechClassifier, got none")
+        classes = {m.head.out_features for m in members}
+        if len(classes) != 1:
+            raise ValueError(f"members must have the same number of classes, got {classes}")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    @property
+    def head(self) -> nn.Linear:
+        """The first member's classifier layer (its ``out_features`` is the class count)."""
+        head = self.members[0].head
+        assert isinstance(head, nn.Linear)
+        return head
+
+    def forward(self, features: Tensor, lengths: Tensor) -> Tensor:
+        probs = torch.stack([torch.softmax(m(features, lengths), -1) for m in self.members])
+        return probs.mean(0).clamp(min=1e-30).log()  # (B, C)
+
+
+SpeechModel = SpeechClassifier | SpeechEnsemble  # what predictions and checkpoints take
+
+
 @torch.no_grad()
 def predict_waves(
-    model: SpeechClassifier,
+    model: SpeechModel,
     waves: Sequence[np.ndarray],
     mel: MelConfig,
     *,
@@ -474,7 +518,7 @@ SPEECH_TASK = "speech"
 
 def save_speech_checkpoint(
     path: str | os.PathLike[str],
-    model: SpeechClassifier,
+    model: SpeechModel,
     *,
     mel: MelConfig,
     labels: Sequence[str],
@@ -494,8 +538,13 @@ def save_speech_checkpoint(
         "max_seconds": float(max_seconds),
         "tta": [[float(speed), float(warp)] for speed, warp in tta],
         "speaker_mean": None if speaker_mean is None else speaker_mean.detach().cpu().float(),
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if isinstance(model, SpeechEnsemble):
+        payload["model_states"] = [
+            {k: v.detach().cpu() for k, v in m.state_dict().items()} for m in model.members
+        ]
+    else:
+        payload["model_state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload.update(extra or {})
     return save_checkpoint(path, payload)
 
@@ -503,7 +552,7 @@ def save_speech_checkpoint(
 class SpeechCheckpoint(NamedTuple):
     """What :func:`load_speech_checkpoint` returns."""
 
-    model: SpeechClassifier  # in eval mode
+    model: SpeechModel  # in eval mode
     mel: MelConfig  # the front end it was trained with
     labels: list[str]
     max_seconds: float  # longer recordings are refused
@@ -521,57 +570,16 @@ def load_speech_checkpoint(path: str | os.PathLike[str]) -> SpeechCheckpoint:
             "classifier; train one with: multihead train speech --data DIR"
         )
     labels = [str(label) for label in data["labels"]]
-    model = SpeechClassifier(SpeechModelConfig.from_dict(data["model_config"]), len(labels))
-    model.load_state_dict(data["model_state"])
+    # One model ("model_state") or an ensemble ("model_states").
+    states = data["model_states"] if "model_states" in data else [data["model_state"]]
+    config = SpeechModelConfig.from_dict(data["model_config"])
+    members = [SpeechClassifier(config, len(labels)) for _ in states]
+    for member, state in zip(members, states, strict=True):
+        member.load_state_dict(state)
+    model: SpeechModel = members[0] if len(members) == 1 else SpeechEnsemble(members)
     model.eval()
     tta = tuple((float(s), float(w)) for s, w in data.get("tta", [[1.0, 1.0]]))
     mel = MelConfig.from_dict(data["mel_config"])
     return SpeechCheckpoint(
         model, mel, labels, float(data["max_seconds"]), tta, data.get("speaker_mean")
     )
-
-
-def confusion_matrix(predicted: Tensor, actual: Tensor, num_classes: int) -> Tensor:
-    """Counts ``(C, C)``: row = actual class, column = predicted class.
-
-    Example:
-        >>> confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2).tolist()
-        [[1, 1], [0, 1]]
-    """
-    flat = actual.long() * num_classes + predicted.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def plot_confusion(
-    matrix: Tensor, labels: Sequence[str], path: str | os.PathLike[str], *, title: str = ""
-) -> Path:
-    """Confusion matrix as a PNG (rows: actual, columns: predicted; cells: counts)."""
-    from matplotlib.figure import Figure
-
-    from multihead.train.plots import save_figure
-
-    c = len(labels)
-    fig = Figure(figsize=(1.0 + 0.45 * c, 0.8 + 0.45 * c))
-    ax = fig.add_subplot()
-    counts = matrix.cpu().numpy()
-    ax.imshow(counts, cmap="Blues")
-    for i in range(c):
-        for j in range(c):
-            if counts[i, j]:
-                dark = counts[i, j] > counts.max() / 2
-                ax.text(
-                    j,
-                    i,
-                    str(counts[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if dark else "black",
-                )
-    ax.set_xticks(range(c), [str(x) for x in labels], rotation=90 if c > 12 else 0)
-    ax.set_yticks(range(c), [str(x) for x in labels])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    if title:
-        ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)
