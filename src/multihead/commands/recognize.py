@@ -54,7 +54,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--adapt-speaker",
         action="store_true",
-        help="all FILEs are one speaker: choose one vocal-tract warp for them together",
+        help="all FILEs are one speaker saying varied words: one vocal-tract warp (and, for a "
+        "new-speakers checkpoint, the speaker's mean) chosen for them together",
     )
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
 

@@ -7,6 +7,11 @@ naming each one. Held-out test set: ``--test-data DIR``, or ``--split index`` (r
 every label and speaker), ``speaker`` (one whole speaker, ``--test-speaker``; default the last
 one alphabetically) or ``random``.
 
+The ``new-speakers`` recipe (default for ``--split speaker``) subtracts each speaker's mean
+log-mel, trains an ensemble of 3 models (``--ensemble``) and stores test-time views
+(``--tta speed``) for ``recognize``; ``--adapt-speaker`` also picks one vocal-tract warp per
+test speaker (docs/speech.md).
+
 Writes into --out (default runs/speech): checkpoint.pt, metrics.json, confusion.png.
 
 Example:

@@ -86,7 +86,7 @@ def tta_views(name: str) -> tuple[View, ...]:
 
 def check_views(views: Sequence[Sequence[float]], name: str = "views") -> tuple[View, ...]:
     """``views`` as a tuple of ``(speed, warp)`` float pairs, each > 0 and finite; a
-    ``ValueError`` naming ``name`` otherwise (they also come from checkpoints)."""
+    ``ValueError`` naming ``name`` otherwise."""
     out: list[View] = []
     for i, view in enumerate(views):
         if len(view) != 2:
