@@ -7,6 +7,11 @@ naming each one. Held-out test set: ``--test-data DIR``, or ``--split index`` (r
 every label and speaker), ``speaker`` (one whole speaker, ``--test-speaker``; default the last
 one alphabetically) or ``random``.
 
+The ``new-speakers`` recipe (default for ``--split speaker``) subtracts each speaker's mean
+log-mel, trains an ensemble of 3 models (``--ensemble``) and stores test-time views
+(``--tta speed``) for ``recognize``; ``--adapt-speaker`` also picks one vocal-tract warp per
+test speaker (docs/speech.md).
+
 Writes into --out (default runs/speech): checkpoint.pt, metrics.json, confusion.png.
 
 Example:
@@ -41,6 +46,7 @@ from multihead.tasks.speech import (
 from multihead.tasks.synth_digits import ACCENTS, VARIANTS, espeak_available, synthetic_voices
 from multihead.train.speech import (
     RECIPES,
+    SpeechEnsemble,
     SpeechModelConfig,
     SpeechTrainConfig,
     confusion_matrix,
@@ -49,6 +55,13 @@ from multihead.train.speech import (
     save_speech_checkpoint,
     speech_recipe,
     train_speech,
+)
+from multihead.train.speech_tta import (
+    RECIPE_ENSEMBLE,
+    RECIPE_TTA,
+    TTA_PRESETS,
+    predict_by_speaker,
+    tta_views,
 )
 
 __all__ = ["add_options", "run"]
@@ -93,6 +106,33 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
             "choices": RECIPES,
             "help": "front end and augmentation: 'new-speakers' (the default for --split "
             "speaker) for voices never heard in training, else 'standard'",
+        },
+    ),
+    (
+        "--tta",
+        {
+            "choices": tuple(TTA_PRESETS),
+            "help": "test-time augmentation, stored in the checkpoint for recognize "
+            f"(default: {RECIPE_TTA['new-speakers']!r} with recipe new-speakers, else "
+            f"{RECIPE_TTA['standard']!r})",
+        },
+    ),
+    (
+        "--ensemble",
+        {
+            "type": int_in(1, 10),
+            "metavar": "N",
+            "help": "train N models (seeds SEED..SEED+N-1, sharing --time-limit) and average "
+            f"their probabilities (default: {RECIPE_ENSEMBLE['new-speakers']} with recipe "
+            f"new-speakers, else {RECIPE_ENSEMBLE['standard']})",
+        },
+    ),
+    (
+        "--adapt-speaker",
+        {
+            "action": "store_true",
+            "help": "test: choose one vocal-tract warp per test speaker (the file names' "
+            "speaker field), as recognize --adapt-speaker does for a batch",
         },
     ),
     ("--epochs", {"type": int, "help": "most passes over the data (default 100)"}),
@@ -227,6 +267,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out if args.out is not None else os.path.join("runs", "speech"))
     recipe = args.recipe or ("new-speakers" if args.split == "speaker" else "standard")
     mel, augment = speech_recipe(recipe)
+    tta = args.tta or RECIPE_TTA[recipe]
+    # --ensemble is declared by textclass's options too (plain int there): check it here.
+    members = RECIPE_ENSEMBLE[recipe] if args.ensemble is None else args.ensemble
+    if isinstance(members, bool) or not isinstance(members, int) or not 1 <= members <= 10:
+        raise CommandError(f"--ensemble must be an integer from 1 to 10, got {members!r}")
+    views = tta_views(tta)
     train_ex, test_ex = _examples(args)
     train_ex, valid_ex = _hold_out_speaker(train_ex, args.valid_speaker)
     train_waves, train_ex = _load(train_ex, "training", args, mel)
@@ -252,14 +298,19 @@ def run(args: argparse.Namespace) -> int:
         d_ff=2 * (args.d_model or defaults.d_model),
     )
     base = SpeechTrainConfig()
-    config = SpeechTrainConfig(
-        max_epochs=args.epochs or base.max_epochs,
-        batch_size=args.batch_size or base.batch_size,
-        lr=args.lr or base.lr,
-        time_limit_s=args.time_limit if args.time_limit is not None else base.time_limit_s,
-        seed=args.seed or 0,
-        augment=augment,
-    )
+    time_limit = args.time_limit if args.time_limit is not None else base.time_limit_s
+    configs = [
+        SpeechTrainConfig(
+            max_epochs=args.epochs or base.max_epochs,
+            batch_size=args.batch_size or base.batch_size,
+            lr=args.lr or base.lr,
+            # The time limit is the whole run's: an ensemble's members share it.
+            time_limit_s=None if time_limit is None else time_limit / members,
+            seed=(args.seed or 0) + k,
+            augment=augment,
+        )
+        for k in range(members)
+    ]
     chatty = not (args.no_progress or args.json)
     if chatty:
         print(
@@ -267,6 +318,7 @@ def run(args: argparse.Namespace) -> int:
             f"{f' and {len(extra[0])} extra' if extra[0] else ''}, "
             f"validating on {len(valid[0]) if valid else 'a share of them'}, "
             f"testing on {len(test_waves)}"
+            f"{f'; an ensemble of {members} models' if members > 1 else ''}"
         )
 
     def progress(record: dict[str, float]) -> None:
@@ -277,35 +329,68 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = train_speech(
-        train_waves,
-        [index[e.label] for e in train_ex],
-        len(labels),
-        mel=mel,
-        model_config=model_config,
-        config=config,
-        valid=valid,
-        extra=extra if extra[0] else None,
-        progress=progress,
-        max_steps=args.steps,
-    )
+    results = [
+        train_speech(
+            train_waves,
+            [index[e.label] for e in train_ex],
+            len(labels),
+            mel=mel,
+            model_config=model_config,
+            config=config,
+            valid=valid,
+            extra=extra if extra[0] else None,
+            progress=progress,
+            max_steps=args.steps,
+            speakers=[e.speaker for e in train_ex],
+        )
+        for config in configs
+    ]
+    result = results[0]
+    model = result.model if members == 1 else SpeechEnsemble([r.model for r in results])
     metrics: dict[str, Any] = {
         "task": "speech",
         "recipe": recipe,
+        "tta": tta,
+        "adapt_speaker": bool(args.adapt_speaker),
+        "ensemble": members,
         "train_files": len(train_waves),
         "extra_train_clips": len(extra[0]),
         "valid_files": len(valid[0]) if valid else None,
         "test_files": len(test_waves),
         "labels": labels,
+        # Of the first model; "members" has every model's.
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "stopped_by": result.stopped_by,
         "valid_accuracy": round(result.valid_accuracy, 4),
-        "train_seconds": round(result.seconds, 1),
+        "train_seconds": round(sum(r.seconds for r in results), 1),
+        "members": [
+            {
+                "seed": c.seed,
+                "epochs": r.epochs,
+                "best_epoch": r.best_epoch,
+                "stopped_by": r.stopped_by,
+                "valid_accuracy": round(r.valid_accuracy, 4),
+                "train_seconds": round(r.seconds, 1),
+            }
+            for c, r in zip(configs, results, strict=True)
+        ],
     }
     out.mkdir(parents=True, exist_ok=True)
     if test_waves:
-        probs = predict_waves(result.model, test_waves, mel)
+        if args.adapt_speaker or mel.speaker_norm:
+            probs, warps = predict_by_speaker(
+                model,
+                test_waves,
+                [e.speaker for e in test_ex],
+                mel,
+                views=views,
+                adapt=args.adapt_speaker,
+            )
+            if args.adapt_speaker:
+                metrics["speaker_warps"] = {str(k): v for k, v in warps.items()}
+        else:
+            probs = predict_waves(model, test_waves, mel, views=views)
         actual = torch.tensor(test_ids)
         matrix = confusion_matrix(probs.argmax(-1), actual, len(labels))
         accuracy = float(matrix.diag().sum()) / len(test_waves)
@@ -314,10 +399,12 @@ def run(args: argparse.Namespace) -> int:
         plot_confusion(matrix, labels, out / "confusion.png", title=f"test accuracy {accuracy:.1%}")
     checkpoint = save_speech_checkpoint(
         out / "checkpoint.pt",
-        result.model,
+        model,
         mel=mel,
         labels=labels,
         max_seconds=args.max_seconds,
+        tta=views,
+        speaker_mean=result.speaker_mean,
         extra={"metrics": {k: v for k, v in metrics.items() if k != "confusion"}},
     )
     metrics["checkpoint"] = str(checkpoint)
@@ -327,8 +414,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     test = f"{metrics['test_accuracy']:.1%}" if test_waves else "no test files"
     print(
-        f"speech: {result.epochs} epoch(s) in {result.seconds:.0f} s ({result.stopped_by}); "
-        f"validation {result.valid_accuracy:.1%}, test {test}"
+        f"speech: {'+'.join(str(r.epochs) for r in results)} epoch(s) in "
+        f"{sum(r.seconds for r in results):.0f} s ({', '.join(r.stopped_by for r in results)}); "
+        f"validation {'/'.join(f'{r.valid_accuracy:.1%}' for r in results)}, test {test}"
     )
     print(f"wrote {out}/ (checkpoint.pt, metrics.json{', confusion.png' if test_waves else ''})")
     sys.stdout.flush()

@@ -76,7 +76,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--ensemble",
         type=int,
         metavar="K",
-        help="train K models (seeds seed..seed+K-1) and average them (default 5)",
+        help="train K models (seeds seed..seed+K-1) and average them (default: textclass 5; "
+        "speech 3 with recipe new-speakers, else 1)",
     )
 
 

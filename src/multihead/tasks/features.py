@@ -19,15 +19,18 @@ microphone and channel, and with it the envelope of the word.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "NORMS",
     "MelConfig",
+    "batch_features",
     "cmvn",
     "floor_db",
     "frames_for",
@@ -37,6 +40,8 @@ __all__ = [
     "mel_filterbank",
     "mel_to_hz",
     "normalise",
+    "pad_waves",
+    "speaker_offsets",
     "trim_silence",
 ]
 
@@ -70,6 +75,10 @@ class MelConfig:
     # (leading and trailing silence, whose length differs from one recording set-up to the
     # next); None keeps the whole clip.
     trim_db: float | None = None
+    # Subtract the speaker's mean log-mel of each band, over all of that speaker's clips,
+    # before the per-clip normalisation (speaker-level cepstral mean normalisation): needs
+    # the speaker of every training clip, and several clips of one speaker at test time.
+    speaker_norm: bool = False
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
@@ -98,7 +107,8 @@ class MelConfig:
     def from_dict(cls, d: dict[str, Any]) -> MelConfig:
         # Checkpoints written before an option existed were trained without it: per-band
         # CMVN before ``norm``, the full dynamic range before ``top_db``.
-        return cls(**{"norm": "band", "lifter": 0, "top_db": None, "trim_db": None, **d})
+        old = {"norm": "band", "lifter": 0, "top_db": None, "trim_db": None, "speaker_norm": False}
+        return cls(**{**old, **d})
 
 
 def hz_to_mel(f: Tensor | float) -> Tensor:
@@ -253,3 +263,75 @@ def normalise(features: Tensor, lengths: Tensor | None, mode: str, eps: float = 
     b, f, m = features.shape
     flat = cmvn(features.reshape(b, f * m, 1), None if lengths is None else lengths * m, eps)
     return flat.reshape(b, f, m)
+
+
+def pad_waves(waves: Sequence[np.ndarray], mel: MelConfig | None = None) -> tuple[Tensor, Tensor]:
+    """Stack 1-D waveforms, zero-padded at the end -> ``(waves (B, T), lengths (B,))``; with
+    ``mel``, each is first trimmed of silence as ``mel.trim_db`` asks (:func:`trim_silence`)."""
+    clips = [torch.from_numpy(np.asarray(w, dtype=np.float32)) for w in waves]
+    if mel is not None:
+        clips = [trim_silence(c, mel) for c in clips]
+    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
+    out = torch.zeros(len(clips), int(lengths.max()))
+    for i, c in enumerate(clips):
+        out[i, : len(c)] = c
+    return out, lengths
+
+
+def _raw_features(
+    waves: Tensor, lengths: Tensor, mel: MelConfig, filterbank: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Log-mels of padded waveforms with ``mel``'s floor and lifter, before normalisation:
+    ``(B, T)``, ``(B,)`` -> ``(B, F, M)``, ``(B,)`` real frames."""
+    feats = log_mel(waves, mel, filterbank)
+    if mel.top_db is not None:
+        feats = floor_db(feats, mel.top_db)
+    if mel.lifter:
+        feats = feats @ lifter_matrix(mel.n_mels, mel.lifter)
+    return feats, frames_for(lengths, mel).clamp(max=feats.shape[1])
+
+
+def batch_features(
+    waves: Tensor,
+    lengths: Tensor,
+    mel: MelConfig,
+    filterbank: Tensor | None = None,
+    offsets: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Normalised log-mel features of padded waveforms; ``offsets (B, M)``, when given, are
+    subtracted from each clip's log-mels first (a speaker's mean, :func:`speaker_offsets`).
+
+    Shapes: ``waves (B, T)``, ``lengths (B,)`` samples -> ``(features (B, F, M), frames (B,))``.
+    """
+    feats, frames = _raw_features(waves, lengths, mel, filterbank)
+    if offsets is not None:
+        feats = feats - offsets[:, None, :].to(feats)
+    return normalise(feats, frames, mel.norm), frames
+
+
+def speaker_offsets(
+    waves: Sequence[np.ndarray], speakers: Sequence[str | None], mel: MelConfig
+) -> Tensor:
+    """Each clip's speaker mean: the log-mel of every band averaged over all real frames of all
+    clips of the same speaker (``None`` is one speaker too), as ``mel`` computes them.
+
+    Subtracting it (``batch_features(offsets=...)``) is cepstral mean normalisation per speaker
+    rather than per clip: a speaker's and microphone's fixed colouring goes, while which bands
+    are loud in this word compared with that speaker's average stays.
+
+    Shapes: ``N`` waveforms ``(T_i,)`` -> ``(N, M)``.
+    """
+    if len(speakers) != len(waves):
+        raise ValueError(
+            f"speakers must name one speaker per clip: {len(speakers)} for {len(waves)} clips"
+        )
+    fb = mel_filterbank(mel)
+    sums: dict[str | None, Tensor] = {}
+    counts: dict[str | None, int] = {}
+    for wave, speaker in zip(waves, speakers, strict=True):
+        feats, frames = _raw_features(*pad_waves([wave], mel), mel, fb)
+        n = int(frames[0])
+        sums[speaker] = sums.get(speaker, 0) + feats[0, :n].double().sum(0)
+        counts[speaker] = counts.get(speaker, 0) + n
+    means = {k: (sums[k] / max(counts[k], 1)).float() for k in sums}
+    return torch.stack([means[s] for s in speakers]) if speakers else torch.zeros(0, mel.n_mels)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,13 +36,10 @@ from torch import Tensor, nn
 from multihead.modules import EncoderLayer
 from multihead.tasks.features import (
     MelConfig,
-    floor_db,
-    frames_for,
-    lifter_matrix,
-    log_mel,
+    batch_features,
     mel_filterbank,
-    normalise,
-    trim_silence,
+    pad_waves,
+    speaker_offsets,
 )
 from multihead.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from multihead.train.speech_augment import (
@@ -52,12 +49,17 @@ from multihead.train.speech_augment import (
     augment_features,
     mixup_loss,
     speech_recipe,
+    stretch_features,
 )
+from multihead.train.speech_report import confusion_matrix, plot_confusion
 
 __all__ = [
     "RECIPES",
     "AugmentConfig",
+    "SpeechCheckpoint",
     "SpeechClassifier",
+    "SpeechEnsemble",
+    "SpeechModel",
     "SpeechModelConfig",
     "SpeechTrainConfig",
     "SpeechTrainResult",
@@ -70,6 +72,7 @@ __all__ = [
     "predict_waves",
     "save_speech_checkpoint",
     "speech_recipe",
+    "stretch_features",
     "train_speech",
 ]
 
@@ -191,61 +194,100 @@ class SpeechClassifier(nn.Module):
         return (logits, maps) if need_weights else logits
 
 
-def pad_waves(waves: Sequence[np.ndarray], mel: MelConfig | None = None) -> tuple[Tensor, Tensor]:
-    """Stack 1-D waveforms, zero-padded at the end -> ``(waves (B, T), lengths (B,))``; with
-    ``mel``, each is first trimmed of silence as ``mel.trim_db`` asks (:func:`trim_silence`)."""
-    clips = [torch.from_numpy(np.asarray(w, dtype=np.float32)) for w in waves]
-    if mel is not None:
-        clips = [trim_silence(c, mel) for c in clips]
-    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
-    out = torch.zeros(len(clips), int(lengths.max()))
-    for i, c in enumerate(clips):
-        out[i, : len(c)] = c
-    return out, lengths
+class SpeechEnsemble(nn.Module):
+    """Several :class:`SpeechClassifier` of the same classes, trained with different seeds;
+    its "logits" are the log of their mean probabilities, so a softmax of them averages the
+    members' probabilities.
 
+    Shapes: ``features (B, F, M)``, ``lengths (B,)`` -> ``(B, C)``.
 
-def batch_features(
-    waves: Tensor, lengths: Tensor, mel: MelConfig, filterbank: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Normalised log-mel features of padded waveforms.
-
-    Shapes: ``waves (B, T)``, ``lengths (B,)`` samples -> ``(features (B, F, M), frames (B,))``.
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> members = [SpeechClassifier(SpeechModelConfig(), 3).eval() for _ in range(2)]
+        >>> x, n = torch.randn(1, 20, 40), torch.tensor([20])
+        >>> mean = (members[0](x, n).softmax(-1) + members[1](x, n).softmax(-1)) / 2
+        >>> torch.allclose(SpeechEnsemble(members)(x, n).softmax(-1), mean, atol=1e-6)
+        True
     """
-    feats = log_mel(waves, mel, filterbank)
-    if mel.top_db is not None:
-        feats = floor_db(feats, mel.top_db)
-    if mel.lifter:
-        feats = feats @ lifter_matrix(mel.n_mels, mel.lifter)
-    frames = frames_for(lengths, mel).clamp(max=feats.shape[1])
-    return normalise(feats, frames, mel.norm), frames
+
+    def __init__(self, members: Sequence[SpeechClassifier]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("members must hold at least one SpeechClassifier, got none")
+        classes = {m.head.out_features for m in members}
+        if len(classes) != 1:
+            raise ValueError(f"members must have the same number of classes, got {classes}")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    @property
+    def head(self) -> nn.Linear:
+        """The first member's classifier layer (its ``out_features`` is the class count)."""
+        head = self.members[0].head
+        assert isinstance(head, nn.Linear)
+        return head
+
+    def forward(self, features: Tensor, lengths: Tensor) -> Tensor:
+        probs = torch.stack([torch.softmax(m(features, lengths), -1) for m in self.members])
+        return probs.mean(0).clamp(min=1e-30).log()  # (B, C)
+
+
+SpeechModel = SpeechClassifier | SpeechEnsemble  # what predictions and checkpoints take
 
 
 @torch.no_grad()
 def predict_waves(
-    model: SpeechClassifier,
+    model: SpeechModel,
     waves: Sequence[np.ndarray],
     mel: MelConfig,
     *,
     batch_size: int = 64,
+    views: Sequence[tuple[float, float]] = ((1.0, 1.0),),
+    offsets: Tensor | None = None,
 ) -> Tensor:
     """Class probabilities for mono waveforms at ``mel.sample_rate``: ``-> (B, C)``.
+
+    ``offsets (B, M)``: each clip's speaker mean, for a model trained with
+    ``mel.speaker_norm`` (:func:`~multihead.tasks.features.speaker_offsets`).
+
+    ``views`` are ``(speed, warp)`` stretches of each utterance's features
+    (:func:`~multihead.train.speech_augment.stretch_features`); the probabilities are averaged
+    over them (test-time augmentation). The default, one view ``(1, 1)``, is the plain
+    prediction.
 
     Utterances are batched by similar length so little padding is computed. Features are
     computed one utterance at a time, so a file's result never depends on the files it is
     batched with.
     """
+    if not views:
+        raise ValueError("views must hold at least one (speed, warp) pair, got none")
+    if offsets is not None and tuple(offsets.shape) != (len(waves), mel.n_mels):
+        raise ValueError(
+            f"offsets must be (clips, n_mels) = {(len(waves), mel.n_mels)}, "
+            f"got {tuple(offsets.shape)}"
+        )
     model.eval()
     fb = mel_filterbank(mel)
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     probs = torch.zeros(len(waves), model.head.out_features)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        one = [batch_features(*pad_waves([waves[i]], mel), mel, fb)[0][0] for i in idx]  # (F_i, M)
+        one = [
+            batch_features(
+                *pad_waves([waves[i]], mel),
+                mel,
+                fb,
+                None if offsets is None else offsets[i : i + 1],
+            )[0][0]
+            for i in idx
+        ]  # (F_i, M) each
         frames = torch.tensor([len(f) for f in one])
         feats = torch.nn.utils.rnn.pad_sequence(one, batch_first=True)  # (B, F, M)
-        logits = model(feats, frames)
-        assert isinstance(logits, Tensor)
-        probs[idx] = torch.softmax(logits, dim=-1)
+        for speed, warp in views:
+            x, n = stretch_features(feats, frames, speed=speed, warp=warp)
+            logits = model(x, n)
+            assert isinstance(logits, Tensor)
+            probs[idx] += torch.softmax(logits, dim=-1) / len(views)
     return probs
 
 
@@ -267,6 +309,9 @@ class SpeechTrainResult:
     history: list[dict[str, float]]
     step_losses: list[float]
     stopped_by: str
+    # With mel.speaker_norm: the training speakers' means averaged, speakers weighted alike
+    # (M,), the stand-in for a speaker of whom only one clip is at hand.
+    speaker_mean: Tensor | None = None
 
     @property
     def best(self) -> dict[str, float]:
@@ -334,6 +379,7 @@ def train_speech(
     extra: LabelledWaves | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
     max_steps: int | None = None,
+    speakers: Sequence[str | None] | None = None,
 ) -> SpeechTrainResult:
     """Train a :class:`SpeechClassifier` with early stopping on validation accuracy.
 
@@ -348,6 +394,8 @@ def train_speech(
             voices, other data sets).
         progress: called with each epoch's record.
         max_steps: stop after this many updates (smoke tests).
+        speakers: the speaker of each of ``waves``, needed by ``mel.speaker_norm`` (then
+            ``valid`` and ``extra``, when given, each count as one speaker).
     """
     for name, pair in (("waves", (waves, labels)), ("valid", valid), ("extra", extra)):
         if pair is not None and len(pair[0]) != len(pair[1]):
@@ -365,6 +413,24 @@ def train_speech(
         valid_waves, valid_y = list(valid[0]), torch.tensor(list(valid[1]), dtype=torch.long)
     extra_waves, extra_labels = extra if extra is not None else ([], [])
     train_idx += range(len(waves), len(waves) + len(extra_waves))
+    offsets: Tensor | None = None  # (N + extra, M) speaker means, with mel.speaker_norm
+    valid_offsets: Tensor | None = None
+    speaker_mean: Tensor | None = None
+    if mel.speaker_norm:
+        if speakers is None or len(speakers) != len(waves):
+            raise ValueError(
+                "speakers must name the speaker of each of waves when mel.speaker_norm is set, "
+                f"got {None if speakers is None else len(speakers)} for {len(waves)} clips"
+            )
+        own = speaker_offsets(waves, speakers, mel)  # (N, M)
+        first = {s: i for i, s in reversed(list(enumerate(speakers)))}  # one row per speaker
+        speaker_mean = own[list(first.values())].mean(0)
+        offsets = torch.cat([own, speaker_offsets(extra_waves, [None] * len(extra_waves), mel)])
+        valid_offsets = (
+            offsets[valid_idx]
+            if valid is None
+            else speaker_offsets(valid_waves, [None] * len(valid_waves), mel)
+        )
     model = SpeechClassifier(model_config, num_classes)
     fb = mel_filterbank(mel)
     all_waves, all_lengths = pad_waves([*waves, *extra_waves], mel)
@@ -395,7 +461,9 @@ def train_speech(
         for idx in _length_batches(train_idx, all_lengths, config.batch_size, gen):
             lengths = all_lengths[idx]
             x = add_noise(all_waves[idx, : int(lengths.max())], lengths, config.augment, gen)
-            feats, frames = batch_features(x, lengths, mel, fb)
+            feats, frames = batch_features(
+                x, lengths, mel, fb, None if offsets is None else offsets[idx]
+            )
             feats, frames = augment_features(feats, frames, config.augment, gen)
             loss = mixup_loss(model, feats, frames, y[idx], config.augment.mixup, gen)
             opt.zero_grad(set_to_none=True)
@@ -408,7 +476,7 @@ def train_speech(
             if max_steps is not None and len(step_losses) >= max_steps:
                 break
         if valid_waves:
-            probs = predict_waves(model, valid_waves, mel)
+            probs = predict_waves(model, valid_waves, mel, offsets=valid_offsets)
             acc = float((probs.argmax(-1) == valid_y).float().mean())
             valid_loss = float(F.nll_loss(torch.log(probs.clamp(min=1e-12)), valid_y))
         else:  # no validation share: keep the lowest training loss
@@ -440,7 +508,7 @@ def train_speech(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return SpeechTrainResult(model, history, step_losses, stopped_by)
+    return SpeechTrainResult(model, history, step_losses, stopped_by, speaker_mean)
 
 
 # ------------------------------------------------------------------ checkpoints and reports
@@ -450,30 +518,51 @@ SPEECH_TASK = "speech"
 
 def save_speech_checkpoint(
     path: str | os.PathLike[str],
-    model: SpeechClassifier,
+    model: SpeechModel,
     *,
     mel: MelConfig,
     labels: Sequence[str],
     max_seconds: float,
+    tta: Sequence[tuple[float, float]] = ((1.0, 1.0),),
+    speaker_mean: Tensor | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write everything :func:`load_speech_checkpoint` needs, atomically, as plain values."""
+    """Write everything :func:`load_speech_checkpoint` needs, atomically, as plain values;
+    ``tta`` are the ``(speed, warp)`` views :func:`predict_waves` should average over,
+    ``speaker_mean (M,)`` the stand-in speaker mean of a ``mel.speaker_norm`` model."""
     payload: dict[str, Any] = {
         "task": SPEECH_TASK,
         "model_config": model.config.to_dict(),
         "mel_config": mel.to_dict(),
         "labels": list(labels),
         "max_seconds": float(max_seconds),
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tta": [[float(speed), float(warp)] for speed, warp in tta],
+        "speaker_mean": None if speaker_mean is None else speaker_mean.detach().cpu().float(),
     }
+    if isinstance(model, SpeechEnsemble):
+        payload["model_states"] = [
+            {k: v.detach().cpu() for k, v in m.state_dict().items()} for m in model.members
+        ]
+    else:
+        payload["model_state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload.update(extra or {})
     return save_checkpoint(path, payload)
 
 
-def load_speech_checkpoint(
-    path: str | os.PathLike[str],
-) -> tuple[SpeechClassifier, MelConfig, list[str], float]:
-    """``(model in eval mode, front end, labels, max_seconds)`` from a speech checkpoint."""
+class SpeechCheckpoint(NamedTuple):
+    """What :func:`load_speech_checkpoint` returns."""
+
+    model: SpeechModel  # in eval mode
+    mel: MelConfig  # the front end it was trained with
+    labels: list[str]
+    max_seconds: float  # longer recordings are refused
+    tta: tuple[tuple[float, float], ...]  # (speed, warp) views to average over
+    speaker_mean: Tensor | None  # (M,) with mel.speaker_norm: for a clip without its speaker
+
+
+def load_speech_checkpoint(path: str | os.PathLike[str]) -> SpeechCheckpoint:
+    """Model, front end, labels, longest accepted recording and test-time views from a speech
+    checkpoint (one written before test-time augmentation existed has the plain view)."""
     data = load_checkpoint(path)
     if data.get("task") != SPEECH_TASK:
         raise CheckpointError(
@@ -481,53 +570,16 @@ def load_speech_checkpoint(
             "classifier; train one with: multihead train speech --data DIR"
         )
     labels = [str(label) for label in data["labels"]]
-    model = SpeechClassifier(SpeechModelConfig.from_dict(data["model_config"]), len(labels))
-    model.load_state_dict(data["model_state"])
+    # One model ("model_state") or an ensemble ("model_states").
+    states = data["model_states"] if "model_states" in data else [data["model_state"]]
+    config = SpeechModelConfig.from_dict(data["model_config"])
+    members = [SpeechClassifier(config, len(labels)) for _ in states]
+    for member, state in zip(members, states, strict=True):
+        member.load_state_dict(state)
+    model: SpeechModel = members[0] if len(members) == 1 else SpeechEnsemble(members)
     model.eval()
-    return model, MelConfig.from_dict(data["mel_config"]), labels, float(data["max_seconds"])
-
-
-def confusion_matrix(predicted: Tensor, actual: Tensor, num_classes: int) -> Tensor:
-    """Counts ``(C, C)``: row = actual class, column = predicted class.
-
-    Example:
-        >>> confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2).tolist()
-        [[1, 1], [0, 1]]
-    """
-    flat = actual.long() * num_classes + predicted.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def plot_confusion(
-    matrix: Tensor, labels: Sequence[str], path: str | os.PathLike[str], *, title: str = ""
-) -> Path:
-    """Confusion matrix as a PNG (rows: actual, columns: predicted; cells: counts)."""
-    from matplotlib.figure import Figure
-
-    from multihead.train.plots import save_figure
-
-    c = len(labels)
-    fig = Figure(figsize=(1.0 + 0.45 * c, 0.8 + 0.45 * c))
-    ax = fig.add_subplot()
-    counts = matrix.cpu().numpy()
-    ax.imshow(counts, cmap="Blues")
-    for i in range(c):
-        for j in range(c):
-            if counts[i, j]:
-                dark = counts[i, j] > counts.max() / 2
-                ax.text(
-                    j,
-                    i,
-                    str(counts[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if dark else "black",
-                )
-    ax.set_xticks(range(c), [str(x) for x in labels], rotation=90 if c > 12 else 0)
-    ax.set_yticks(range(c), [str(x) for x in labels])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    if title:
-        ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)
+    tta = tuple((float(s), float(w)) for s, w in data.get("tta", [[1.0, 1.0]]))
+    mel = MelConfig.from_dict(data["mel_config"])
+    return SpeechCheckpoint(
+        model, mel, labels, float(data["max_seconds"]), tta, data.get("speaker_mean")
+    )

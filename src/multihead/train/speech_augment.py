@@ -35,6 +35,7 @@ __all__ = [
     "augment_features",
     "mixup_loss",
     "speech_recipe",
+    "stretch_features",
 ]
 
 
@@ -74,18 +75,20 @@ def speech_recipe(name: str) -> tuple[MelConfig, AugmentConfig]:
     ``new-speakers`` is for voices never heard in training (``--split speaker``): leading and
     trailing silence is cut (``trim_db``) and the remaining floor levelled (``top_db``), as
     recording set-ups differ most in their silence; speed and vocal-tract ranges are wider,
-    noise stronger and more frequent, and utterances are blended (mixup). It was chosen on a
-    validation speaker held out from the training speakers (docs/speech.md).
+    noise stronger and more frequent, and utterances are blended (mixup); each speaker's mean
+    log-mel is subtracted (``MelConfig.speaker_norm``: training needs each clip's speaker, and
+    testing several clips of one speaker). It was chosen on validation speakers held out from
+    the training speakers (docs/speech.md).
 
     Example:
         >>> mel, augment = speech_recipe("new-speakers")
-        >>> mel.trim_db, augment.mixup
-        (25.0, 0.4)
+        >>> mel.trim_db, mel.speaker_norm, augment.mixup
+        (25.0, True, 0.4)
     """
     if name == "standard":
         return MelConfig(), AugmentConfig()
     if name == "new-speakers":
-        return MelConfig(top_db=45.0, trim_db=25.0), AugmentConfig(
+        return MelConfig(top_db=45.0, trim_db=25.0, speaker_norm=True), AugmentConfig(
             speed=(0.8, 1.25), warp=(0.85, 1.15), noise_prob=0.5, snr_db=(5.0, 30.0), mixup=0.4
         )
     raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {name!r}")
@@ -105,6 +108,67 @@ def add_noise(waves: Tensor, lengths: Tensor, aug: AugmentConfig, gen: torch.Gen
     return waves + noise * real
 
 
+def _stretch(
+    feats: Tensor, frames: Tensor, speed: Tensor, warp: Tensor, f_out: int
+) -> tuple[Tensor, Tensor]:
+    """Stretch each utterance's time axis by ``speed (B,)`` and mel axis by ``warp (B,)``.
+
+    Output frame i reads input frame ``i * speed`` and output band j reads band ``j * warp``
+    (clamped to the top band, so a stretched spectrum keeps its highest band rather than
+    zeros), linearly interpolated. ``warp < 1`` moves the spectrum up, as a shorter vocal
+    tract does. Shapes: ``feats (B, F, M)``, ``frames (B,)`` -> ``(B, F'', M)``, ``(B,)``
+    with ``F''`` the longest stretched utterance (at most ``f_out``); padded frames are 0.
+    """
+    b, f, m = feats.shape
+    src_t = torch.arange(f_out)[None, :] * speed[:, None]  # (B, F')
+    src_m = (torch.arange(m)[None, :] * warp[:, None]).clamp(max=m - 1)  # (B, M)
+    grid = torch.stack(
+        torch.broadcast_tensors(
+            (2 * src_m / max(m - 1, 1) - 1)[:, None, :],  # x: the mel axis
+            (2 * src_t / max(f - 1, 1) - 1)[:, :, None],  # y: the time axis
+        ),
+        dim=-1,
+    ).to(feats.dtype)  # (B, F', M, 2)
+    out = F.grid_sample(
+        feats.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    ).squeeze(1)  # (B, F', M)
+    new_frames = torch.ceil(frames / speed).long().clamp(1, f_out)
+    out = out[:, : int(new_frames.max())]  # frames past every utterance's end are padding
+    real = torch.arange(out.shape[1])[None, :] < new_frames[:, None]
+    return out.masked_fill(~real.unsqueeze(-1), 0.0), new_frames
+
+
+def stretch_features(
+    feats: Tensor, frames: Tensor, *, speed: float = 1.0, warp: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """One deterministic speed (time axis) and vocal-tract (mel axis) stretch of every
+    utterance, the same map :func:`augment_features` draws at random: test-time augmentation
+    and speaker adaptation use it. ``speed == warp == 1`` returns the input unchanged.
+
+    Shapes: ``feats (B, F, M)``, ``frames (B,)`` -> ``(B, F', M)``, ``(B,)``,
+    ``F' = ceil(F / speed)`` at most.
+
+    Example:
+        >>> x = torch.randn(2, 30, 40)
+        >>> y, n = stretch_features(x, torch.tensor([30, 20]), speed=1.25, warp=0.9)
+        >>> y.shape, n.tolist()
+        (torch.Size([2, 24, 40]), [24, 16])
+    """
+    for name, value in (("speed", speed), ("warp", warp)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if speed == 1.0 and warp == 1.0:
+        return feats, frames
+    b, f, _ = feats.shape
+    return _stretch(
+        feats,
+        frames,
+        torch.full((b,), float(speed)),
+        torch.full((b,), float(warp)),
+        math.ceil(f / speed),
+    )
+
+
 def augment_features(
     feats: Tensor, frames: Tensor, aug: AugmentConfig, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
@@ -116,26 +180,9 @@ def augment_features(
     b, f, m = feats.shape
     speed = aug.speed[0] + (aug.speed[1] - aug.speed[0]) * torch.rand(b, generator=gen)
     warp = aug.warp[0] + (aug.warp[1] - aug.warp[0]) * torch.rand(b, generator=gen)
-    f_out = math.ceil(f / aug.speed[0])
-    # Output frame i reads input frame i * speed; output band j reads band j * warp (clamped
-    # to the top band, so a stretched spectrum keeps its highest band rather than zeros).
-    src_t = torch.arange(f_out)[None, :] * speed[:, None]  # (B, F')
-    src_m = (torch.arange(m)[None, :] * warp[:, None]).clamp(max=m - 1)  # (B, M)
-    grid = torch.stack(
-        torch.broadcast_tensors(
-            (2 * src_m / max(m - 1, 1) - 1)[:, None, :],  # x: the mel axis
-            (2 * src_t / max(f - 1, 1) - 1)[:, :, None],  # y: the time axis
-        ),
-        dim=-1,
-    )  # (B, F', M, 2)
-    out = F.grid_sample(
-        feats.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=True
-    ).squeeze(1)  # (B, F', M)
-    new_frames = torch.ceil(frames / speed).long().clamp(1, f_out)
-    f_out = int(new_frames.max())
-    out = out[:, :f_out]  # frames past every utterance's end are padding
+    out, new_frames = _stretch(feats, frames, speed, warp, math.ceil(f / aug.speed[0]))
+    f_out = out.shape[1]
     real = torch.arange(f_out)[None, :] < new_frames[:, None]
-    out = out.masked_fill(~real.unsqueeze(-1), 0.0)
     if aug.channel > 0:
         k = torch.arange(1, 4, dtype=out.dtype)[:, None]  # (3, 1) periods
         cosines = torch.cos(math.pi * k * (torch.arange(m, dtype=out.dtype) + 0.5) / m)  # (3, M)
