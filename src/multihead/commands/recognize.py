@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from multihead.commands._common import in_blocks, set_threads
+from multihead.commands._common import add_threads_option, in_blocks, set_threads
 from multihead.tasks.speech import WavError, read_wav
 from multihead.train.speech import load_speech_checkpoint, predict_waves
 from multihead.train.speech_tta import TTA_PRESETS, predict_by_speaker, tta_views
@@ -57,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="all FILEs are one speaker saying varied words: one vocal-tract warp (and, for a "
         "new-speakers checkpoint, the speaker's mean) chosen for them together",
     )
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
+    add_threads_option(parser, "CPU threads for torch (default: torch's own choice)")
 
 
 def run(args: argparse.Namespace) -> int:
