@@ -197,6 +197,15 @@ def test_tta_and_adapt_speaker_commands(tmp_path: Path, capsys: pytest.CaptureFi
     assert "--tta: invalid choice: 'loud'" in capsys.readouterr().err
     assert main([*argv[:-1], "--ensemble", "0"]) == 2
     assert "--ensemble" in capsys.readouterr().err
+    # One readable file among bad ones: the results stay one per file, in order, and the one
+    # clip is recognized on its own (it says nothing about its speaker's mean or warp).
+    bad = tmp_path / "empty.wav"
+    bad.write_bytes(b"")
+    assert main(["recognize", "--checkpoint", ckpt, "--adapt-speaker", str(bad), files[0]]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 2 and lines[0] == "" and lines[1] in {"0", "1", "2"}
+    assert "needs several files" in captured.err and "file 1:" in captured.err
 
 
 def test_speaker_offsets_and_speaker_norm() -> None:
@@ -241,3 +250,11 @@ def test_speaker_offsets_and_speaker_norm() -> None:
             config=SpeechTrainConfig(),
             max_steps=1,
         )
+
+
+def test_ensemble_members_must_share_a_config_and_speaker_norm_needs_offsets() -> None:
+    other = SpeechClassifier(SpeechModelConfig(d_model=48, num_heads=2, d_ff=64), 4)
+    with pytest.raises(ValueError, match="share one SpeechModelConfig"):
+        SpeechEnsemble([_model(), other])
+    with pytest.raises(ValueError, match="offsets must give each clip's speaker mean"):
+        predict_waves(_model(), _waves(2), MelConfig(speaker_norm=True))

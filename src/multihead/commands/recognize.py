@@ -79,7 +79,15 @@ def run(args: argparse.Namespace) -> int:
                 errors[number] = str(exc)
         clips = list(waves.values())
         probs, warp = None, None
-        if clips and args.adapt_speaker:
+        if args.adapt_speaker and len(clips) == 1:
+            # One clip says nothing about its speaker's mean or warp (its own mean scored
+            # below the training speakers' average on the validation speakers).
+            print(
+                "multihead recognize: --adapt-speaker needs several files of the speaker; the "
+                "one readable file is recognized on its own",
+                file=sys.stderr,
+            )
+        if len(clips) > 1 and args.adapt_speaker:
             probs, warps = predict_by_speaker(model, clips, [None] * len(clips), mel, views=views)
             warp = warps[None]
             print(

@@ -217,6 +217,10 @@ class SpeechEnsemble(nn.Module):
         classes = {m.head.out_features for m in members}
         if len(classes) != 1:
             raise ValueError(f"members must have the same number of classes, got {classes}")
+        # A checkpoint stores one configuration for all members.
+        configs = [m.config for m in members]
+        if any(c != configs[0] for c in configs):
+            raise ValueError(f"members must share one SpeechModelConfig, got {configs}")
         self.members = nn.ModuleList(members)
         self.config = members[0].config
 
@@ -261,6 +265,12 @@ def predict_waves(
     """
     if not views:
         raise ValueError("views must hold at least one (speed, warp) pair, got none")
+    if mel.speaker_norm and offsets is None:
+        raise ValueError(
+            "offsets must give each clip's speaker mean for a model trained with "
+            "mel.speaker_norm (speaker_offsets, or the checkpoint's speaker_mean for a speaker "
+            "of whom only one clip is at hand), got None"
+        )
     if offsets is not None and tuple(offsets.shape) != (len(waves), mel.n_mels):
         raise ValueError(
             f"offsets must be (clips, n_mels) = {(len(waves), mel.n_mels)}, "
