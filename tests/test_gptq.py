@@ -306,16 +306,11 @@ def test_bad_calibration_is_refused_with_its_name():
         assert "calibration" in str(info.value)
 
 
-def test_generate_command_calibrates_on_the_training_text(tmp_path, capsys):
+def test_generate_command_calibrates_on_the_training_text(tiny_text_generate, capsys):
     from multihead.cli import main
 
-    out = tmp_path / "text"
-    tiny = ["--d-model", "32", "--layers", "1", "--heads", "2", "--batch-size", "4"]
-    args = ["train", "text", "--steps", "2", "--block-size", "16", "--out", str(out)]
-    assert main([*args, *tiny, "--no-progress"]) == 0
+    base = tiny_text_generate
     capsys.readouterr()
-    base = ["generate", "--checkpoint", str(out / "checkpoint.pt"), "--json", "--top-k", "1"]
-    base += ["--max-new-tokens", "5", "--threads", "1"]
     for mode in ("int8", "int4"):
         assert main([*base, "--quantize", mode, "--calibrate", "4"]) == 0
         assert len(json.loads(capsys.readouterr().out)["text"]) == 5

@@ -477,16 +477,11 @@ def test_thread_policy(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_generate_command_runs_a_quantized_model(tmp_path, capsys):
+def test_generate_command_runs_a_quantized_model(tiny_text_generate, capsys):
     from multihead.cli import main
 
-    out = tmp_path / "text"
-    tiny = ["--d-model", "32", "--layers", "1", "--heads", "2", "--batch-size", "4"]
-    args = ["train", "text", "--steps", "2", "--block-size", "16", "--out", str(out)]
-    assert main([*args, *tiny, "--no-progress"]) == 0
+    base = tiny_text_generate
     capsys.readouterr()
-    base = ["generate", "--checkpoint", str(out / "checkpoint.pt"), "--json", "--top-k", "1"]
-    base += ["--max-new-tokens", "5", "--threads", "1"]
     texts = {}
     for mode in ("none", "dynamic", "int8", "int4", *PACKED):
         assert main([*base, "--quantize", mode]) == 0
