@@ -547,12 +547,13 @@ def generate_lm(
 
     b, n = prompt.shape
     with _evaluating(model):
-        cache = (
-            model.new_cache(max_len=max(total - 1, n))
-            if use_cache and _takes_cache(getattr(model, "forward", model))
-            else None
-        )
-        stepper: _Stepper = _LMStepper(model, cache)
+        room = max(total - 1, n)
+        # A model may offer a leaner cached step than its forward (quantized DecoderLMs do).
+        lean = getattr(model, "_lean_stepper", None) if use_cache else None
+        stepper: _Stepper | None = lean(room) if callable(lean) else None
+        if stepper is None:
+            cached = use_cache and _takes_cache(getattr(model, "forward", model))
+            stepper = _LMStepper(model, model.new_cache(max_len=room) if cached else None)
         # Written in place: no per-step concatenation of the growing sequence.
         tokens = torch.empty(b, total, dtype=torch.long, device=prompt.device)
         tokens[:, :n] = prompt

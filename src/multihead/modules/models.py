@@ -69,6 +69,7 @@ from ..config import TransformerConfig, ViTConfig
 from ..decoding import GenerateOptions, generate_lm
 from ..positional import LearnedPositionalEncoding
 from .layers import EncoderLayer
+from .lean_decode import LeanStepper, lean_stepper
 from .stacks import (
     Decoder,
     DecoderOutput,
@@ -318,6 +319,14 @@ class DecoderLM(nn.Module):
         """
         hidden = self.decoder(ids, padding_mask, cache=cache, positions=positions).hidden
         return self.lm_head(hidden)
+
+    def _lean_stepper(self, max_len: int) -> LeanStepper | None:
+        """The lean cached step of :func:`~multihead.decoding.generate_lm` (quantized models),
+        or ``None`` (see :mod:`multihead.modules.lean_decode`); a subclass that overrides
+        :meth:`forward` always decodes through it."""
+        if type(self).forward is not DecoderLM.forward:
+            return None
+        return lean_stepper(self, max_len)
 
     def generate(
         self, input_ids: Tensor, max_new_tokens: int, **options: Unpack[GenerateOptions]

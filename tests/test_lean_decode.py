@@ -1,0 +1,240 @@
+"""The lean decoding step of quantized DecoderLMs (multihead.modules.lean_decode).
+
+References: a GPT forward written plainly in float64 from the model's own weights, and the
+float64 copy of the unquantized model run over the whole sequence without a cache (a different
+path: no cache, no lean step, no quantized layers).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from multihead.decoding import generate_lm
+from multihead.modules.lean_decode import LeanStepper
+from multihead.modules.models import DecoderLM, TransformerConfig
+from multihead.quantize import float32_packing_available, quantize
+
+needs_packing = pytest.mark.skipif(
+    not float32_packing_available(), reason="oneDNN float32 packing unavailable"
+)
+
+
+def small_lm(**overrides: object) -> DecoderLM:
+    torch.manual_seed(0)
+    options = dict(vocab_size=37, d_model=32, num_heads=4, d_ff=64, num_decoder_layers=2)
+    options.update(dropout=0.0, max_len=64)
+    options.update(overrides)
+    return DecoderLM(TransformerConfig(**options)).eval()
+
+
+def gpt64(lm: DecoderLM, ids: torch.Tensor) -> torch.Tensor:
+    """Logits ``(B, N, V)`` of a pre-norm, LayerNorm, GELU, learned-position, tied GPT, written
+    out in float64 from ``lm``'s parameters."""
+    p = {k: v.detach().double() for k, v in lm.state_dict().items()}
+    cfg = lm.config
+    e, h = cfg.d_model, cfg.num_heads
+    d = e // h
+    b, n = ids.shape
+    x = p["decoder.embedding.weight"][ids] * math.sqrt(e)
+    x = x + p["decoder.positional.weight"][:n]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+
+    def norm(x: torch.Tensor, name: str) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + cfg.norm_eps) * p[name + ".weight"] + p[name + ".bias"]
+
+    def linear(x: torch.Tensor, name: str) -> torch.Tensor:
+        return x @ p[name + ".weight"].T + p[name + ".bias"]
+
+    for i in range(cfg.num_decoder_layers):
+        pre = f"decoder.layers.{i}."
+        a = norm(x, pre + "norm1")
+        q, k, v = (
+            linear(a, pre + f"self_attn.{w}_proj").view(b, n, h, d).transpose(1, 2) for w in "qkv"
+        )
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        weights = scores.masked_fill(~causal, -math.inf).softmax(-1)
+        out = (weights @ v).transpose(1, 2).reshape(b, n, e)
+        x = x + linear(out, pre + "self_attn.out_proj")
+        f = linear(norm(x, pre + "norm2"), pre + "feed_forward.linear1")
+        x = x + linear(0.5 * f * (1 + torch.erf(f / math.sqrt(2))), pre + "feed_forward.linear2")
+    return norm(x, "decoder.norm") @ p["decoder.embedding.weight"].T
+
+
+def stepped_logits(stepper: LeanStepper, ids: torch.Tensor, prompt: int) -> torch.Tensor:
+    """The stepper's next-token logits for positions ``prompt - 1 .. N - 1`` -> ``(B, N', V)``:
+    the prompt in one call, then one token per call."""
+    out = [stepper.next_logits(ids[:, :prompt])]
+    for t in range(prompt + 1, ids.shape[1] + 1):
+        out.append(stepper.next_logits(ids[:, :t]))
+    return torch.stack(out, 1)
+
+
+@needs_packing
+def test_lean_step_matches_a_plain_float64_gpt():
+    lm = small_lm(positional="learned")
+    q = quantize(lm, weights="float32")
+    stepper = q._lean_stepper(12)
+    assert isinstance(stepper, LeanStepper)
+    ids = torch.randint(0, 37, (3, 12))
+    with torch.no_grad():
+        got = stepped_logits(stepper, ids, prompt=4)
+    expected = gpt64(lm, ids)[:, 3:]
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+CONFIGS = [
+    {},
+    {"positional": "rope"},
+    {"positional": "none", "norm_first": False},
+    {"num_kv_heads": 2, "norm": "rmsnorm", "ffn": "gated", "activation": "silu", "bias": False},
+    {"num_kv_heads": 1, "tie_embeddings": False, "activation": "gelu_tanh"},
+    {"embedding_norm": True, "type_vocab_size": 2, "final_norm": True, "norm_first": False},
+]
+
+
+@needs_packing
+@pytest.mark.parametrize("overrides", CONFIGS, ids=lambda o: ",".join(o) or "default")
+@pytest.mark.parametrize("prompt", [1, 5])
+def test_lean_step_matches_the_uncached_float64_model(overrides, prompt):
+    lm = small_lm(**overrides)
+    q = quantize(lm, weights="float32")
+    ids = torch.randint(0, 37, (2, 11))
+    stepper = q._lean_stepper(11)
+    assert stepper is not None
+    with torch.no_grad():
+        got = stepped_logits(stepper, ids, prompt)
+        expected = copy.deepcopy(lm).double()(ids)[:, prompt - 1 :]
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+@needs_packing
+@settings(max_examples=15, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    prompt=st.integers(1, 6),
+    chunks=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+)
+def test_lean_step_takes_several_new_tokens_after_a_prefix(batch, prompt, chunks):
+    # After the prompt, calls that feed more than one token at a time (the mask is then
+    # bottom-right causal) give the logits of the whole sequence.
+    lm = small_lm(positional="rope")
+    q = quantize(lm, weights="float32")
+    total = prompt + sum(chunks)
+    ids = torch.randint(0, 37, (batch, total))
+    stepper = q._lean_stepper(total)
+    assert stepper is not None
+    with torch.no_grad():
+        expected = copy.deepcopy(lm).double()(ids)
+        got = stepper.next_logits(ids[:, :prompt])
+        torch.testing.assert_close(got.double(), expected[:, prompt - 1], atol=1e-4, rtol=1e-4)
+        fed = prompt
+        for n in chunks:
+            fed += n
+            got = stepper.next_logits(ids[:, :fed])
+            torch.testing.assert_close(got.double(), expected[:, fed - 1], atol=1e-4, rtol=1e-4)
+
+
+def through_modules(monkeypatch: pytest.MonkeyPatch, model: DecoderLM) -> None:
+    """Make ``model`` decode through its modules and their cache (no lean step)."""
+    monkeypatch.setattr(model, "_lean_stepper", lambda max_len: None)
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4", "dynamic"])
+def test_quantized_generation_is_the_same_through_the_lean_step(weights, monkeypatch):
+    # The lean step runs the model's own quantized layers over the same cached keys: greedy
+    # tokens and logits equal those of the cached module path.
+    lm = small_lm(d_model=64, d_ff=128)
+    q = quantize(lm) if weights == "dynamic" else quantize(lm, weights=weights)
+    prompt = torch.randint(0, 37, (2, 4))
+    with torch.no_grad():
+        lean = generate_lm(q, prompt, max_new_tokens=12)
+        stepper = q._lean_stepper(16)
+        assert stepper is not None
+        lean_logits = stepped_logits(stepper, lean, 4)
+        through_modules(monkeypatch, q)
+        modules = generate_lm(q, prompt, max_new_tokens=12)
+        cache = q.new_cache(max_len=16)
+        module_logits = torch.stack(
+            [q(lean[:, :4], cache=cache)[:, -1]]
+            + [q(lean[:, t - 1 : t], cache=cache)[:, -1] for t in range(5, 17)],
+            1,
+        )
+    assert torch.equal(lean, modules)
+    torch.testing.assert_close(lean_logits, module_logits, atol=1e-5, rtol=1e-5)
+
+
+@needs_packing
+def test_select_keeps_and_repeats_rows():
+    lm = small_lm()
+    q = quantize(lm, weights="float32")
+    ids = torch.randint(0, 37, (3, 8))
+    stepper = q._lean_stepper(8)
+    assert stepper is not None
+    rows = torch.tensor([2, 0, 2])
+    with torch.no_grad():
+        stepper.next_logits(ids[:, :5])
+        stepper.select(rows)
+        got = stepper.next_logits(ids[rows, :6])
+        expected = copy.deepcopy(lm).double()(ids[rows, :6])[:, -1]
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+@needs_packing
+def test_feeding_past_the_room_is_refused():
+    q = quantize(small_lm(), weights="float32")
+    stepper = q._lean_stepper(4)
+    assert stepper is not None
+    with pytest.raises(ValueError, match=r"holds 4 tokens; feeding 5 after 0 needs 5"):
+        stepper.next_logits(torch.zeros(1, 5, dtype=torch.long))
+
+
+class Doubled(DecoderLM):
+    def forward(self, ids, padding_mask=None, **options):  # type: ignore[override]
+        return 2 * super().forward(ids, padding_mask, **options)
+
+
+@needs_packing
+def test_models_the_lean_step_does_not_reproduce_decode_through_their_modules():
+    assert small_lm()._lean_stepper(8) is None  # not quantized: no fused q/k/v projection
+    assert quantize(small_lm(positional="alibi"), weights="float32")._lean_stepper(8) is None
+    q = quantize(small_lm(), weights="float32")
+    assert q._lean_stepper(8) is not None
+    assert q.train()._lean_stepper(8) is None
+    q.eval()
+    seen = []
+    handle = q.decoder.layers[0].register_forward_hook(lambda *args: seen.append(1))
+    assert q._lean_stepper(8) is None
+    prompt = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        q.generate(prompt, 3)
+    assert seen  # the hook ran: decoding went through the modules
+    handle.remove()
+    doubled = Doubled(small_lm().config).eval()
+    doubled.load_state_dict(small_lm().state_dict())
+    qd = quantize(doubled, weights="float32")
+    assert qd._lean_stepper(8) is None
+    with torch.no_grad():
+        tokens = qd.generate(prompt, 4)
+        logits = qd(tokens[:, :-1])[0, 2:]
+    assert torch.equal(tokens[0, 3:], logits.argmax(-1))
+
+
+def test_sampling_through_the_lean_step_draws_the_same_tokens(monkeypatch):
+    q = quantize(small_lm(), weights="int8")
+    prompt = torch.randint(0, 37, (2, 3))
+    draws = []
+    for lean in (True, False):
+        if not lean:
+            through_modules(monkeypatch, q)
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            draws.append(generate_lm(q, prompt, max_new_tokens=10, do_sample=True, generator=gen))
+    assert torch.equal(draws[0], draws[1])
