@@ -50,11 +50,11 @@ def test_attention_matches_float64_on_cuda(backend, dtype):
     assert torch.isfinite(out).all()  # the fully masked row gives zeros, not NaN
     if approximate:
         return
-    allowed = allowed_matrix(9, 13, causal=True, window=window).to(CUDA)
-    full = allowed if mask is None else keep & allowed
-    expected, _ = attention64(q, k, v, full)
+    allowed = allowed_matrix(9, 13, causal=True, window=window)  # (Nq, Nk) on the CPU
+    full = allowed if mask is None else keep.cpu() & allowed
+    expected, _ = attention64(q.cpu(), k.cpu(), v.cpu(), full)  # float64 on the CPU
     tol = TOL[dtype]
-    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(out.cpu().double(), expected, atol=tol, rtol=tol)
 
 
 def test_attention_gradients_on_cuda_in_float64():
