@@ -172,7 +172,10 @@ def make_mask(kind: str, shape: tuple[int, ...], seed: int = 1) -> Tensor | None
 def outputs_and_grads(fn: Callable[..., Tensor], qkv: list[Tensor], seed: int = 2) -> list[Tensor]:
     """The output and the gradients of a random linear function of it w.r.t. q, k, v."""
     out = fn(*qkv)
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    # Drawn in float32 and then cast: the same weights for every dtype, whatever the RNG does
+    # for half types (torch 2.11 on another CPU drew different float16 numbers).
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.dtype)
     grads = torch.autograd.grad((out * weight).sum(), qkv)
     return [out.detach(), *grads]
 

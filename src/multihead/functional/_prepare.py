@@ -75,11 +75,13 @@ def make_spec(
         >>> make_spec(q, q, q, causal=True).shape
         (1, 2, 2, 3, 3, 4, 4)
     """
-    unknown = options.keys() - _OPTION_NAMES
+    # A comprehension, not ``options.keys() - names``: TorchDynamo 2.11 cannot trace set
+    # arithmetic on a dict's keys (torch.compile of the module failed there).
+    unknown = sorted(name for name in options if name not in _OPTION_NAMES)
     if unknown:
         # Said here, not by build_spec's signature: that error would name an internal function.
         raise TypeError(
-            f"unexpected keyword argument(s) {sorted(unknown)}; the attention options are "
+            f"unexpected keyword argument(s) {unknown}; the attention options are "
             f"{sorted(_OPTION_NAMES)}"
         )
     check_qkv(query, key, value)
