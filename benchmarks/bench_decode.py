@@ -226,6 +226,39 @@ def logit_errors(model: nn.Module, reference: nn.Module, ids: torch.Tensor) -> t
     return float(diff.max()), float(diff.mean())
 
 
+def products_alone(model: nn.Module, new_tokens: int, repeat: int, read_gbs: float) -> str:
+    """The float32-packed step against its matrix products alone (same weights, same calls,
+    no attention, norms or Python around them), interleaved: how much of the gap to the read
+    bandwidth is the kernels' and how much the rest of the step's."""
+    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    skip = {
+        id(m.get_submodule(n))
+        for m in model.modules()
+        if isinstance(m, QuantizedMultiHeadAttention)
+        for n in ("q_proj", "k_proj", "v_proj")
+    }
+    layers = [m for m in layers if id(m) not in skip]  # the products a step runs
+    inputs = [torch.randn(1, 1, m.in_features) for m in layers]
+    prompt = torch.randint(1, model.config.vocab_size, (1, PROMPT))
+
+    def products() -> None:
+        for _ in range(new_tokens):
+            for layer, x in zip(layers, inputs, strict=True):
+                layer.forward(x)
+
+    def step() -> None:
+        model.generate(prompt, new_tokens, do_sample=False)
+
+    with torch.inference_mode():
+        t = time_interleaved({"step": step, "products": products}, warmup=1, repeat=repeat)
+    nbytes = step_weight_bytes(model)
+    parts = []
+    for name, what in (("step", "a whole step"), ("products", f"its {len(layers)} products alone")):
+        seconds = t[name].median_s / new_tokens
+        parts.append(f"{what} {1e3 * seconds:.2f} ms ({nbytes / seconds / 1e9 / read_gbs:.0%})")
+    return f"float32-packed at batch 1, of the read bandwidth: {'; '.join(parts)}."
+
+
 def compare_with_hf(
     batches: list[int], new_tokens: int, repeat: int
 ) -> tuple[str, dict[str, float]]:
@@ -330,6 +363,8 @@ def compare_with_hf(
         quality_rows,
     )
     fallbacks = "".join(f"\n- {name}: {note}" for name, note in notes.items())
+    if "float32-packed" in models:
+        fallbacks += "\n\n" + products_alone(models["float32-packed"], new_tokens, repeat, read_gbs)
     note = (
         f"GPT-2 small shape, random weights, prompt {PROMPT}, {new_tokens} new tokens, greedy; "
         f"HF attention: `{hf.config._attn_implementation}`; median of {repeat} interleaved runs; "
