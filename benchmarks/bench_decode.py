@@ -226,10 +226,13 @@ def logit_errors(model: nn.Module, reference: nn.Module, ids: torch.Tensor) -> t
     return float(diff.max()), float(diff.mean())
 
 
-def products_alone(model: nn.Module, new_tokens: int, repeat: int, read_gbs: float) -> str:
-    """The float32-packed step against its matrix products alone (same weights, same calls,
-    no attention, norms or Python around them), interleaved: how much of the gap to the read
-    bandwidth is the kernels' and how much the rest of the step's."""
+def products_alone(model: DecoderLM, new_tokens: int, repeat: int, read_gbs: float) -> str:
+    """``generate`` of the float32-packed model against its matrix products alone (same
+    weights, same calls, nothing around them), interleaved. The ``generate`` time per token
+    holds everything else a call does: the prompt's prefill spread over the new tokens,
+    attention over the cache, norms, GELU, adds, the argmax and the Python between them.
+    Bytes as in the speed table: weights plus keys and values for the call, weights alone for
+    the products."""
     layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
     skip = {
         id(m.get_submodule(n))
@@ -251,9 +254,13 @@ def products_alone(model: nn.Module, new_tokens: int, repeat: int, read_gbs: flo
 
     with torch.inference_mode():
         t = time_interleaved({"step": step, "products": products}, warmup=1, repeat=repeat)
-    nbytes = step_weight_bytes(model)
+    weights = step_weight_bytes(model)
+    kv = kv_bytes_per_step(model.config, 1, new_tokens)
     parts = []
-    for name, what in (("step", "a whole step"), ("products", f"its {len(layers)} products alone")):
+    for name, nbytes, what in (
+        ("step", weights + kv, "`generate`, per token"),
+        ("products", weights, f"its {len(layers)} matrix products alone"),
+    ):
         seconds = t[name].median_s / new_tokens
         parts.append(f"{what} {1e3 * seconds:.2f} ms ({nbytes / seconds / 1e9 / read_gbs:.0%})")
     return f"float32-packed at batch 1, of the read bandwidth: {'; '.join(parts)}."
@@ -364,7 +371,9 @@ def compare_with_hf(
     )
     fallbacks = "".join(f"\n- {name}: {note}" for name, note in notes.items())
     if "float32-packed" in models:
-        fallbacks += "\n\n" + products_alone(models["float32-packed"], new_tokens, repeat, read_gbs)
+        packed = models["float32-packed"]
+        assert isinstance(packed, DecoderLM)
+        fallbacks += "\n\n" + products_alone(packed, new_tokens, repeat, read_gbs)
     note = (
         f"GPT-2 small shape, random weights, prompt {PROMPT}, {new_tokens} new tokens, greedy; "
         f"HF attention: `{hf.config._attn_implementation}`; median of {repeat} interleaved runs; "

@@ -73,6 +73,9 @@ def _kernels(n: int, k: int) -> dict[str, tuple[Callable[[], object], float]]:
             1,
         ),
     }
+    if n % 8:
+        print(f"int4 kernel: N={n} is not a multiple of its 8-row tiles", file=sys.stderr)
+        return kernels
     try:
         kernels["int4 _weight_int4pack_mm (group 128)"] = (
             functools.partial(_int4_kernel(w), xb),
@@ -158,7 +161,8 @@ def decode_table(new_tokens: int, repeat: int, read_gbs: float) -> str:
         for name in runs:
             key = name.replace("multihead ", "").replace("transformers", "hf")
             seconds = t[name].median_s
-            step_bytes = weight_bytes[key] + kv_bytes_per_step(lm.config, batch, new_tokens)
+            kv = kv_bytes_per_step(lm.config, batch, new_tokens)  # float32 keys and values
+            step_bytes = weight_bytes[key] + (kv / 2 if key.endswith("bf16") else kv)
             gbs = step_bytes * new_tokens / seconds / 1e9
             until, overall = agreement(outputs[name][:, PROMPT:].cpu(), reference[:, PROMPT:].cpu())
             rows.append(

@@ -15,10 +15,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import multihead.modules.lean_decode as lean_decode
 from multihead.decoding import generate_lm
 from multihead.modules.lean_decode import LeanStepper
 from multihead.modules.models import DecoderLM, TransformerConfig
-from multihead.quantize import float32_packing_available, quantize
+from multihead.modules.observers import add_attention_observer
+from multihead.quantize import QuantizedMultiHeadAttention, float32_packing_available, quantize
 
 needs_packing = pytest.mark.skipif(
     not float32_packing_available(), reason="oneDNN float32 packing unavailable"
@@ -87,7 +89,7 @@ def test_lean_step_matches_a_plain_float64_gpt():
     with torch.no_grad():
         got = stepped_logits(stepper, ids, prompt=4)
     expected = gpt64(lm, ids)[:, 3:]
-    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
 
 
 CONFIGS = [
@@ -112,7 +114,7 @@ def test_lean_step_matches_the_uncached_float64_model(overrides, prompt):
     with torch.no_grad():
         got = stepped_logits(stepper, ids, prompt)
         expected = copy.deepcopy(lm).double()(ids)[:, prompt - 1 :]
-    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
 
 
 @needs_packing
@@ -134,12 +136,12 @@ def test_lean_step_takes_several_new_tokens_after_a_prefix(batch, prompt, chunks
     with torch.no_grad():
         expected = copy.deepcopy(lm).double()(ids)
         got = stepper.next_logits(ids[:, :prompt])
-        torch.testing.assert_close(got.double(), expected[:, prompt - 1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.double(), expected[:, prompt - 1], atol=1e-5, rtol=1e-5)
         fed = prompt
         for n in chunks:
             fed += n
             got = stepper.next_logits(ids[:, :fed])
-            torch.testing.assert_close(got.double(), expected[:, fed - 1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got.double(), expected[:, fed - 1], atol=1e-5, rtol=1e-5)
 
 
 def through_modules(monkeypatch: pytest.MonkeyPatch, model: DecoderLM) -> None:
@@ -184,7 +186,7 @@ def test_select_keeps_and_repeats_rows():
         stepper.select(rows)
         got = stepper.next_logits(ids[rows, :6])
         expected = copy.deepcopy(lm).double()(ids[rows, :6])[:, -1]
-    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
 
 
 @needs_packing
@@ -238,3 +240,76 @@ def test_sampling_through_the_lean_step_draws_the_same_tokens(monkeypatch):
         with torch.no_grad():
             draws.append(generate_lm(q, prompt, max_new_tokens=10, do_sample=True, generator=gen))
     assert torch.equal(draws[0], draws[1])
+
+
+@needs_packing
+def test_grouped_query_attention_without_enable_gqa(monkeypatch):
+    # torch < 2.5 has no enable_gqa: keys and values are repeated per query head instead.
+    monkeypatch.setattr(lean_decode, "_HAS_GQA", False)
+    lm = small_lm(num_kv_heads=2, positional="rope")
+    q = quantize(lm, weights="float32")
+    ids = torch.randint(0, 37, (2, 9))
+    stepper = q._lean_stepper(9)
+    assert stepper is not None
+    with torch.no_grad():
+        got = stepped_logits(stepper, ids, 3)
+        expected = copy.deepcopy(lm).double()(ids)[:, 2:]
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_packing
+def test_a_nan_query_gives_nan_logits_as_the_modules_do(monkeypatch):
+    q = quantize(small_lm(), weights="float32")
+    with torch.no_grad():
+        q.decoder.layers[0].self_attn.qkv_proj.bias[0] = float("nan")  # one query feature
+    ids = torch.randint(0, 37, (1, 6))
+    stepper = q._lean_stepper(6)
+    assert stepper is not None
+    with torch.no_grad():
+        lean = stepped_logits(stepper, ids, 3)
+        through_modules(monkeypatch, q)
+        modules = torch.stack(
+            [q(ids[:, :t])[:, -1] for t in range(3, 7)], 1
+        )  # uncached, through the modules
+    assert torch.isnan(modules).all() and torch.isnan(lean).all()
+
+
+@needs_packing
+def test_stepper_refuses_what_it_cannot_do():
+    q = quantize(small_lm(), weights="float32")
+    stepper = q._lean_stepper(8)
+    assert stepper is not None
+    ids = torch.randint(0, 37, (3, 8))
+    with pytest.raises(ValueError, match=r"tokens must hold new tokens after the 0 fed"):
+        stepper.next_logits(ids[:, :0])
+    stepper.next_logits(ids[:, :4])
+    with pytest.raises(
+        ValueError, match=r"tokens must have the cache's 3 rows .* got shape \(1, 5\)"
+    ):
+        stepper.next_logits(ids[:1, :5])
+    with pytest.raises(ValueError, match=r"after the 4 fed, got shape \(3, 4\)"):
+        stepper.next_logits(ids[:, :4])
+
+
+class Zeroed(QuantizedMultiHeadAttention):
+    def project(self, query, key, value):  # type: ignore[no-untyped-def]
+        q, k, v = super().project(query, key, value)
+        return q, k, v * 0
+
+
+@needs_packing
+def test_watchers_and_replaced_code_keep_the_module_path():
+    q = quantize(small_lm(), weights="float32")
+    assert q._lean_stepper(8) is not None
+    handle = add_attention_observer(lambda module, spec: None)
+    assert q._lean_stepper(8) is None
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *args: None)
+    assert q._lean_stepper(8) is None
+    handle.remove()
+    assert q._lean_stepper(8) is not None
+    q.decoder.layers[1].feed_forward.forward = lambda x: x  # an instance's own forward
+    assert q._lean_stepper(8) is None
+    del q.decoder.layers[1].feed_forward.forward
+    q.decoder.layers[0].self_attn.__class__ = Zeroed  # a subclass of the quantized attention
+    assert q._lean_stepper(8) is None

@@ -1,19 +1,20 @@
 """A lean decoding step for quantized decoder-only language models.
 
 A decoding step at batch 1 reads every weight once and does little else, so the time it spends
-outside the matrix products is what separates it from the memory's speed. Through the module
-tree that is about 3 ms of a 17 ms GPT-2-small step on one core: module calls, per-call argument
+outside the matrix products is what separates it from the memory's speed. The module tree
+adds about 1 ms to a 17 ms GPT-2-small step on one core: module calls, per-call argument
 checks, mask planning and cache bookkeeping, each paid 12 times per token. This module runs the
-same computation as :class:`~multihead.modules.models.DecoderLM`'s cached ``forward`` with none
-of that: one loop over the layers, a key/value cache preallocated as one tensor per layer, the
+same computation as :class:`~multihead.modules.models.DecoderLM`'s cached ``forward`` without
+them: one loop over the layers, a key/value cache preallocated as one tensor per layer, the
 prompt and each new token written into it in place, PyTorch's ``scaled_dot_product_attention``
-over the filled part.
+over the filled part (with the sdpa backend's NaN rule: a query holding NaN gives NaN).
 
-It serves models made by :func:`multihead.quantize.quantize` (their self-attention holds one
-fused q/k/v projection) in evaluation mode. :func:`lean_stepper` returns ``None`` for anything
-it does not reproduce exactly (relative positions other than rotary, ALiBi, cosine scores, a
-named attention backend, context parallelism, hooks on the modules, training mode), and
-decoding then goes through the modules as before.
+It serves models made by :func:`multihead.quantize.quantize`, whose self-attention class
+registers itself here (:func:`register_fused_attention`: one fused q/k/v projection), in
+evaluation mode. :func:`lean_stepper` returns ``None`` for anything it cannot be sure to
+reproduce (ALiBi, cosine scores, a named attention backend, context parallelism, module or
+global hooks, attention observers, a ``forward`` replaced on an instance, a subclass of the
+decoder, its layers or the attention), and decoding then goes through the modules as before.
 
 Shape legend: ``R`` rows (sequences), ``T`` tokens so far, ``N`` new tokens, ``H``/``Hkv``
 query/key heads, ``L`` the cache's room, ``E`` model size.
@@ -28,20 +29,43 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional.sdpa import _HAS_GQA, _propagate_nan_queries
 from ..positional import RotaryEmbedding
 from .layers import EncoderLayer
+from .observers import has_attention_observers
+from .stacks import Encoder
 
 if TYPE_CHECKING:
     from .models import DecoderLM
 
-__all__ = ["LeanStepper", "lean_stepper"]
+__all__ = ["LeanStepper", "lean_stepper", "register_fused_attention"]
+
+
+# Attention classes whose self-attention the lean step reproduces: they hold one fused
+# ``qkv_proj`` (from ``[W_q; W_k; W_v]``) and otherwise compute as MultiHeadAttention does.
+# multihead.quantize registers its class (this package cannot import it: quantize builds on it).
+_FUSED_ATTENTION: set[type[nn.Module]] = set()
+
+
+def register_fused_attention(cls: type[nn.Module]) -> type[nn.Module]:
+    """Let the lean step run self-attention modules of exactly class ``cls`` (no subclasses),
+    which must hold ``qkv_proj`` and compute as :class:`MultiHeadAttention` otherwise."""
+    _FUSED_ATTENTION.add(cls)
+    return cls
 
 
 def _hooked(module: nn.Module) -> bool:
-    """Whether anything (an observer, a user's hook) watches ``module`` or its children: the lean
-    step would not call them."""
+    """Whether anything watches ``module`` or its children, or replaces a ``forward``: module
+    hooks, global module hooks, attention observers, a ``forward`` set on an instance. The
+    lean step would skip them."""
+    hooks = nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return True
+    if hooks._global_backward_hooks or has_attention_observers():
+        return True
     return any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in module.modules()
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or "forward" in vars(m)
+        for m in module.modules()
     )
 
 
@@ -51,14 +75,16 @@ def _unsupported(model: DecoderLM) -> str | None:
         return "training mode"
     if model.config.positional == "alibi":
         return "ALiBi"
+    if type(model.decoder) is not Encoder or not model.decoder.causal:
+        return f"decoder of type {type(model.decoder).__name__} (not a causal Encoder)"
     if _hooked(model):
-        return "hooks on its modules"
+        return "hooks, observers or a replaced forward"
     for layer in model.decoder.layers:
         if type(layer) is not EncoderLayer:
             return f"layer type {type(layer).__name__}"
         attn = layer.self_attn
-        if not hasattr(attn, "qkv_proj"):
-            return "self-attention without a fused q/k/v projection (not quantized)"
+        if type(attn) not in _FUSED_ATTENTION:
+            return f"self-attention of type {type(attn).__name__} (not quantized)"
         if attn.score != "dot" or attn.backend != "auto":
             return f"score={attn.score!r}, backend={attn.backend!r}"
         if attn.alibi_slopes is not None or attn.context_parallel is not None:
@@ -116,13 +142,24 @@ class LeanStepper:
         self._keys: list[Tensor] = []  # per layer (R, Hkv, L, D)
         self._values: list[Tensor] = []  # per layer (R, Hkv, L, Dv)
 
+    @torch.inference_mode()
     def next_logits(self, tokens: Tensor) -> Tensor:
         new = tokens[:, self.fed :]  # (R, N)
         start, n = self.fed, new.shape[1]
         stop = start + n
+        if n == 0:
+            raise ValueError(
+                f"tokens must hold new tokens after the {start} fed, got shape "
+                f"{tuple(tokens.shape)}"
+            )
         if stop > self.max_len:
             raise ValueError(
                 f"the cache holds {self.max_len} tokens; feeding {n} after {start} needs {stop}"
+            )
+        if self._keys and tokens.shape[0] != self._keys[0].shape[0]:
+            raise ValueError(
+                f"tokens must have the cache's {self._keys[0].shape[0]} rows (select() changes "
+                f"them), got shape {tuple(tokens.shape)}"
             )
         decoder = self.model.decoder
         x = decoder.embed(new, start)  # (R, N, E)
@@ -148,14 +185,19 @@ class LeanStepper:
                 q, k = layer.rotary.rotate_qk(q, k, start, None)
             keys[:, :, start:stop] = k
             values[:, :, start:stop] = v.view(r, n, kv_heads, -1).transpose(1, 2)
+            k, v = keys[:, :, :stop], values[:, :, :stop]
+            options = {}
+            if kv_heads != heads:  # query head h reads key/value head h // (H // Hkv)
+                if _HAS_GQA:
+                    options["enable_gqa"] = True
+                else:
+                    k = k.repeat_interleave(heads // kv_heads, dim=1)
+                    v = v.repeat_interleave(heads // kv_heads, dim=1)
             out = F.scaled_dot_product_attention(
-                q,
-                keys[:, :, :stop],
-                values[:, :, :stop],
-                attn_mask=mask,
-                is_causal=causal,
-                enable_gqa=kv_heads != heads,
+                q, k, v, attn_mask=mask, is_causal=causal, **options
             )  # (R, H, N, Dv)
+            # As the module's sdpa backend: a query row holding NaN/inf gives NaN, not zeros.
+            out = _propagate_nan_queries(out, q)
             out = layer.out(out.transpose(1, 2).reshape(r, n, -1))
             if layer.norm_first:
                 x = x + out
@@ -167,6 +209,7 @@ class LeanStepper:
         # Only the last position's logits are asked for: the head reads its weights once.
         return self.model.lm_head(decoder.norm(x[:, -1]))  # (R, V)
 
+    @torch.inference_mode()
     def select(self, rows: Tensor) -> None:
         self._keys = [k.index_select(0, rows) for k in self._keys]
         self._values = [v.index_select(0, rows) for v in self._values]

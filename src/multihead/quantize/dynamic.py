@@ -72,6 +72,7 @@ from torch import Tensor, nn
 
 from ..modules.attention import MultiHeadAttention
 from ..modules.feedforward import FeedForward
+from ..modules.lean_decode import register_fused_attention
 from .weight_only import _cpu_flags, float_checkpoint_error, int8_kernel_available, probe_kernel
 
 __all__ = [
@@ -416,6 +417,11 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = v.unflatten(-1, (self.num_kv_heads, self.v_head_dim)).transpose(1, 2)
         return q, k, v
+
+
+# A quantized DecoderLM decodes through the lean step (multihead.modules.lean_decode), which
+# runs this class's fused q/k/v projection directly.
+register_fused_attention(QuantizedMultiHeadAttention)
 
 
 def quantize_dynamic(
