@@ -1,4 +1,4 @@
-"""The lean decoding step of quantized DecoderLMs (multihead.modules.lean_decode).
+"""The lean decoding step of DecoderLMs, float and quantized (multihead.modules.lean_decode).
 
 References: a GPT forward written plainly in float64 from the model's own weights, and the
 float64 copy of the unquantized model run over the whole sequence without a cache (a different
@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import multihead.modules.lean_decode as lean_decode
+from multihead import MultiHeadAttention
 from multihead.decoding import generate_lm
 from multihead.modules.lean_decode import LeanStepper
 from multihead.modules.models import DecoderLM, TransformerConfig
@@ -102,12 +103,14 @@ CONFIGS = [
 ]
 
 
-@needs_packing
 @pytest.mark.parametrize("overrides", CONFIGS, ids=lambda o: ",".join(o) or "default")
 @pytest.mark.parametrize("prompt", [1, 5])
-def test_lean_step_matches_the_uncached_float64_model(overrides, prompt):
+@pytest.mark.parametrize("packed", [False, True], ids=["float", "float32-packed"])
+def test_lean_step_matches_the_uncached_float64_model(overrides, prompt, packed):
     lm = small_lm(**overrides)
-    q = quantize(lm, weights="float32")
+    if packed and not float32_packing_available():
+        pytest.skip("oneDNN float32 packing unavailable")
+    q = quantize(lm, weights="float32") if packed else lm
     ids = torch.randint(0, 37, (2, 11))
     stepper = q._lean_stepper(11)
     assert stepper is not None
@@ -205,7 +208,6 @@ class Doubled(DecoderLM):
 
 @needs_packing
 def test_models_the_lean_step_does_not_reproduce_decode_through_their_modules():
-    assert small_lm()._lean_stepper(8) is None  # not quantized: no fused q/k/v projection
     assert quantize(small_lm(positional="alibi"), weights="float32")._lean_stepper(8) is None
     q = quantize(small_lm(), weights="float32")
     assert q._lean_stepper(8) is not None
@@ -289,6 +291,29 @@ def test_stepper_refuses_what_it_cannot_do():
         stepper.next_logits(ids[:1, :5])
     with pytest.raises(ValueError, match=r"after the 4 fed, got shape \(3, 4\)"):
         stepper.next_logits(ids[:, :4])
+
+
+class ZeroedFloat(MultiHeadAttention):
+    def project(self, query, key, value):  # type: ignore[no-untyped-def]
+        q, k, v = super().project(query, key, value)
+        return q, k, v * 0
+
+
+def test_float_models_decode_through_the_lean_step_unless_the_attention_is_a_subclass():
+    lm = small_lm()
+    prompt = torch.randint(0, 37, (2, 3))
+    assert lm._lean_stepper(8) is not None
+    with torch.no_grad():
+        tokens = lm.generate(prompt, 6)
+        logits = copy.deepcopy(lm).double()(tokens[:, :-1])[:, 2:]
+    chosen = logits.gather(-1, tokens[:, 3:, None]).squeeze(-1)
+    assert (logits.max(-1).values - chosen).max() < 1e-6  # float64's argmax, up to rounding
+    lm.decoder.layers[1].self_attn.__class__ = ZeroedFloat
+    assert lm._lean_stepper(8) is None
+    with torch.no_grad():
+        tokens = lm.generate(prompt, 6)
+        logits = lm(tokens[:, :-1])[:, 2:]  # the subclass's own forward, uncached
+    assert torch.equal(tokens[:, 3:], logits.argmax(-1))
 
 
 class Zeroed(QuantizedMultiHeadAttention):

@@ -548,7 +548,7 @@ def generate_lm(
     b, n = prompt.shape
     with _evaluating(model):
         room = max(total - 1, n)
-        # A model may offer a leaner cached step than its forward (quantized DecoderLMs do).
+        # A model may offer a leaner cached step than its forward (DecoderLM does).
         lean = getattr(model, "_lean_stepper", None) if use_cache else None
         stepper: _Stepper | None = lean(room) if callable(lean) else None
         if stepper is None:

@@ -1,4 +1,4 @@
-"""A lean decoding step for quantized decoder-only language models.
+"""A lean decoding step for decoder-only language models.
 
 A decoding step at batch 1 reads every weight once and does little else, so the time it spends
 outside the matrix products is what separates it from the memory's speed. The module tree
@@ -9,9 +9,10 @@ them: one loop over the layers, a key/value cache preallocated as one tensor per
 prompt and each new token written into it in place, PyTorch's ``scaled_dot_product_attention``
 over the filled part (with the sdpa backend's NaN rule: a query holding NaN gives NaN).
 
-It serves models made by :func:`multihead.quantize.quantize`, whose self-attention class
-registers itself here (:func:`register_fused_attention`: one fused q/k/v projection), in
-evaluation mode. :func:`lean_stepper` returns ``None`` for anything it cannot be sure to
+It serves every :class:`~multihead.modules.models.DecoderLM` in evaluation mode whose
+self-attention is a :class:`MultiHeadAttention` or a class registered with
+:func:`register_lean_attention` (:mod:`multihead.quantize` registers its own, which reads one
+fused q/k/v matrix). :func:`lean_stepper` returns ``None`` for anything it cannot be sure to
 reproduce (ALiBi, cosine scores, a named attention backend, context parallelism, module or
 global hooks, attention observers, a ``forward`` replaced on an instance, a subclass of the
 decoder, its layers or the attention), and decoding then goes through the modules as before.
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from ..functional.sdpa import _HAS_GQA, _propagate_nan_queries
 from ..positional import RotaryEmbedding
+from .attention import MultiHeadAttention
 from .layers import EncoderLayer
 from .observers import has_attention_observers
 from .stacks import Encoder
@@ -38,19 +40,20 @@ from .stacks import Encoder
 if TYPE_CHECKING:
     from .models import DecoderLM
 
-__all__ = ["LeanStepper", "lean_stepper", "register_fused_attention"]
+__all__ = ["LeanStepper", "lean_stepper", "register_lean_attention"]
 
 
-# Attention classes whose self-attention the lean step reproduces: they hold one fused
-# ``qkv_proj`` (from ``[W_q; W_k; W_v]``) and otherwise compute as MultiHeadAttention does.
+# Attention classes whose cached self-attention the lean step reproduces: their ``project``
+# gives q, k, v split into heads, and the rest of their forward is MultiHeadAttention's.
 # multihead.quantize registers its class (this package cannot import it: quantize builds on it).
-_FUSED_ATTENTION: set[type[nn.Module]] = set()
+_LEAN_ATTENTION: set[type[nn.Module]] = {MultiHeadAttention}
 
 
-def register_fused_attention(cls: type[nn.Module]) -> type[nn.Module]:
-    """Let the lean step run self-attention modules of exactly class ``cls`` (no subclasses),
-    which must hold ``qkv_proj`` and compute as :class:`MultiHeadAttention` otherwise."""
-    _FUSED_ATTENTION.add(cls)
+def register_lean_attention(cls: type[nn.Module]) -> type[nn.Module]:
+    """Let the lean step run self-attention modules of exactly class ``cls`` (no subclasses):
+    a :class:`MultiHeadAttention` subclass that changes only how ``project`` computes
+    ``q, k, v``."""
+    _LEAN_ATTENTION.add(cls)
     return cls
 
 
@@ -83,8 +86,8 @@ def _unsupported(model: DecoderLM) -> str | None:
         if type(layer) is not EncoderLayer:
             return f"layer type {type(layer).__name__}"
         attn = layer.self_attn
-        if type(attn) not in _FUSED_ATTENTION:
-            return f"self-attention of type {type(attn).__name__} (not quantized)"
+        if type(attn) not in _LEAN_ATTENTION:
+            return f"self-attention of type {type(attn).__name__}"
         if attn.score != "dot" or attn.backend != "auto":
             return f"score={attn.score!r}, backend={attn.backend!r}"
         if attn.alibi_slopes is not None or attn.context_parallel is not None:
@@ -99,7 +102,7 @@ class _Layer(NamedTuple):
     norm_first: bool
     norm1: Callable[[Tensor], Tensor]
     norm2: Callable[[Tensor], Tensor]
-    qkv: Callable[[Tensor], Tensor]
+    project: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
     out: Callable[[Tensor], Tensor]
     feed_forward: Callable[[Tensor], Tensor]
     rotary: RotaryEmbedding | None
@@ -111,12 +114,11 @@ class _Layer(NamedTuple):
     @classmethod
     def of(cls, layer: EncoderLayer) -> _Layer:
         attn = layer.self_attn
-        qkv = attn.get_submodule("qkv_proj")  # a quantized attention's (see _unsupported)
         return cls(
             layer.norm_first,
             layer.norm1.forward,
             layer.norm2.forward,
-            qkv.forward,
+            attn.project,
             attn.out_proj.forward,
             layer.feed_forward.forward,
             attn.rotary,
@@ -176,15 +178,15 @@ class LeanStepper:
             mask = torch.ones(n, stop, dtype=torch.bool, device=x.device).tril(start)
         causal = n > 1 and start == 0
         for layer, keys, values in zip(self._layers, self._keys, self._values, strict=True):
-            heads, kv_heads, d = layer.heads, layer.kv_heads, layer.head_dim
-            qkv = layer.qkv(layer.norm1(x) if layer.norm_first else x)  # (R, N, (H+2Hkv)D)
-            q, k, v = qkv.split((heads * d, kv_heads * d, kv_heads * layer.v_head_dim), dim=-1)
-            q = q.view(r, n, heads, d).transpose(1, 2)  # (R, H, N, D)
-            k = k.view(r, n, kv_heads, d).transpose(1, 2)  # (R, Hkv, N, D)
+            heads, kv_heads = layer.heads, layer.kv_heads
+            h = layer.norm1(x) if layer.norm_first else x
+            # The module's own projection (a quantized one reads its fused q/k/v weights once):
+            # q (R, H, N, D), k (R, Hkv, N, D), v (R, Hkv, N, Dv).
+            q, k, v = layer.project(h, h, h)
             if layer.rotary is not None:
                 q, k = layer.rotary.rotate_qk(q, k, start, None)
             keys[:, :, start:stop] = k
-            values[:, :, start:stop] = v.view(r, n, kv_heads, -1).transpose(1, 2)
+            values[:, :, start:stop] = v
             k, v = keys[:, :, :stop], values[:, :, :stop]
             options = {}
             if kv_heads != heads:  # query head h reads key/value head h // (H // Hkv)

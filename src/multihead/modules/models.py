@@ -321,9 +321,9 @@ class DecoderLM(nn.Module):
         return self.lm_head(hidden)
 
     def _lean_stepper(self, max_len: int) -> LeanStepper | None:
-        """The lean cached step of :func:`~multihead.decoding.generate_lm` (quantized models),
-        or ``None`` (see :mod:`multihead.modules.lean_decode`); a subclass that overrides
-        :meth:`forward` always decodes through it."""
+        """The lean cached step of :func:`~multihead.decoding.generate_lm`, or ``None`` (see
+        :mod:`multihead.modules.lean_decode`); a subclass that overrides :meth:`forward`
+        always decodes through its own ``forward``."""
         if type(self).forward is not DecoderLM.forward:
             return None
         return lean_stepper(self, max_len)

@@ -72,7 +72,7 @@ from torch import Tensor, nn
 
 from ..modules.attention import MultiHeadAttention
 from ..modules.feedforward import FeedForward
-from ..modules.lean_decode import register_fused_attention
+from ..modules.lean_decode import register_lean_attention
 from .weight_only import _cpu_flags, float_checkpoint_error, int8_kernel_available, probe_kernel
 
 __all__ = [
@@ -420,8 +420,8 @@ class QuantizedMultiHeadAttention(MultiHeadAttention):
 
 
 # A quantized DecoderLM decodes through the lean step (multihead.modules.lean_decode), which
-# runs this class's fused q/k/v projection directly.
-register_fused_attention(QuantizedMultiHeadAttention)
+# calls this class's project (one fused q/k/v product) directly.
+register_lean_attention(QuantizedMultiHeadAttention)
 
 
 def quantize_dynamic(
