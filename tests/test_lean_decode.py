@@ -338,3 +338,75 @@ def test_watchers_and_replaced_code_keep_the_module_path():
     del q.decoder.layers[1].feed_forward.forward
     q.decoder.layers[0].self_attn.__class__ = Zeroed  # a subclass of the quantized attention
     assert q._lean_stepper(8) is None
+
+
+class Windowed(DecoderLM):
+    def new_cache(self, *, max_len=None, window=None):  # type: ignore[no-untyped-def]
+        return super().new_cache(window=4)  # room grows with the window, not max_len
+
+
+def test_subclasses_and_patched_or_compiled_code_keep_the_module_path(monkeypatch):
+    lm = small_lm(positional="rope")
+    windowed = Windowed(lm.config).eval()
+    windowed.load_state_dict(lm.state_dict())
+    assert windowed._lean_stepper(8) is None  # its sliding-window cache decides the tokens
+    prompt = torch.randint(0, 37, (1, 12))
+    with torch.no_grad():
+        tokens = windowed.generate(prompt, 4)
+        cache = windowed.new_cache()
+        logits = [windowed(tokens[:, :12], cache=cache)[:, -1]]
+        logits += [windowed(tokens[:, t - 1 : t], cache=cache)[:, -1] for t in range(13, 16)]
+    assert torch.equal(tokens[0, 12:], torch.cat(logits).argmax(-1))
+
+    assert lm._lean_stepper(8) is not None
+    layer_forward = type(lm.decoder.layers[0]).forward
+    monkeypatch.setattr(
+        type(lm.decoder.layers[0]), "forward", lambda *a, **k: layer_forward(*a, **k)
+    )
+    assert lm._lean_stepper(8) is None  # a method patched onto the class
+    monkeypatch.undo()
+    assert lm._lean_stepper(8) is not None
+    lm.decoder.layers[1].self_attn.dropout = 0.5
+    lm.decoder.layers[1].train()  # one sub-layer left training: its dropout must apply
+    assert lm._lean_stepper(8) is None
+    lm.eval()
+    lm.decoder.layers[0].compile()  # Module.compile(): calls go through the compiled module
+    assert lm._lean_stepper(8) is None
+
+
+def test_a_newly_registered_exact_backend_keeps_the_module_path(monkeypatch):
+    import multihead.functional as functional
+
+    lm = small_lm()
+    assert lm._lean_stepper(8) is not None
+    registry = dict(functional._REGISTRY)
+    monkeypatch.setattr(functional, "_REGISTRY", registry)
+    functional.register_backend(
+        "plain-again", functional.get_backend("math").fn, exact=True, priority=1
+    )
+    assert lm._lean_stepper(8) is None  # "auto" would now pick it
+    del registry["plain-again"]
+    functional.register_backend(
+        "approximate", functional.get_backend("math").fn, exact=False, priority=1
+    )
+    assert lm._lean_stepper(8) is not None  # approximate backends run only when named
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_the_head_sees_the_whole_prompt_as_in_forward():
+    # PyTorch's own dynamic quantization scales a tensor's activations together, so the last
+    # position's logits depend on the other rows: the lean prefill must give forward's.
+    lm = small_lm()
+    q = torch.ao.quantization.quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8).eval()
+    ids = torch.randint(0, 37, (2, 8))
+    stepper = q._lean_stepper(8)
+    assert stepper is not None
+    with torch.no_grad():
+        torch.testing.assert_close(stepper.next_logits(ids), q(ids)[:, -1], atol=1e-6, rtol=0)
+
+
+def test_an_empty_batch_decodes_to_an_empty_batch():
+    lm = small_lm()
+    empty = torch.zeros(0, 3, dtype=torch.long)
+    with torch.no_grad():
+        assert lm.generate(empty, 4).shape == (0, 7)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional import backend_names, get_backend
 from ..functional.sdpa import _HAS_GQA, _propagate_nan_queries
 from ..positional import RotaryEmbedding
 from .attention import MultiHeadAttention
@@ -57,31 +58,65 @@ def register_lean_attention(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
+# What the lean step stands in for, as defined when this module was imported: a method
+# patched onto one of these classes later (steering, instrumentation) keeps the module path.
+_STANDS_IN_FOR = {
+    cls: {name: getattr(cls, name) for name in names}
+    for cls, names in (
+        (Encoder, ("forward", "run", "embed")),
+        (EncoderLayer, ("forward", "_self_attention", "_input", "_add")),
+        (MultiHeadAttention, ("forward", "_self_cached", "_spec", "project")),
+    )
+}
+
+
+def _exact_backends() -> dict[str, object]:
+    """The backends ``"auto"`` chooses from (approximate ones run only when named)."""
+    return {name: b for name in backend_names() if (b := get_backend(name)).exact}
+
+
+# A backend registered or replaced since import could be what "auto" picks: it keeps the
+# module path (the lean step always runs PyTorch's sdpa).
+_BACKENDS = _exact_backends()
+
+
 def _hooked(module: nn.Module) -> bool:
-    """Whether anything watches ``module`` or its children, or replaces a ``forward``: module
-    hooks, global module hooks, attention observers, a ``forward`` set on an instance. The
-    lean step would skip them."""
+    """Whether anything watches ``module`` or its children, or replaces their code: module
+    hooks, global module hooks, attention observers, a method set on an instance or patched
+    onto a class, ``Module.compile()``. The lean step would skip them."""
     hooks = nn.modules.module
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return True
     if hooks._global_backward_hooks or has_attention_observers():
         return True
-    return any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or "forward" in vars(m)
-        for m in module.modules()
-    )
+    if any(
+        getattr(cls, name, None) is not fn
+        for cls, methods in _STANDS_IN_FOR.items()
+        for name, fn in methods.items()
+    ):
+        return True
+    for m in module.modules():
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
+            return True
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            return True
+        if any(callable(getattr(type(m), name, None)) for name in vars(m)):
+            return True  # e.g. ``layer.forward = ...`` on one instance
+    return False
 
 
 def _unsupported(model: DecoderLM) -> str | None:
     """Why the lean step cannot run ``model``, or ``None`` when it can."""
-    if model.training:
-        return "training mode"
+    if any(m.training for m in model.modules()):
+        return "a module in training mode (dropout would apply)"
     if model.config.positional == "alibi":
         return "ALiBi"
     if type(model.decoder) is not Encoder or not model.decoder.causal:
         return f"decoder of type {type(model.decoder).__name__} (not a causal Encoder)"
     if _hooked(model):
-        return "hooks, observers or a replaced forward"
+        return "hooks, observers, compiled or replaced code"
+    if _exact_backends() != _BACKENDS:
+        return "attention backends registered or replaced since import"
     for layer in model.decoder.layers:
         if type(layer) is not EncoderLayer:
             return f"layer type {type(layer).__name__}"
@@ -166,18 +201,16 @@ class LeanStepper:
         decoder = self.model.decoder
         x = decoder.embed(new, start)  # (R, N, E)
         r = x.shape[0]
-        if not self._keys:
-            for layer in self._layers:
-                room = (r, layer.kv_heads, self.max_len)
-                self._keys.append(x.new_empty((*room, layer.head_dim)))
-                self._values.append(x.new_empty((*room, layer.v_head_dim)))
+        if not self._keys:  # room for every layer, in its keys' and values' dtype (autocast)
+            self._keys = [torch.empty(0)] * len(self._layers)
+            self._values = [torch.empty(0)] * len(self._layers)
         # The new tokens see every cached one and, among themselves, the earlier ones; with an
         # empty cache that is plain causal attention, and one new token needs no mask at all.
         mask = None
         if n > 1 and start > 0:
             mask = torch.ones(n, stop, dtype=torch.bool, device=x.device).tril(start)
         causal = n > 1 and start == 0
-        for layer, keys, values in zip(self._layers, self._keys, self._values, strict=True):
+        for i, layer in enumerate(self._layers):
             heads, kv_heads = layer.heads, layer.kv_heads
             h = layer.norm1(x) if layer.norm_first else x
             # The module's own projection (a quantized one reads its fused q/k/v weights once):
@@ -185,6 +218,10 @@ class LeanStepper:
             q, k, v = layer.project(h, h, h)
             if layer.rotary is not None:
                 q, k = layer.rotary.rotate_qk(q, k, start, None)
+            if start == 0:
+                self._keys[i] = k.new_empty((r, kv_heads, self.max_len, k.shape[-1]))
+                self._values[i] = v.new_empty((r, kv_heads, self.max_len, v.shape[-1]))
+            keys, values = self._keys[i], self._values[i]
             keys[:, :, start:stop] = k
             values[:, :, start:stop] = v
             k, v = keys[:, :, :stop], values[:, :, :stop]
@@ -200,7 +237,7 @@ class LeanStepper:
             )  # (R, H, N, Dv)
             # As the module's sdpa backend: a query row holding NaN/inf gives NaN, not zeros.
             out = _propagate_nan_queries(out, q)
-            out = layer.out(out.transpose(1, 2).reshape(r, n, -1))
+            out = layer.out(out.transpose(1, 2).flatten(2))  # (R, N, H * Dv)
             if layer.norm_first:
                 x = x + out
                 x = x + layer.feed_forward(layer.norm2(x))
@@ -208,8 +245,9 @@ class LeanStepper:
                 x = layer.norm1(x + out)
                 x = layer.norm2(x + layer.feed_forward(x))
         self.fed = stop
-        # Only the last position's logits are asked for: the head reads its weights once.
-        return self.model.lm_head(decoder.norm(x[:, -1]))  # (R, V)
+        # The final norm and the head see all new positions, as in forward (a head may not be
+        # row by row: one activation scale per tensor, say); one new token is one row anyway.
+        return self.model.lm_head(decoder.norm(x))[:, -1]  # (R, V)
 
     @torch.inference_mode()
     def select(self, rows: Tensor) -> None:

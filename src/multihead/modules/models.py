@@ -322,10 +322,12 @@ class DecoderLM(nn.Module):
 
     def _lean_stepper(self, max_len: int) -> LeanStepper | None:
         """The lean cached step of :func:`~multihead.decoding.generate_lm`, or ``None`` (see
-        :mod:`multihead.modules.lean_decode`); a subclass that overrides :meth:`forward`
-        always decodes through its own ``forward``."""
-        if type(self).forward is not DecoderLM.forward:
-            return None
+        :mod:`multihead.modules.lean_decode`); a subclass, or this class with ``forward``,
+        ``new_cache`` or ``embed`` patched, always decodes through its own methods."""
+        if type(self) is not DecoderLM or any(
+            getattr(DecoderLM, name, None) is not fn for name, fn in _LEAN_STANDS_IN_FOR.items()
+        ):
+            return None  # a subclass or a patched method: its own code decides
         return lean_stepper(self, max_len)
 
     def generate(
@@ -352,6 +354,10 @@ class DecoderLM(nn.Module):
         return AttentionMaps(
             decoder_self=self.decoder(ids, padding_mask, need_weights=True).weights
         )
+
+
+# DecoderLM's methods the lean step stands in for, as defined: patched ones keep the modules.
+_LEAN_STANDS_IN_FOR = {name: getattr(DecoderLM, name) for name in ("forward", "new_cache", "embed")}
 
 
 class EncoderClassifier(nn.Module):
