@@ -130,6 +130,15 @@ def _unsupported(model: DecoderLM) -> str | None:
     return None
 
 
+def _rows_independent(module: nn.Module) -> bool:
+    """Whether each row of ``module``'s output depends on that row of the input alone: then the
+    prompt's last position can go through the head by itself. PyTorch's linear layers and
+    norms, and classes that declare ``rows_independent = True`` (multihead's quantized
+    layers, whose activation scales are per token)."""
+    plain = (nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.Identity)
+    return type(module) in plain or getattr(type(module), "rows_independent", False) is True
+
+
 class _Layer(NamedTuple):
     """What the step reads of one layer, looked up once: bound ``forward`` methods (the
     modules carry no hooks, so ``__call__`` would add only its own cost) and the head layout."""
@@ -176,6 +185,9 @@ class LeanStepper:
         self.max_len = max_len
         self.fed = 0
         self._layers = [_Layer.of(cast(EncoderLayer, m)) for m in model.decoder.layers]
+        self._rows_independent = all(
+            _rows_independent(m) for m in (model.decoder.norm, model.lm_head)
+        )
         self._keys: list[Tensor] = []  # per layer (R, Hkv, L, D)
         self._values: list[Tensor] = []  # per layer (R, Hkv, L, Dv)
 
@@ -245,9 +257,11 @@ class LeanStepper:
                 x = layer.norm1(x + out)
                 x = layer.norm2(x + layer.feed_forward(x))
         self.fed = stop
-        # The final norm and the head see all new positions, as in forward (a head may not be
-        # row by row: one activation scale per tensor, say); one new token is one row anyway.
-        return self.model.lm_head(decoder.norm(x))[:, -1]  # (R, V)
+        if n > 1 and not self._rows_independent:
+            # As in forward: a head or norm may mix positions (one activation scale per tensor).
+            return self.model.lm_head(decoder.norm(x))[:, -1]  # (R, V)
+        # Only the last position's logits are asked for, and each row's are its own.
+        return self.model.lm_head(decoder.norm(x[:, -1:]))[:, -1]  # (R, V)
 
     @torch.inference_mode()
     def select(self, rows: Tensor) -> None:

@@ -161,6 +161,9 @@ class Int8DynamicLinear(nn.Module):
     weight_q: Tensor
     weight_scale: Tensor | None
     bias_f: Tensor | None
+    # One activation scale per token: each output row depends on its input row alone (read by
+    # the lean decoding step).
+    rows_independent = True
     _ones: Tensor
     _packed: Tensor
     _zero_points: Tensor

@@ -197,6 +197,8 @@ class WeightOnlyLinear(nn.Module):
 
     format: str = ""
     bias: Tensor | None
+    # Each output row depends on its input row alone (read by the lean decoding step).
+    rows_independent = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
