@@ -17,11 +17,17 @@ from hypothesis import strategies as st
 
 import multihead.modules.lean_decode as lean_decode
 from multihead import MultiHeadAttention
+from multihead.cache import KVCache
 from multihead.decoding import generate_lm
 from multihead.modules.lean_decode import LeanStepper
 from multihead.modules.models import DecoderLM, TransformerConfig
 from multihead.modules.observers import add_attention_observer
-from multihead.quantize import QuantizedMultiHeadAttention, float32_packing_available, quantize
+from multihead.quantize import (
+    QuantizedMultiHeadAttention,
+    float32_packing_available,
+    quantize,
+    torch_kernels_available,
+)
 
 needs_packing = pytest.mark.skipif(
     not float32_packing_available(), reason="oneDNN float32 packing unavailable"
@@ -327,11 +333,15 @@ def test_watchers_and_replaced_code_keep_the_module_path():
     q = quantize(small_lm(), weights="float32")
     assert q._lean_stepper(8) is not None
     handle = add_attention_observer(lambda module, spec: None)
-    assert q._lean_stepper(8) is None
-    handle.remove()
+    try:
+        assert q._lean_stepper(8) is None
+    finally:
+        handle.remove()
     handle = torch.nn.modules.module.register_module_forward_hook(lambda *args: None)
-    assert q._lean_stepper(8) is None
-    handle.remove()
+    try:
+        assert q._lean_stepper(8) is None
+    finally:
+        handle.remove()
     assert q._lean_stepper(8) is not None
     q.decoder.layers[1].feed_forward.forward = lambda x: x  # an instance's own forward
     assert q._lean_stepper(8) is None
@@ -366,6 +376,18 @@ def test_subclasses_and_patched_or_compiled_code_keep_the_module_path(monkeypatc
     assert lm._lean_stepper(8) is None  # a method patched onto the class
     monkeypatch.undo()
     assert lm._lean_stepper(8) is not None
+    q = quantize(lm, weights="int8")
+    for cls, name in [
+        (QuantizedMultiHeadAttention, "_spec"),  # a registered attention class's own method
+        (type(lm.decoder.layers[0]), "_drop"),  # the residual dropout the lean step skips
+        (KVCache, "update"),  # the module path's cache
+    ]:
+        original = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda *a, f=original, **k: f(*a, **k))
+        assert lm._lean_stepper(8) is None or cls is QuantizedMultiHeadAttention
+        assert q._lean_stepper(8) is None
+        monkeypatch.undo()
+    assert q._lean_stepper(8) is not None
     lm.decoder.layers[1].self_attn.dropout = 0.5
     lm.decoder.layers[1].train()  # one sub-layer left training: its dropout must apply
     assert lm._lean_stepper(8) is None
@@ -374,24 +396,25 @@ def test_subclasses_and_patched_or_compiled_code_keep_the_module_path(monkeypatc
     assert lm._lean_stepper(8) is None
 
 
-def test_a_newly_registered_exact_backend_keeps_the_module_path(monkeypatch):
+def test_an_exact_backend_tried_before_sdpa_keeps_the_module_path(monkeypatch):
     import multihead.functional as functional
 
     lm = small_lm()
     assert lm._lean_stepper(8) is not None
     registry = dict(functional._REGISTRY)
     monkeypatch.setattr(functional, "_REGISTRY", registry)
-    functional.register_backend(
-        "plain-again", functional.get_backend("math").fn, exact=True, priority=1
-    )
+    plain = functional.get_backend("math").fn
+    functional.register_backend("after-sdpa", plain, exact=True)  # priority 100: sdpa first
+    functional.register_backend("approximate", plain, exact=False, priority=1)  # named only
+    assert lm._lean_stepper(8) is not None
+    functional.register_backend("before-sdpa", plain, exact=True, priority=1)
     assert lm._lean_stepper(8) is None  # "auto" would now pick it
-    del registry["plain-again"]
-    functional.register_backend(
-        "approximate", functional.get_backend("math").fn, exact=False, priority=1
-    )
-    assert lm._lean_stepper(8) is not None  # approximate backends run only when named
+    del registry["before-sdpa"]
+    functional.register_backend("sdpa", plain, exact=True, priority=10, replace=True)
+    assert lm._lean_stepper(8) is None  # sdpa itself replaced
 
 
+@pytest.mark.skipif(not torch_kernels_available(), reason="no quantized engine in this torch")
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 def test_the_head_sees_the_whole_prompt_as_in_forward():
     # PyTorch's own dynamic quantization scales a tensor's activations together, so the last

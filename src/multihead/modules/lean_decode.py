@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import backend_names, get_backend
-from ..functional.sdpa import _HAS_GQA, _propagate_nan_queries
+from ..cache import DecoderCache, KVCache
+from ..functional import backend_names, get_backend, sdpa
+from ..functional.sdpa import _HAS_GQA
 from ..positional import RotaryEmbedding
 from .attention import MultiHeadAttention
 from .layers import EncoderLayer
@@ -44,40 +45,54 @@ if TYPE_CHECKING:
 __all__ = ["LeanStepper", "lean_stepper", "register_lean_attention"]
 
 
+# Methods the lean step stands in for, per class, as defined when the class was registered
+# here: a method patched onto one of these classes later (steering, instrumentation) keeps the
+# module path.
+_STANDS_IN_FOR: dict[type, dict[str, object]] = {}
+_ATTENTION_METHODS = ("forward", "_self_cached", "_spec", "build_mask", "project")
+
+
+def _stand_in_for(cls: type, names: tuple[str, ...]) -> None:
+    _STANDS_IN_FOR[cls] = {name: getattr(cls, name) for name in names}
+
+
+_stand_in_for(Encoder, ("forward", "run", "embed"))
+_stand_in_for(EncoderLayer, ("forward", "_self_attention", "_input", "_add", "_drop"))
+_stand_in_for(KVCache, ("update", "next_num_keys"))
+_stand_in_for(DecoderCache, ("advance",))
+
 # Attention classes whose cached self-attention the lean step reproduces: their ``project``
 # gives q, k, v split into heads, and the rest of their forward is MultiHeadAttention's.
 # multihead.quantize registers its class (this package cannot import it: quantize builds on it).
-_LEAN_ATTENTION: set[type[nn.Module]] = {MultiHeadAttention}
+_LEAN_ATTENTION: set[type[nn.Module]] = set()
 
 
 def register_lean_attention(cls: type[nn.Module]) -> type[nn.Module]:
     """Let the lean step run self-attention modules of exactly class ``cls`` (no subclasses):
     a :class:`MultiHeadAttention` subclass that changes only how ``project`` computes
-    ``q, k, v``."""
+    ``q, k, v``. Its methods as they are now are recorded: patching one later turns the lean
+    step off."""
     _LEAN_ATTENTION.add(cls)
+    _stand_in_for(cls, _ATTENTION_METHODS)
     return cls
 
 
-# What the lean step stands in for, as defined when this module was imported: a method
-# patched onto one of these classes later (steering, instrumentation) keeps the module path.
-_STANDS_IN_FOR = {
-    cls: {name: getattr(cls, name) for name in names}
-    for cls, names in (
-        (Encoder, ("forward", "run", "embed")),
-        (EncoderLayer, ("forward", "_self_attention", "_input", "_add")),
-        (MultiHeadAttention, ("forward", "_self_cached", "_spec", "project")),
-    )
-}
+register_lean_attention(MultiHeadAttention)
 
 
-def _exact_backends() -> dict[str, object]:
-    """The backends ``"auto"`` chooses from (approximate ones run only when named)."""
-    return {name: b for name in backend_names() if (b := get_backend(name)).exact}
+def _sdpa_and_those_ahead() -> dict[str, object]:
+    """PyTorch's sdpa backend and every exact backend that ``"auto"`` would try before it: the
+    lean step runs sdpa, as the module path does while these are what they were at import."""
+    first = get_backend("sdpa")
+    ahead = {
+        name: b
+        for name in backend_names()
+        if (b := get_backend(name)).exact and (b.priority, b.name) < (first.priority, first.name)
+    }
+    return {"sdpa": first, **ahead}
 
 
-# A backend registered or replaced since import could be what "auto" picks: it keeps the
-# module path (the lean step always runs PyTorch's sdpa).
-_BACKENDS = _exact_backends()
+_BACKENDS = _sdpa_and_those_ahead()
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -115,8 +130,8 @@ def _unsupported(model: DecoderLM) -> str | None:
         return f"decoder of type {type(model.decoder).__name__} (not a causal Encoder)"
     if _hooked(model):
         return "hooks, observers, compiled or replaced code"
-    if _exact_backends() != _BACKENDS:
-        return "attention backends registered or replaced since import"
+    if _sdpa_and_those_ahead() != _BACKENDS:
+        return 'an attention backend that "auto" would try before sdpa, or sdpa replaced'
     for layer in model.decoder.layers:
         if type(layer) is not EncoderLayer:
             return f"layer type {type(layer).__name__}"
@@ -136,7 +151,8 @@ def _rows_independent(module: nn.Module) -> bool:
     norms, and classes that declare ``rows_independent = True`` (multihead's quantized
     layers, whose activation scales are per token)."""
     plain = (nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.Identity)
-    return type(module) in plain or getattr(type(module), "rows_independent", False) is True
+    # Declared by the class itself: a subclass (per-tensor scales, say) does not inherit it.
+    return type(module) in plain or vars(type(module)).get("rows_independent") is True
 
 
 class _Layer(NamedTuple):
@@ -248,7 +264,7 @@ class LeanStepper:
                 q, k, v, attn_mask=mask, is_causal=causal, **options
             )  # (R, H, N, Dv)
             # As the module's sdpa backend: a query row holding NaN/inf gives NaN, not zeros.
-            out = _propagate_nan_queries(out, q)
+            out = sdpa._propagate_nan_queries(out, q)
             out = layer.out(out.transpose(1, 2).flatten(2))  # (R, N, H * Dv)
             if layer.norm_first:
                 x = x + out
@@ -265,8 +281,8 @@ class LeanStepper:
 
     @torch.inference_mode()
     def select(self, rows: Tensor) -> None:
-        self._keys = [k.index_select(0, rows) for k in self._keys]
-        self._values = [v.index_select(0, rows) for v in self._values]
+        self._keys = [k.index_select(0, rows.to(k.device)) for k in self._keys]
+        self._values = [v.index_select(0, rows.to(v.device)) for v in self._values]
 
 
 def lean_stepper(model: DecoderLM, max_len: int) -> LeanStepper | None:

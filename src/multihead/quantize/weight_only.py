@@ -197,8 +197,6 @@ class WeightOnlyLinear(nn.Module):
 
     format: str = ""
     bias: Tensor | None
-    # Each output row depends on its input row alone (read by the lean decoding step).
-    rows_independent = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
@@ -269,6 +267,7 @@ class Int8WeightLinear(WeightOnlyLinear):
     """
 
     format = "int8"
+    rows_independent = True  # row i of the output reads row i of the input alone
     qweight: Tensor
     scale: Tensor
     _ones: Tensor
@@ -322,6 +321,7 @@ class Int4WeightLinear(WeightOnlyLinear):
     """
 
     format = "int4"
+    rows_independent = True  # row i of the output reads row i of the input alone
     qweight: Tensor
     scales_zeros: Tensor
     _packed: Tensor
@@ -417,6 +417,7 @@ class BF16WeightLinear(WeightOnlyLinear):
     """
 
     format = "bf16"
+    rows_independent = True  # row i of the output reads row i of the input alone
     weight: Tensor
     _packed: Tensor
 
@@ -472,6 +473,7 @@ class Float32PackedLinear(WeightOnlyLinear):
     """
 
     format = "float32"
+    rows_independent = True  # row i of the output reads row i of the input alone
     _packed: Tensor
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
