@@ -1,15 +1,16 @@
-"""Independent float64 attention written plainly for the tests (not shared with the library).
+"""Independent float64 references written plainly for the tests (not shared with the library).
 
-Deliberately naive: K/V are repeated per query head, masks are fully materialized, and the
-softmax is computed per row over the allowed keys only.
+Attention is deliberately naive: K/V are repeated per query head, masks are fully
+materialized, and the softmax is computed per row over the allowed keys only.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def allowed_matrix(
@@ -79,3 +80,18 @@ def attention64(
         weights[bi, hi, qi, row_ok] = torch.softmax(row, dim=-1)
     out = torch.einsum("bhij,bhjd->bhid", weights, torch.where(allowed.any(-2)[..., None], v, 0))
     return out, weights
+
+
+def int8_dequantized64(float_model: nn.Module, quantized: nn.Module) -> nn.Module:
+    """A float64 copy of ``float_model`` whose linear weights are ``quantized``'s int8 codes
+    times their per-row scales (its fused q/k/v copy aside): the model the int8 layers stand
+    for, computed plainly. The head gets its own matrix (the quantized head is not tied)."""
+    reference = copy.deepcopy(float_model).double()
+    head = reference.lm_head
+    reference.lm_head = nn.Linear(head.in_features, head.out_features, bias=False).double()
+    for name, module in quantized.named_modules():
+        if hasattr(module, "qweight") and hasattr(module, "scale") and "qkv_proj" not in name:
+            weight = module.qweight.double().cpu() * module.scale.double().cpu()[:, None]
+            with torch.no_grad():
+                reference.get_submodule(name).weight.copy_(weight)
+    return reference

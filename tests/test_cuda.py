@@ -16,8 +16,8 @@ from torch import nn
 from multihead import MultiHeadAttention
 from multihead.functional import attention, backend_names
 from multihead.modules.models import DecoderLM, TransformerConfig
-from multihead.quantize import Int8WeightLinear, quantize
-from oracle import allowed_matrix, attention64
+from multihead.quantize import quantize
+from oracle import allowed_matrix, attention64, int8_dequantized64
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CUDA = "cuda"
@@ -137,13 +137,7 @@ def test_int8_model_decodes_through_the_lean_step_on_cuda():
     )
     lm = DecoderLM(config).eval()
     q = quantize(lm, weights="int8")
-    reference = copy.deepcopy(lm).double()
-    reference.lm_head = nn.Linear(64, 50, bias=False).double()  # the quantized head is untied
-    for name, module in q.named_modules():
-        if isinstance(module, Int8WeightLinear) and not name.endswith("qkv_proj"):
-            target = reference.get_submodule(name)
-            with torch.no_grad():
-                target.weight.copy_(module.qweight.double() * module.scale.double()[:, None])
+    reference = int8_dequantized64(lm, q)
     gpu = q.to(CUDA)
     assert gpu._lean_stepper(16) is not None
     prompt = torch.randint(0, 50, (2, 5))

@@ -28,6 +28,7 @@ from multihead.quantize import (
     quantize,
     torch_kernels_available,
 )
+from oracle import int8_dequantized64
 
 needs_packing = pytest.mark.skipif(
     not float32_packing_available(), reason="oneDNN float32 packing unavailable"
@@ -180,6 +181,22 @@ def test_quantized_generation_is_the_same_through_the_lean_step(weights, monkeyp
         )
     assert torch.equal(lean, modules)
     torch.testing.assert_close(lean_logits, module_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_int8_lean_step_matches_float64_with_the_int8_weights():
+    # An independent reference for a quantized model: the float model with the int8 codes x
+    # scales as weights, in float64, uncached. The kernel rounds activations to bf16 (~0.4%).
+    lm = small_lm(d_model=64, d_ff=128, num_kv_heads=2, positional="rope")
+    q = quantize(lm, weights="int8")
+    reference = int8_dequantized64(lm, q)
+    ids = torch.randint(0, 37, (2, 10))
+    stepper = q._lean_stepper(10)
+    assert stepper is not None
+    with torch.no_grad():
+        got = stepped_logits(stepper, ids, 4)
+        expected = reference(ids)[:, 3:]
+    scale = expected.abs().max()
+    torch.testing.assert_close(got.double(), expected, atol=2e-2 * scale, rtol=0)
 
 
 @needs_packing
