@@ -4,8 +4,10 @@ GPT-2-small shape (12 layers, 768 wide, 12 heads, 50257-token vocabulary) with r
 the Hugging Face ``GPT2LMHeadModel`` and our ``DecoderLM`` converted from it
 (:func:`multihead.interop.huggingface.convert`, same weights), 256 new tokens after a 16-token
 prompt, at batch 1 and 8. Ours runs in float32 and as weight-only quantized copies
-(:func:`multihead.quantize.quantize` with ``weights="bf16" | "int8" | "int4"``). All run in this
-process, interleaved (A, B, C, ...) so that load from other processes hits them alike.
+(:func:`multihead.quantize.quantize` with ``weights="bf16" | "int8" | "int4"``; int8 also with
+one scale per 128 input channels, "int8-g128", and, as "int8-torch", the per-channel int8 model
+on PyTorch's ``_weight_int8pack_mm`` instead of multihead's kernel). All run in this process,
+interleaved (A, B, C, ...) so that load from other processes hits them alike.
 
 Decoding one token per step is memory bound: every step reads all weights and the key/value
 cache. "bytes/token" is what one step reads (the weights each kernel reads, tied embedding once,
@@ -29,6 +31,7 @@ Run: ``python benchmarks/bench_decode.py [--quick] [--threads N]`` (needs ``tran
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import math
 import os
@@ -43,7 +46,15 @@ from torch import nn
 
 from multihead.bench.harness import machine_summary, markdown_table, time_interleaved
 from multihead.modules.models import DecoderLM, TransformerConfig
-from multihead.quantize import QuantizedMultiHeadAttention, WeightOnlyLinear, bf16_units, quantize
+from multihead.quantize import (
+    Int8WeightLinear,
+    QuantizedMultiHeadAttention,
+    WeightOnlyLinear,
+    bf16_units,
+    int8_kernel_available,
+    native,
+    quantize,
+)
 from multihead.threads import apply_thread_policy
 from multihead.train.recipes import LanguageModelRecipe, get_recipe, load_trained
 
@@ -58,6 +69,9 @@ TARGET_FLOAT_BW = 0.85
 TARGET_INT8 = 2.5
 TARGET_INT4 = 3.5
 TARGET_CACHE = 5.0  # cached vs uncached at 512 tokens
+# int8 with one scale per 128 input channels: with GPTQ, the group size that kept greedy
+# agreement on the character LM at >= 95% over four calibration draws (RESULTS.md).
+GROUP = 128
 
 
 def read_bandwidth_gbs(mib: int = 512, repeat: int = 7) -> tuple[float, float]:
@@ -190,24 +204,45 @@ def variants(
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Our float32 model and its quantized copies, with a note for formats that fell back.
     With ``calibration`` ids ``(B, N)``, also int8 and int4 rounded by GPTQ on them
-    ("int8-gptq", "int4-gptq": the same layers and kernels as "int8" and "int4")."""
+    ("...-gptq": the same layers and kernels as without). "int8" runs multihead's int8 kernel
+    (float32 arithmetic) where it builds; "int8-torch" is the same model on PyTorch's
+    ``_weight_int8pack_mm`` (bf16 activations), timed in the same run; "int8-g128" has one
+    scale per 128 input channels."""
     models: dict[str, nn.Module] = {"float32": lm}
     notes: dict[str, str] = {}
     # "float32-packed": the same float32 weights, prepacked for oneDNN (weights="float32").
-    formats = [("float32-packed", "float32"), ("bf16", "bf16"), ("int8", "int8"), ("int4", "int4")]
+    formats: list[tuple[str, dict[str, Any]]] = [
+        ("float32-packed", {"weights": "float32"}),
+        ("bf16", {"weights": "bf16"}),
+        ("int8", {"weights": "int8"}),
+        ("int8-g128", {"weights": "int8", "group_size": GROUP}),
+        ("int4", {"weights": "int4"}),
+    ]
     if calibration is not None:
-        formats += [("int8-gptq", "int8"), ("int4-gptq", "int4")]
-    for name, weights in formats:
-        options = {"calibration": calibration} if name.endswith("-gptq") else {}
+        formats += [
+            ("int8-gptq", {"weights": "int8"}),
+            ("int8-g128-gptq", {"weights": "int8", "group_size": GROUP}),
+            ("int4-gptq", {"weights": "int4"}),
+        ]
+    for name, options in formats:
+        if name.endswith("-gptq"):
+            options = {**options, "calibration": calibration}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             try:
-                models[name] = quantize(lm, weights=weights, **options)
+                models[name] = quantize(lm, **options)
             except ValueError as exc:
                 notes[name] = f"skipped: {exc}"
                 continue
         if caught:
             notes[name] = str(caught[0].message)
+    if "int8" in models and int8_kernel_available():
+        # The same int8 model on PyTorch's kernel: the layers' private switch, for timing only.
+        torch_int8 = copy.deepcopy(models["int8"])
+        for module in torch_int8.modules():
+            if isinstance(module, Int8WeightLinear):
+                module._native = False
+        models["int8-torch"] = torch_int8
     return models, notes
 
 
@@ -579,7 +614,16 @@ def main(argv: list[str] | None = None) -> str:
     text_checkpoint = Path(args.text_checkpoint)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    parts = [f"{machine_summary()}; {threads} thread(s); load average {load} at the start", ""]
+    problem = native.native_problem()
+    kernel = (
+        f"multihead's int8 kernel: {native.vector_lanes()} float lanes"
+        if problem is None
+        else f"multihead's int8 kernel unavailable ({problem})"
+    )
+    parts = [
+        f"{machine_summary()}; {threads} thread(s); {kernel}; load average {load} at the start",
+        "",
+    ]
     summary: dict[str, float] = {}
     try:
         import transformers  # noqa: F401

@@ -84,14 +84,17 @@ def attention64(
 
 def int8_dequantized64(float_model: nn.Module, quantized: nn.Module) -> nn.Module:
     """A float64 copy of ``float_model`` whose linear weights are ``quantized``'s int8 codes
-    times their per-row scales (its fused q/k/v copy aside): the model the int8 layers stand
-    for, computed plainly. The head gets its own matrix (the quantized head is not tied)."""
+    times their scales, per row ``(N,)`` or per row and group of input channels ``(N, G)``
+    (its fused q/k/v copy aside): the model the int8 layers stand for, computed plainly. The
+    head gets its own matrix (the quantized head is not tied)."""
     reference = copy.deepcopy(float_model).double()
     head = reference.lm_head
     reference.lm_head = nn.Linear(head.in_features, head.out_features, bias=False).double()
     for name, module in quantized.named_modules():
         if hasattr(module, "qweight") and hasattr(module, "scale") and "qkv_proj" not in name:
-            weight = module.qweight.double().cpu() * module.scale.double().cpu()[:, None]
+            codes = module.qweight.double().cpu()
+            scale = module.scale.double().cpu().reshape(codes.shape[0], -1)  # (N, groups)
+            weight = codes * scale.repeat_interleave(codes.shape[1] // scale.shape[1], dim=1)
             with torch.no_grad():
                 reference.get_submodule(name).weight.copy_(weight)
     return reference

@@ -50,8 +50,9 @@ def correlated_inputs(m: int, k: int, seed: int) -> torch.Tensor:
 def read_back(codes: torch.Tensor, grid: torch.Tensor, weights: str) -> torch.Tensor:
     """The weights ``(N, K)`` float64 a kernel multiplies by: int8 ``q * s``; int4
     ``(q - 8) * s + z`` with the scale and zero as bfloat16 (what the int4 kernel reads)."""
-    if weights == "int8":
-        return codes.double() * grid.double()[:, None]
+    if weights == "int8":  # grid: (N,) per channel or (N, groups)
+        scale = grid.double().reshape(grid.shape[0], -1)
+        return codes.double() * scale.repeat_interleave(codes.shape[1] // scale.shape[1], 1)
     scale, zero = grid.to(torch.bfloat16).double().unbind(-1)  # (N, groups) each
     g = codes.shape[1] // scale.shape[1]
     return (codes.double() - 8) * scale.repeat_interleave(g, 1) + zero.repeat_interleave(g, 1)
@@ -59,8 +60,10 @@ def read_back(codes: torch.Tensor, grid: torch.Tensor, weights: str) -> torch.Te
 
 def column_grid(j: int, k: int, grid: torch.Tensor, weights: str):
     """Scale and zero ``(N,)`` of input channel ``j`` of ``k`` (int8: zero 0, codes symmetric)."""
-    if weights == "int8":
-        return grid.double(), torch.zeros_like(grid.double())
+    if weights == "int8":  # (N,) per channel, or (N, groups)
+        scale = grid.double().reshape(grid.shape[0], -1)
+        scale = scale[:, j // (k // scale.shape[1])]
+        return scale, torch.zeros_like(scale)
     scale, zero = grid.to(torch.bfloat16).double().unbind(-1)  # (N, groups) each
     g = k // scale.shape[1]
     return scale[:, j // g], zero[:, j // g]
@@ -89,13 +92,19 @@ def reference_gptq(
     return codes
 
 
-def rtn(weight: torch.Tensor, weights: str, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round-to-nearest codes and grid as the layers store them."""
+def rtn(weight: torch.Tensor, weights: str, group: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest codes and grid as the layers store them (int8: ``group`` None for one
+    scale per output channel, else one per ``group`` input channels, max |w| / 127)."""
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     linear.weight.data.copy_(weight)
-    if weights == "int8":
+    if weights == "int8" and group is None:
         layer8 = Int8WeightLinear.from_float(linear)
         return layer8.qweight, layer8.scale
+    if weights == "int8":  # written out: grouped layers need multihead's C kernel to exist
+        w = weight.float().reshape(weight.shape[0], -1, group)
+        scale = w.abs().amax(-1) / 127  # (N, groups)
+        codes = torch.round(w / scale[..., None]).clamp(-127, 127).flatten(1)
+        return codes.to(torch.int8), scale
     layer4 = Int4WeightLinear.from_float(linear, group_size=group)
     q = torch.stack([layer4.qweight & 0xF, layer4.qweight >> 4], -1).flatten(1)
     n = weight.shape[0]
@@ -106,31 +115,40 @@ def rtn(weight: torch.Tensor, weights: str, group: int) -> tuple[torch.Tensor, t
 
 
 @pytest.mark.parametrize(
-    ("weights", "act_order"), [("int8", False), ("int4", False), ("int8", True)]
+    ("weights", "group", "act_order"),
+    [
+        ("int8", None, False),
+        ("int8", 16, False),
+        ("int4", 16, False),
+        ("int8", None, True),
+        ("int8", 16, True),
+    ],
 )
-def test_gptq_equals_the_plain_column_by_column_algorithm(weights, act_order):
+def test_gptq_equals_the_plain_column_by_column_algorithm(weights, group, act_order):
     torch.manual_seed(0)
-    n, k, group = 8, 48, 16
+    n, k = 8, 48
     weight = torch.randn(n, k)
     x = correlated_inputs(200, k, seed=2)
     hessian = 2 * x.T @ x
     # Blocks of 16 columns: the lazy updates across blocks are exercised.
     got = gptq_round(weight, hessian, weights, group_size=group, block_size=16, act_order=act_order)
     _, grid = rtn(weight, weights, group)
-    # Act-order is column order on permuted input channels (int8's grid is per row).
+    # Act-order is column order on permuted input channels with each column's own grid.
     order = (
         torch.argsort(torch.diagonal(hessian), descending=True, stable=True)
         if act_order
         else torch.arange(k)
     )
+    if weights == "int8" and group is not None:  # grid per column, then permuted
+        grid = grid.repeat_interleave(group, 1)[:, order]
     expected = reference_gptq(weight[:, order], hessian[order][:, order], grid, weights)
     assert torch.equal(got.codes.double(), expected[:, torch.argsort(order)])
 
 
-@pytest.mark.parametrize("weights", ["int8", "int4"])
-def test_gptq_output_error_is_at_most_round_to_nearest(weights):
+@pytest.mark.parametrize(("weights", "group"), [("int8", None), ("int8", 32), ("int4", 32)])
+def test_gptq_output_error_is_at_most_round_to_nearest(weights, group):
     torch.manual_seed(3)
-    n, k, group = 24, 64, 32
+    n, k = 24, 64
     weight = torch.randn(n, k)
     x = correlated_inputs(300, k, seed=4)  # the calibration inputs
     got = gptq_round(weight, 2 * x.T @ x, weights, group_size=group)
@@ -150,7 +168,7 @@ def test_an_input_never_seen_in_calibration_keeps_its_nearest_rounding():
     x = correlated_inputs(100, 32, seed=6)
     x[:, 3] = 0.0  # channel 3 never fires in calibration
     got = gptq_round(weight, 2 * x.T @ x, "int8", act_order=True)
-    rtn_codes, _ = rtn(weight, "int8", 32)
+    rtn_codes, _ = rtn(weight, "int8", None)
     assert torch.equal(got.codes[:, 3], rtn_codes[:, 3])  # not zeroed, not moved
     assert not torch.equal(got.codes, rtn_codes)
 
@@ -163,10 +181,10 @@ def test_the_scale_of_the_hessian_does_not_matter_with_a_dead_input():
     x = correlated_inputs(100, 32, seed=8)
     x[:, 5] = 0.0
     hessian = 2 * x.T @ x
-    for weights in ("int8", "int4"):
-        base = gptq_round(weight, hessian, weights, group_size=16, act_order=True).codes
+    for weights, group in (("int8", None), ("int8", 16), ("int4", 16)):
+        base = gptq_round(weight, hessian, weights, group_size=group, act_order=True).codes
         for c in (2.0**-20, 2.0**20):
-            again = gptq_round(weight, c * hessian, weights, group_size=16, act_order=True)
+            again = gptq_round(weight, c * hessian, weights, group_size=group, act_order=True)
             assert torch.equal(again.codes, base), (weights, c)
 
 

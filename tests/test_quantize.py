@@ -25,6 +25,7 @@ from multihead.quantize import (
     bf16_units,
     float32_packing_available,
     load_quantized,
+    native_available,
     quantization_of,
     quantize,
     quantized_linear,
@@ -40,10 +41,26 @@ KERNELS = ["reference", "int8pack", "onednn"] + (["torch"] if torch_kernels_avai
 # still far below what a wrong scale or a swapped q/k/v block gives (errors of order 100%).
 LOGIT_TOLERANCE = 0.08
 
-FORMATS = ["int8", "int4"] + (["bf16"] if bf16_units() else [])
+# "int8/32": int8 with one scale per 32 input channels (multihead's own kernel only).
+FORMATS = (
+    ["int8", "int4"]
+    + (["int8/32"] if native_available() else [])
+    + (["bf16"] if bf16_units() else [])
+)
 # Relative error of the layer against the float layer for Gaussian weights: int8 rounding and
 # bf16 activations ~0.5%; int4 with groups of 32 ~8%.
-FLOAT_TOLERANCE = {"int8": 0.02, "int4": 0.15, "bf16": 0.01}
+FLOAT_TOLERANCE = {"int8": 0.02, "int8/32": 0.02, "int4": 0.15, "bf16": 0.01}
+
+
+def options(fmt: str | None) -> dict:
+    """quantize()'s arguments for a format of the lists above (int4 in groups of 32)."""
+    if fmt == "int8/32":
+        return {"weights": "int8", "group_size": 32}
+    if fmt == "int4":
+        return {"weights": "int4", "group_size": 32}
+    return {"weights": fmt}
+
+
 # weights="float32" rounds nothing: it only prepacks the float32 weights for oneDNN.
 PACKED = ["float32"] if float32_packing_available() else []
 needs_packing = pytest.mark.skipif(not PACKED, reason="oneDNN float32 packing unavailable")
@@ -218,14 +235,14 @@ def padding_drift(model: nn.Module, ids: torch.Tensor) -> float:
     return float((alone - batched).abs().max())
 
 
-@pytest.mark.parametrize("weights", [None, "int8", "int4", "bf16", *PACKED])
+@pytest.mark.parametrize("weights", [None, *FORMATS, "bf16", *PACKED])
 def test_quantized_outputs_do_not_depend_on_batch_mates_or_padding(weights):
     lm = gpt_like(0)
     ids = torch.randint(1, 50, (4, 12))
     float_drift = padding_drift(lm, ids)  # ~5e-7: reordered float sums only
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # bf16 fallback on CPUs without units
-        drift = padding_drift(quantize(lm, weights=weights, group_size=32), ids)
+        drift = padding_drift(quantize(lm, **options(weights)), ids)
     # The old default (one activation scale per tensor) drifted by ~0.1 here.
     assert drift <= max(10 * float_drift, 1e-5)
 
@@ -252,7 +269,9 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     """The float64 weight a quantized layer stands for, from its stored integers (the layout
     documented in multihead.quantize.weight_only), independent of the kernels."""
     if isinstance(layer, Int8WeightLinear):
-        return layer.qweight.double() * layer.scale.double()[:, None]
+        scale = layer.scale.double().reshape(layer.out_features, -1)  # (N, groups)
+        per_input = scale.repeat_interleave(layer.in_features // scale.shape[1], dim=1)
+        return layer.qweight.double() * per_input
     if isinstance(layer, Int4WeightLinear):
         low, high = (layer.qweight & 0xF).long(), (layer.qweight >> 4).long()
         q = torch.stack([low, high], dim=-1).flatten(1).double()  # (N', K), even index low
@@ -271,7 +290,7 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
 def test_packed_float32_linear_equals_the_float_layer(k, n, bias, lead):
     torch.manual_seed(0)
     lin = nn.Linear(k, n, bias=bias)
-    layer = weight_only_linear(lin, "float32", group_size=32)
+    layer = weight_only_linear(lin, "float32", group_size=None)
     assert isinstance(layer, Float32PackedLinear)
     x = torch.randn(*lead, k)
     with torch.no_grad():
@@ -345,7 +364,9 @@ def test_packed_float32_model_decodes_like_the_float_model():
 def test_weight_only_linear_computes_its_stored_weights(weights, k, n, bias, lead):
     torch.manual_seed(0)
     lin = nn.Linear(k, n, bias=bias)
-    layer = weight_only_linear(lin, weights, group_size=32)
+    layer = weight_only_linear(
+        lin, options(weights)["weights"], group_size=options(weights).get("group_size")
+    )
     x = torch.randn(*lead, k)
     with torch.no_grad():
         out = layer(x)
@@ -354,8 +375,10 @@ def test_weight_only_linear_computes_its_stored_weights(weights, k, n, bias, lea
         )
         ref = lin(x)
     assert out.shape == (*lead, n) and out.dtype == torch.float32
-    # The kernel sees bf16 activations and rounds its result to bf16: ~2^-8 relative.
-    assert rel_err(out.double(), exact) < 1e-2
+    if getattr(layer, "_native", False):  # multihead's int8 kernel: float32 arithmetic
+        assert rel_err(out.double(), exact) < 1e-6
+    else:  # PyTorch's kernels see bf16 activations and round to bf16: ~2^-8 relative
+        assert rel_err(out.double(), exact) < 1e-2
     assert rel_err(out, ref) < FLOAT_TOLERANCE[weights]
 
 
@@ -426,7 +449,7 @@ def test_quantized_checkpoints_save_and_load(weights, tmp_path):
     config = TransformerConfig(vocab_size=20, d_model=64, num_heads=2, d_ff=128)
     torch.manual_seed(0)
     lm = DecoderLM(config).eval()
-    q = quantize(lm, weights=weights, group_size=32)
+    q = quantize(lm, **options(weights))
     path = tmp_path / "q.pt"
     save_quantized(q, path)
     torch.manual_seed(1)
@@ -445,7 +468,7 @@ def test_float_and_quantized_checkpoints_are_not_confused(tmp_path):
     with pytest.raises(ValueError, match="not a quantized checkpoint"):
         load_quantized(float_path, DecoderLM(config))
     for weights in FORMATS:
-        q = quantize(lm, weights=weights, group_size=32)
+        q = quantize(lm, **options(weights))
         with pytest.raises(
             ValueError, match=r"holds (float|bf16) weights|is torch.float32|no fused q/k/v"
         ):

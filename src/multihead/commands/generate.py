@@ -11,6 +11,7 @@ Example:
     multihead generate --checkpoint runs/text/checkpoint.pt --top-p 0.9 --seed 7
     multihead generate --quantize int8 --threads 1
     multihead generate --quantize int8 --calibrate 128
+    multihead generate --quantize int8 --group-size 128 --calibrate 256
 """
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="with --quantize int8/int4: round the weights with GPTQ on N sequences drawn from "
         "the model's training text (e.g. 128) instead of to nearest",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int_in(2),
+        metavar="G",
+        help="with --quantize int8: one scale per G input channels (e.g. 128; needs multihead's "
+        "int8 kernel, built with the machine's C compiler) instead of one per output channel; "
+        "with --quantize int4: its group size (default 64)",
     )
     add_threads_option(
         parser, "CPU threads (default: the physical cores that are free, 1 on a busy machine)"
@@ -192,10 +201,14 @@ def run(args: argparse.Namespace) -> int:
                 f"--quantize {args.quantize}"
             )
         calibration = training_windows(trained.checkpoint, trained.vocab, args.calibrate, context)
+    if args.group_size is not None and args.quantize not in ("int8", "int4"):
+        raise CommandError(
+            f"--group-size goes with --quantize int8 or int4, got --quantize {args.quantize}"
+        )
     if args.quantize != "none":
         try:
             model = quantize(  # type: ignore[assignment]
-                model, weights=args.quantize, calibration=calibration
+                model, weights=args.quantize, group_size=args.group_size, calibration=calibration
             )
         except ValueError as exc:
             raise CommandError(f"--quantize {args.quantize}: {exc}") from exc

@@ -8,7 +8,9 @@ Two families, one entry point, :func:`quantize`:
 * ``quantize(model, weights="int8" | "int4" | "bf16")``: **weight-only**
   (:mod:`multihead.quantize.weight_only`): every ``nn.Linear``, the LM head included, stores
   its weights in fewer bytes; activations and the key/value cache stay floating point. For
-  decoding, whose steps are bound by reading the weights. ``weights="float32"`` rounds
+  decoding, whose steps are bound by reading the weights. int8 runs in multihead's own kernel
+  (:mod:`multihead.quantize.native`: float32 arithmetic, per-channel or, with ``group_size``,
+  per-group scales), compiled on first use with the machine's C compiler. ``weights="float32"`` rounds
   nothing and only re-lays the float32 weights out for oneDNN's faster matrix-vector kernel.
   With ``calibration=ids``, int8/int4 weights are rounded by GPTQ
   (:mod:`multihead.quantize.gptq`) instead of to nearest, on the same grid and kernels.
@@ -51,6 +53,7 @@ from .dynamic import (
     torch_kernels_available,
 )
 from .gptq import RoundedWeight, check_calibration, gptq_weights
+from .native import native_available, native_problem
 from .weight_only import (
     DEFAULT_GROUP_SIZE,
     WEIGHT_FORMATS,
@@ -83,6 +86,8 @@ __all__ = [
     "int4_kernel_available",
     "int8_kernel_available",
     "load_quantized",
+    "native_available",
+    "native_problem",
     "quantization_of",
     "quantize",
     "quantized_linear",
@@ -125,12 +130,15 @@ def _check_weight_format(weights: Any) -> str:
         "int8": (int8_kernel_available, "_weight_int8pack_mm", "'bf16' or None (dynamic int8)"),
         "int4": (int4_kernel_available, "_weight_int4pack_mm_for_cpu", "'int8'"),
     }
+    if weights == "int8" and native_available():
+        return weights
     if weights in needs:
         available, kernel, alternative = needs[weights]
         if not available():
+            ours = f" (or multihead's int8 kernel: {native_problem()})" if weights == "int8" else ""
             raise ValueError(
-                f"weights={weights!r} needs torch.ops.aten.{kernel}, which does not run with "
-                f"this PyTorch/CPU; use weights={alternative} instead"
+                f"weights={weights!r} needs torch.ops.aten.{kernel}{ours}, which does not run "
+                f"with this PyTorch/CPU; use weights={alternative} instead"
             )
     return weights
 
@@ -164,8 +172,11 @@ def quantize(
             without bf16 units keeps float32 weights and warns once. ``"float32"``: no
             rounding, the weights prepacked for oneDNN (faster decoding steps; without oneDNN it
             keeps ``nn.Linear`` and warns).
-        group_size: int4 only: input channels per scale, 32-128, dividing every layer's input
-            size. ``None``: 64, else 128, else 32, the first that divides them all.
+        group_size: input channels per scale, dividing every layer's input size. int4:
+            32-128; ``None``: 64, else 128, else 32, the first that divides them all. int8:
+            ``None`` (default) for one scale per output channel; a group size (128 measured
+            best on the character LM, ``docs/quantization.md``) for one per output channel and
+            group, which needs multihead's int8 kernel. Other formats: leave it out.
         dtype, kernel: dynamic mode only.
         calibration: ``"int8"``/``"int4"`` of a :class:`~multihead.modules.models.DecoderLM`
             only: token ids ``(B, N)`` long (or an iterable of such batches), text like the
@@ -179,7 +190,8 @@ def quantize(
 
     Raises:
         ValueError: ``model`` is already quantized; an unknown format; a kernel missing here
-            (the message names the alternative); ``dtype``/``kernel`` given with ``weights``;
+            (the message names the alternative); ``group_size`` with a format that has none,
+            or not dividing every layer's input size; ``dtype``/``kernel`` given with ``weights``;
             ``calibration`` with another format than int8/int4, or with ids outside the
             vocabulary, of the wrong shape or longer than the model's positions.
         TypeError: ``calibration`` not long token ids, or given for a model that is not a
@@ -216,13 +228,27 @@ def quantize(
             f"dtype and kernel belong to the dynamic mode; with weights={mode!r} leave them "
             f"out (got dtype={dtype}, kernel={kernel!r})"
         )
+    if group_size is not None and mode not in ("int8", "int4"):
+        raise ValueError(
+            f"group_size applies to weights='int8' or 'int4', got weights={weights!r} with "
+            f"group_size={group_size!r}; leave it out"
+        )
     if mode == "dynamic":
         qmodel = quantize_dynamic(copy.deepcopy(model), dtype=dtype, kernel=kernel)
         setattr(qmodel, _MARK, {"weights": "dynamic", "dtype": str(dtype)})
         return qmodel
     _check_on_cpu(model, mode)
-    # (group_size matters for int4 only.)
-    group_size = _check_group_size(model, group_size) if mode == "int4" else DEFAULT_GROUP_SIZE
+    if mode == "int4":
+        group_size = _check_group_size(model, group_size)
+    elif mode == "int8" and group_size is not None:
+        group_size = _check_group_size(model, group_size)
+        problem = native_problem()
+        if problem is not None:
+            raise ValueError(
+                f"weights='int8' with group_size={group_size} needs multihead's int8 kernel, "
+                f"which is not available here ({problem}); leave group_size out for one scale "
+                "per output channel"
+            )
     qmodel = copy.deepcopy(model)
     missing = _missing_units(mode)
     if missing:
@@ -237,7 +263,7 @@ def quantize(
             rounded = gptq_weights(qmodel, mode, batches, group_size=group_size)
         _convert_weight_only(qmodel, mode, group_size, rounded)
     mark: dict[str, Any] = {"weights": mode}
-    if mode == "int4":
+    if group_size is not None:
         mark["group_size"] = group_size
     if batches is not None:
         mark["rounding"] = "gptq"
@@ -257,6 +283,7 @@ def _missing_units(mode: str) -> str | None:
 
 
 def _check_group_size(model: nn.Module, group_size: Any) -> int:
+    """int4's group size (``None``: the default that fits), or int8's explicit one."""
     sizes = sorted({m.in_features for m in model.modules() if isinstance(m, nn.Linear)})
     if group_size is None:
         for candidate in (DEFAULT_GROUP_SIZE, 128, 32):
@@ -280,6 +307,7 @@ def _check_group_size(model: nn.Module, group_size: Any) -> int:
 
 
 def _from_rounded(rounded: RoundedWeight, weights: str, bias: torch.Tensor | None) -> nn.Module:
+    # int8's grid is its scales, (N,) or (N, G): the layer reads the group size from them.
     if weights == "int8":
         return Int8WeightLinear.from_codes(rounded.codes, rounded.grid, bias)
     return Int4WeightLinear.from_codes(
@@ -290,7 +318,7 @@ def _from_rounded(rounded: RoundedWeight, weights: str, bias: torch.Tensor | Non
 def _convert_weight_only(
     qmodel: nn.Module,
     weights: str,
-    group_size: int,
+    group_size: int | None,
     rounded: dict[nn.Linear, RoundedWeight] | None = None,
 ) -> None:
     """Swap every ``nn.Linear`` of ``qmodel`` for a ``weights`` layer, rounded to nearest or,
@@ -383,9 +411,7 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # bf16 fallback: said at save time
-            qmodel = quantize(
-                model, weights=weights, group_size=mark.get("group_size", DEFAULT_GROUP_SIZE)
-            )
+            qmodel = quantize(model, weights=weights, group_size=mark.get("group_size"))
     made = quantization_of(qmodel) or {}
     if "rounding" in mark:  # how the integers were chosen; the file holds them
         made["rounding"] = mark["rounding"]

@@ -73,7 +73,8 @@ from torch import Tensor, nn
 from ..modules.attention import MultiHeadAttention
 from ..modules.feedforward import FeedForward
 from ..modules.lean_decode import register_lean_attention
-from .weight_only import _cpu_flags, float_checkpoint_error, int8_kernel_available, probe_kernel
+from .kernels import cpu_flags, int8_kernel_available, probe_kernel
+from .weight_only import float_checkpoint_error
 
 __all__ = [
     "KERNELS",
@@ -131,7 +132,7 @@ def onednn_kernel_available() -> None:
 def _activation_levels() -> int:
     """127 (8-bit activations) where u8 x s8 products accumulate in 32 bits (VNNI, AMX);
     63 otherwise, so that a pair of products fits a saturating 16-bit sum."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return 127 if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else 63
 
 

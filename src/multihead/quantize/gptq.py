@@ -16,8 +16,8 @@ Columns go in blocks of 128 whose updates to later columns are applied once per 
 paper's "lazy batch updates"): the same numbers, a matrix product instead of 128 rank-1 updates.
 ``H`` is damped by 1% of its mean diagonal, as in the paper, so that it stays invertible.
 
-The grid is the format's own: int8's per-output-channel scales and int4's per-group scales and
-zeros are computed from the float weights exactly as round-to-nearest computes them
+The grid is the format's own: int8's per-output-channel (or per-group) scales and int4's
+per-group scales and zeros are computed from the float weights exactly as round-to-nearest computes them
 (:func:`~multihead.quantize.weight_only.int8_scales`,
 :func:`~multihead.quantize.weight_only.int4_scales_zeros`), so the layers, their kernels and the
 checkpoint format are unchanged; only which grid point each weight gets differs.
@@ -62,7 +62,8 @@ DAMPING = 0.01  # lambda: the share of the mean diagonal of H added to it (GPTQ,
 class RoundedWeight:
     """The integer form of one rounded ``(N, K)`` weight.
 
-    ``codes``: int8 ``(N, K)`` in [-127, 127] with ``grid`` the scales ``(N,)``; or int4 codes
+    ``codes``: int8 ``(N, K)`` in [-127, 127] with ``grid`` the scales ``(N,)`` (per channel)
+    or ``(N, K / g)`` (per group of ``g`` input channels); or int4 codes
     (uint8 ``(N, K)`` in [0, 15]) with ``grid`` the scales and zeros ``(N, K / g, 2)``.
     """
 
@@ -81,14 +82,15 @@ def gptq_round(
     hessian: Tensor,
     weights: str,
     *,
-    group_size: int = 64,
+    group_size: int | None = None,
     block_size: int = BLOCK_SIZE,
     damping: float = DAMPING,
     act_order: bool = False,
 ) -> RoundedWeight:
     """Round ``weight (N, K)`` to ``weights`` ("int8" or "int4") with GPTQ, given the inputs'
     ``hessian (K, K)`` (``2 X^T X`` over the calibration inputs ``X (M, K)``; any positive
-    multiple gives the same result). ``group_size``: int4's input channels per scale.
+    multiple gives the same result). ``group_size``: input channels per scale: int4's
+    (``None``: 64), or int8's (``None``: one scale per output channel).
 
     ``act_order`` rounds the columns in the order of decreasing ``H`` diagonal (the inputs of
     largest energy first, GPTQ's "act-order"); the grid does not depend on the order.
@@ -115,7 +117,9 @@ def gptq_round(
     check_int(block_size, "block_size", minimum=1)
     if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping < 1e6:
         raise ValueError(f"damping must be a positive number, got {damping!r}")
-    if weights == "int4":
+    if weights == "int4" and group_size is None:
+        group_size = 64
+    if group_size is not None:
         check_int(group_size, "group_size", minimum=2)
         if group_size % 2 or k % group_size:
             raise ValueError(
@@ -124,11 +128,15 @@ def gptq_round(
     device = weight.device
     w = weight.detach().double().clone()  # (N, K), updated in place as columns are rounded
     if weights == "int8":
-        grid = int8_scales(weight.detach().float())  # (N,) float32, as round-to-nearest
-        scale = grid.double()[:, None].expand(n, k)
+        grid = int8_scales(weight.detach().float(), group_size)  # as round-to-nearest
+        if group_size is None:  # (N,): one per output channel
+            scale = grid.double()[:, None].expand(n, k)
+        else:  # (N, K / g): each column's group
+            scale = grid.double().repeat_interleave(group_size, dim=1)
         zero = torch.zeros(n, k, dtype=torch.float64, device=device)
         low, high, offset = -127.0, 127.0, 0.0
     else:
+        assert group_size is not None  # int4's default was filled in above
         grid = int4_scales_zeros(weight.detach().float(), group_size)  # (N, groups, 2)
         s, z = _int4_reading(grid)
         scale = s.repeat_interleave(group_size, dim=1)  # (N, K): each column's group
@@ -262,10 +270,14 @@ def _run_order(model: nn.Module, batch: Tensor) -> list[nn.Linear]:
     return list(seen.values())
 
 
-def _dequantized(rounded: RoundedWeight, weights: str, group_size: int) -> Tensor:
-    """The float32 weight ``(N, K)`` the layer's kernel multiplies by (bar bf16 activations)."""
+def _dequantized(rounded: RoundedWeight, weights: str, group_size: int | None) -> Tensor:
+    """The float32 weight ``(N, K)`` the layer's kernel multiplies by."""
     if weights == "int8":
-        return rounded.codes.float() * rounded.grid[:, None]
+        if rounded.grid.dim() == 1:
+            return rounded.codes.float() * rounded.grid[:, None]
+        group = rounded.codes.shape[1] // rounded.grid.shape[1]
+        return rounded.codes.float() * rounded.grid.repeat_interleave(group, dim=1)
+    assert group_size is not None  # int4 always has groups
     s, z = _int4_reading(rounded.grid)
     q = rounded.codes.double() - 8.0
     scale = s.repeat_interleave(group_size, dim=1)
@@ -277,7 +289,7 @@ def gptq_weights(
     weights: str,
     batches: list[Tensor],
     *,
-    group_size: int,
+    group_size: int | None,
     act_order: bool = True,
 ) -> dict[nn.Linear, RoundedWeight]:
     """GPTQ-round every ``nn.Linear`` of ``model`` that the calibration ``batches`` reach, in

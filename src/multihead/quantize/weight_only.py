@@ -5,9 +5,13 @@ the time goes into reading the weights, not into arithmetic. Storing them in few
 what makes a step faster (llama.cpp and CTranslate2 do the same). Activations stay floating
 point; only the weights are rounded, once.
 
-Kernels: PyTorch's own CPU kernels, no new C++ here.
+Kernels: PyTorch's own CPU kernels, and one of ours for int8.
 
-* ``int8``: ``torch.ops.aten._weight_int8pack_mm``, one scale per output channel.
+* ``int8``: one scale per output channel, or per group of ``group_size`` input channels.
+  multihead's own kernel (:mod:`multihead.quantize.native`, C compiled on first use) multiplies
+  float32 activations by the int8 weights in float32 arithmetic; where it cannot be built,
+  per-channel int8 uses ``torch.ops.aten._weight_int8pack_mm`` (bf16 activations, with a
+  one-line warning) and grouped int8 is refused.
 * ``int4``: ``torch.ops.aten._weight_int4pack_mm_for_cpu`` (weights packed by
   ``_convert_weight_to_int4pack_for_cpu``), asymmetric, one scale and zero point per group of
   ``group_size`` input channels.
@@ -18,8 +22,8 @@ Kernels: PyTorch's own CPU kernels, no new C++ here.
   row-major ``(N, K)`` weight (measured in torch 2.13 on an AVX-512 CPU, one thread, weights
   larger than the caches; ``benchmarks/RESULTS.md``). Inference only.
 
-Measured in torch 2.13 on an AVX-512 CPU: both integer kernels are vectorised only for
-bfloat16 activations; with float32 activations they run a scalar loop 10-20x *slower* than a
+Measured in torch 2.13 on an AVX-512 CPU: both of PyTorch's integer kernels are vectorised only
+for bfloat16 activations; with float32 activations they run a scalar loop 10-20x *slower* than a
 float32 matrix product. So activations are cast to bf16 (8 bits of mantissa) for the product
 and the result back to float32; the scales and the bias are applied in float32. Each output
 row depends on its own input row only (no batch-wide statistics), so results do not change
@@ -32,13 +36,20 @@ kernel's packed layout depends on the CPU and the PyTorch version, so it is rebu
 from __future__ import annotations
 
 import functools
-import platform
-from collections.abc import Callable
-from pathlib import Path
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from . import native
+from .kernels import (
+    bf16_units,
+    float32_packing_available,
+    int4_kernel_available,
+    int8_kernel_available,
+    probe_kernel,
+)
 
 __all__ = [
     "DEFAULT_GROUP_SIZE",
@@ -62,92 +73,6 @@ DEFAULT_GROUP_SIZE = 64  # int4: 32 is more accurate, 128 faster; 64 sits betwee
 _INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu wants N divisible by 16
 
 
-def probe_kernel(smoke: Callable[[], object]) -> Callable[[], bool]:
-    """Turn ``smoke``, one tiny call of a kernel, into a cached ``() -> bool`` check (with
-    ``smoke``'s name and docstring) that says whether the kernel runs here. A missing op, or one
-    not built for this CPU, raises ``RuntimeError``, ``AttributeError`` or
-    ``NotImplementedError``.
-
-    Example:
-        >>> check = probe_kernel(lambda: torch.ops.aten.no_such_kernel())
-        >>> check()
-        False
-    """
-
-    @functools.cache
-    def available() -> bool:
-        try:
-            smoke()
-        except (RuntimeError, AttributeError, NotImplementedError):
-            return False
-        return True
-
-    return functools.update_wrapper(available, smoke)
-
-
-@probe_kernel
-def int8_kernel_available() -> None:
-    """Whether ``aten._weight_int8pack_mm`` runs on this CPU with bf16 activations."""
-    torch.ops.aten._weight_int8pack_mm(
-        torch.ones(1, 32, dtype=torch.bfloat16),
-        torch.ones(16, 32, dtype=torch.int8),
-        torch.ones(16, dtype=torch.bfloat16),
-    )
-
-
-@probe_kernel
-def int4_kernel_available() -> None:
-    """Whether ``aten._weight_int4pack_mm_for_cpu`` (and its packing op) run here."""
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-        torch.zeros(16, 64, dtype=torch.int32), 1
-    )
-    torch.ops.aten._weight_int4pack_mm_for_cpu(
-        torch.ones(1, 64, dtype=torch.bfloat16),
-        packed,
-        32,
-        torch.ones(2, 16, 2, dtype=torch.bfloat16),
-    )
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def _packed_linear(dtype: torch.dtype) -> None:
-    """One oneDNN linear of ``dtype`` on a prepacked weight."""
-    weight = torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8, dtype=dtype), None)
-    torch.ops.mkldnn._linear_pointwise(torch.ones(1, 8, dtype=dtype), weight, None, "none", [], "")
-
-
-@probe_kernel
-def bf16_units() -> None:
-    """Whether this CPU multiplies bfloat16 in hardware (x86: ``avx512_bf16`` or
-    ``amx_bf16``; elsewhere: what oneDNN reports) and oneDNN's bf16 product runs.
-
-    Without such units a bf16 product converts every element in software and is slower than
-    float32, so :func:`~multihead.quantize.quantize` keeps float32 weights instead.
-    """
-    if platform.machine().lower() in ("x86_64", "amd64", "i686"):
-        if not _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
-            raise RuntimeError("no avx512_bf16/amx_bf16")
-    elif not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        raise RuntimeError("oneDNN reports no bf16 support")
-    _packed_linear(torch.bfloat16)
-
-
-@probe_kernel
-def float32_packing_available() -> None:
-    """Whether oneDNN's float32 linear on a prepacked weight runs with this PyTorch/CPU."""
-    _packed_linear(torch.float32)
-
-
 def float_checkpoint_error(problem: str, weights: str | None) -> ValueError:
     """The error for a float checkpoint loaded into a quantized model: ``problem``, then what
     to do instead (``weights``: the format to name, ``None`` for any)."""
@@ -158,16 +83,22 @@ def float_checkpoint_error(problem: str, weights: str | None) -> ValueError:
     )
 
 
-def int8_scales(weight: Tensor) -> Tensor:
+def int8_scales(weight: Tensor, group_size: int | None = None) -> Tensor:
     r"""The int8 format's scales of ``weight (N, K)``: one per output channel,
-    :math:`s_i = \max_j |W_{ij}| / 127` ``(N,)`` float32.
+    :math:`s_i = \max_j |W_{ij}| / 127` ``(N,)`` float32; with ``group_size``, one per row and
+    group of ``group_size`` input channels, ``(N, K / group_size)``.
 
     Example:
         >>> int8_scales(torch.tensor([[254.0, -1.0], [0.0, 0.0]]))[0]
         tensor(2.)
+        >>> int8_scales(torch.tensor([[254.0, -1.0, 127.0, 0.0]]), 2)
+        tensor([[2., 1.]])
     """
+    w = weight.float().abs()
+    if group_size is not None:
+        w = w.reshape(w.shape[0], -1, group_size)
     # A zero row would get scale 0 and divide by it; any positive scale maps it to zeros.
-    return (weight.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+    return (w.amax(dim=-1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def int4_scales_zeros(weight: Tensor, group_size: int) -> Tensor:
@@ -257,13 +188,20 @@ def _copy_bias(layer: WeightOnlyLinear, linear: nn.Linear) -> None:
 
 
 class Int8WeightLinear(WeightOnlyLinear):
-    r"""int8 weights, one float32 scale per output channel (symmetric):
-    :math:`W \approx s \odot \hat W`, :math:`s_i = \max_j |W_{ij}| / 127`.
+    r"""int8 weights (symmetric): :math:`W \approx s \odot \hat W` with one float32 scale per
+    output channel, :math:`s_i = \max_j |W_{ij}| / 127`, or with ``group_size`` one per output
+    channel and group of ``group_size`` input channels.
 
-    Example (what is stored: the int8 matrix and one scale per row):
+    The product runs in multihead's kernel (float32 activations and arithmetic,
+    :mod:`multihead.quantize.native`) where it builds; otherwise per-channel layers use
+    PyTorch's ``_weight_int8pack_mm`` (bf16 activations, warned once) and grouped layers raise.
+
+    Example (what is stored: the int8 matrix and one scale per row, or per row and group):
         >>> q = Int8WeightLinear.from_float(nn.Linear(64, 32))
         >>> q.qweight.dtype, tuple(q.qweight.shape), tuple(q.scale.shape)
         (torch.int8, (32, 64), (32,))
+        >>> tuple(Int8WeightLinear(64, 32, group_size=16).scale.shape)
+        (32, 4)
     """
 
     format = "int8"
@@ -272,39 +210,96 @@ class Int8WeightLinear(WeightOnlyLinear):
     scale: Tensor
     _ones: Tensor
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None
+    ) -> None:
         super().__init__(in_features, out_features, bias)
+        if group_size is not None and (group_size < 1 or in_features % group_size):
+            raise ValueError(f"group_size must divide in_features={in_features}, got {group_size}")
+        self.group_size = group_size
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scale", torch.ones(out_features))  # (N,) float32
-        # The kernel multiplies by bf16 scales; passing ones and scaling the float32 result
-        # keeps the scales exact.
+        groups = None if group_size is None else in_features // group_size
+        # (N,) float32 per channel, (N, K / group_size) per group.
+        self.register_buffer(
+            "scale",
+            torch.ones(out_features) if groups is None else torch.ones(out_features, groups),
+        )
+        # PyTorch's kernel multiplies by bf16 scales; passing ones and scaling the float32
+        # result keeps the scales exact.
         self.register_buffer(
             "_ones", torch.ones(out_features, dtype=torch.bfloat16), persistent=False
         )
+        self._native = False
+        self._pack()
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **options: Any) -> Int8WeightLinear:
+        """Round ``linear``'s weights to nearest (``options``: ``group_size``, ``None`` for
+        per-channel scales)."""
+        group_size = options.get("group_size")
         w = linear.weight.detach().float()  # (N, K)
-        scale = int8_scales(w)
-        codes = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        scale = int8_scales(w, group_size)
+        grid = scale[:, None] if group_size is None else scale.repeat_interleave(group_size, 1)
+        codes = torch.round(w / grid).clamp_(-127, 127).to(torch.int8)
         return cls.from_codes(codes, scale, linear.bias)
 
     @classmethod
     def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Int8WeightLinear:
-        """The layer of integer weights ``codes (N, K)`` in [-127, 127], ``scale (N,)`` and
-        ``bias (N,)`` or ``None`` (however the codes were rounded: nearest or GPTQ)."""
-        layer = cls(codes.shape[1], codes.shape[0], bias is not None)
+        """The layer of integer weights ``codes (N, K)`` in [-127, 127], ``scale (N,)`` (per
+        channel) or ``(N, G)`` (per group of ``K / G`` input channels) and ``bias (N,)`` or
+        ``None`` (however the codes were rounded: nearest or GPTQ)."""
+        n, k = codes.shape
+        group_size = None if scale.dim() == 1 else k // scale.shape[1]
+        layer = cls(k, n, bias is not None, group_size=group_size)
         layer.qweight.copy_(codes)
         layer.scale.copy_(scale)
         if bias is not None and layer.bias is not None:
             layer.bias.copy_(bias.detach().float())
         return layer
 
+    def _pack(self) -> None:
+        # Which kernel: ours where it builds (and, per channel, where it has a vector path:
+        # its plain C loop is slower than PyTorch's kernel); PyTorch's otherwise.
+        problem = native.native_problem()
+        if problem is None and self.group_size is None and native.vector_lanes() < 8:
+            problem = "its build here has no vector path (AVX2 or AVX-512)"
+        self._native = problem is None
+        if problem is None:
+            return
+        if self.group_size is not None:
+            raise RuntimeError(
+                f"int8 weights with group_size={self.group_size} need multihead's int8 kernel, "
+                f"which is not available here: {problem}"
+            )
+        _warn_int8_fallback(problem)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._native:
+            return super().forward(x)
+        x2d = x.reshape(-1, self.in_features)
+        scale = self.scale.view(self.out_features, -1)  # (N, G), G = 1 per channel
+        y = native.int8_mm(x2d, self.qweight, scale, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
     def _matmul(self, x2d: Tensor) -> Tensor:
         y = torch.ops.aten._weight_int8pack_mm(x2d, self.qweight, self._ones)  # (M, N) bf16
         if self.bias is None:
             return y.float() * self.scale
         return torch.addcmul(self.bias, y.float(), self.scale)
+
+    def extra_repr(self) -> str:
+        group = "" if self.group_size is None else f", group_size={self.group_size}"
+        return super().extra_repr() + group
+
+
+@functools.cache
+def _warn_int8_fallback(problem: str) -> None:
+    warnings.warn(
+        f"multihead's int8 kernel is not available ({problem}); int8 layers use PyTorch's "
+        "_weight_int8pack_mm, which rounds activations and sums to bfloat16",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 class Int4WeightLinear(WeightOnlyLinear):
@@ -538,11 +533,14 @@ WEIGHT_LAYERS: dict[str, type[WeightOnlyLinear]] = {
 }
 
 
-def weight_only_linear(linear: nn.Linear, weights: str, *, group_size: int) -> WeightOnlyLinear:
-    """A weight-only copy of ``linear`` in format ``weights`` (no availability checks here).
+def weight_only_linear(
+    linear: nn.Linear, weights: str, *, group_size: int | None
+) -> WeightOnlyLinear:
+    """A weight-only copy of ``linear`` in format ``weights`` (no availability checks here);
+    ``group_size``: int4's (required) or int8's (``None``: per channel).
 
     Example:
-        >>> weight_only_linear(nn.Linear(64, 8), "int8", group_size=32)
+        >>> weight_only_linear(nn.Linear(64, 8), "int8", group_size=None)
         Int8WeightLinear(in_features=64, out_features=8, bias=True, weights=int8)
     """
     with torch.no_grad():

@@ -1,0 +1,233 @@
+"""multihead's own int8 weight-only product, compiled on first use with the machine's C compiler.
+
+PyTorch 2.13's CPU int8 weight-only kernel (``aten._weight_int8pack_mm``) is vectorised for
+bfloat16 activations only: it rounds every activation to 8 bits of mantissa and returns a
+bfloat16 sum, and it knows one scale per output channel only. On the trained character LM that
+rounding, not the int8 weights, was what kept greedy decoding from matching float32's
+(``benchmarks/RESULTS.md``). ``csrc/int8_weights.c`` multiplies float32 activations by the int8
+weights in float32 arithmetic, with one scale per group of input channels (a group may be the
+whole row: per-channel scales), reading the int8 rows as they are stored, one forward stream.
+
+Building: the C file is compiled once per machine with ``$CC`` (default ``cc``),
+``-O3 -march=native -fopenmp``, into a cache directory (``$MULTIHEAD_CACHE_DIR``, else
+``$XDG_CACHE_HOME/multihead``, else ``~/.cache/multihead``), written to a temporary name and
+renamed, and keyed by the source, the compiler's version, the flags and the CPU's features, so a
+library built for one CPU is never loaded on another. Where no compiler works, or with
+``MULTIHEAD_NATIVE=0``, :func:`native_problem` says why and the int8 layers use PyTorch's kernel
+(grouped scales, which that kernel cannot read, are then refused with a ``ValueError``).
+
+Calls go through :mod:`ctypes`, which releases the GIL for the call; threads: PyTorch's
+intra-op count (``torch.get_num_threads()``), on the same OpenMP runtime PyTorch loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["int8_mm", "native_available", "native_problem", "vector_lanes"]
+
+_ABI = 1
+_SOURCE = Path(__file__).with_name("csrc") / "int8_weights.c"
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-march=native"],  # a compiler without OpenMP: one thread
+    ["-O3"],  # a compiler without -march=native: the plain C loop
+)
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("MULTIHEAD_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "multihead"
+
+
+def _cpu_features() -> str:
+    """What ``-march=native`` will see: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [
+        line for line in text.splitlines() if line.split(":")[0].strip() in ("flags", "model name")
+    ]
+    return "\n".join(sorted(set(keep)))
+
+
+def _compiler_version(cc: str) -> str | None:
+    try:
+        done = subprocess.run(
+            [cc, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _build(cc: str, version: str) -> Path:
+    """Compile the C file into the cache (once per source, compiler, flags and CPU); return
+    the shared library's path. Raises ``RuntimeError`` with the compiler's message."""
+    source = _SOURCE.read_bytes()
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(
+            b"\0".join(
+                [source, version.encode(), " ".join(flags).encode(), _cpu_features().encode()]
+            )
+        ).hexdigest()[:20]
+        target = _cache_dir() / "kernels" / f"int8_weights-{key}.so"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            command = [cc, *flags, "-std=c11", "-shared", "-fPIC", str(_SOURCE), "-o", tmp]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+            if done.returncode == 0:
+                os.chmod(tmp, 0o755)
+                os.replace(tmp, target)  # another process may have won the race: same bytes
+                return target
+            errors.append(f"{' '.join(command)}: {done.stderr.strip()[-500:]}")
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    raise RuntimeError("; ".join(errors))
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | str:
+    """The loaded kernel, or why there is none (a string)."""
+    if os.environ.get("MULTIHEAD_NATIVE", "1") == "0":
+        return "MULTIHEAD_NATIVE=0"
+    cc = os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        return f"no C compiler ({cc!r} is not on PATH; set CC)"
+    version = _compiler_version(cc)
+    if version is None:
+        return f"the C compiler {cc!r} does not run"
+    try:
+        path = _build(cc, version)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return f"compiling {_SOURCE.name} failed: {exc}"
+    torch.get_num_threads()  # PyTorch's OpenMP runtime is loaded first; the library shares it
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        return f"loading {path} failed: {exc}"
+    lib.mh_int8_abi.restype = ctypes.c_int
+    if lib.mh_int8_abi() != _ABI:
+        return f"{path} has interface {lib.mh_int8_abi()}, expected {_ABI}"
+    lib.mh_int8_lanes.restype = ctypes.c_int
+    lib.mh_int8_mm.restype = None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.mh_int8_mm.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, ptr, ctypes.c_int]
+    return lib
+
+
+def native_problem() -> str | None:
+    """Why multihead's int8 kernel cannot run here (no compiler, ``MULTIHEAD_NATIVE=0``, a
+    failed build), or ``None`` when it can. The first call may compile it (about a second)."""
+    lib = _library()
+    return lib if isinstance(lib, str) else None
+
+
+def native_available() -> bool:
+    """Whether :func:`int8_mm` runs here (see :func:`native_problem`)."""
+    return native_problem() is None
+
+
+def vector_lanes() -> int:
+    """Float lanes of the path the build chose: 16 (AVX-512), 8 (AVX2) or 1 (plain C)."""
+    lib = _library()
+    if isinstance(lib, str):
+        raise RuntimeError(f"multihead's int8 kernel is not available: {lib}")
+    return int(lib.mh_int8_lanes())
+
+
+def int8_mm(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    """``x (M, K) @ (codes * scale)^T + bias`` in float32 arithmetic: ``codes (N, K)`` int8,
+    ``scale (N, G)`` float32 (one scale per group of ``K / G`` input channels; ``G = 1``:
+    per channel), ``bias (N,)`` float32 or ``None``. Returns ``(M, N)`` float32.
+
+    Raises ``RuntimeError`` where the kernel is not available (see :func:`native_problem`)
+    and ``ValueError`` for tensors that do not fit together.
+
+    Example:
+        >>> if native_available():
+        ...     codes = torch.tensor([[1, -2, 3, 4]], dtype=torch.int8)
+        ...     y = int8_mm(torch.ones(1, 4), codes, torch.tensor([[0.5, 2.0]]), None)
+        ...     print(y)  # 0.5 * (1 - 2) + 2 * (3 + 4)
+        ... else:
+        ...     print(torch.tensor([[13.5]]))
+        tensor([[13.5000]])
+    """
+    lib = _library()
+    if isinstance(lib, str):
+        raise RuntimeError(f"multihead's int8 kernel is not available: {lib}")
+    _check_operands(x, codes, scale, bias)
+    x = x.float().contiguous()
+    m, k = x.shape
+    n, groups = scale.shape
+    y = torch.empty(m, n, dtype=torch.float32)
+    if m and n:
+        lib.mh_int8_mm(
+            x.data_ptr(),
+            m,
+            k,
+            codes.data_ptr(),
+            n,
+            scale.data_ptr(),
+            k // groups,
+            None if bias is None else bias.data_ptr(),
+            y.data_ptr(),
+            torch.get_num_threads(),
+        )
+    return y
+
+
+def _check_operands(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> None:
+    """The C code trusts its pointers: every shape, dtype, device and layout is checked here."""
+
+    def describe(t: Tensor) -> str:
+        return f"{t.dtype} {tuple(t.shape)} on {t.device}"
+
+    if x.dim() != 2 or not x.is_floating_point() or x.device.type != "cpu":
+        raise ValueError(f"x must be a 2-D floating-point CPU tensor (M, K), got {describe(x)}")
+    k = x.shape[1]
+    if codes.dtype != torch.int8 or codes.shape[1:] != (k,) or codes.dim() != 2:
+        raise ValueError(f"codes must be int8 (N, {k}) to match x, got {describe(codes)}")
+    if not codes.is_contiguous() or codes.device.type != "cpu":
+        raise ValueError(f"codes must be a contiguous CPU tensor, got {describe(codes)}")
+    n = codes.shape[0]
+    if (
+        scale.dtype != torch.float32
+        or scale.dim() != 2
+        or scale.shape[0] != n
+        or scale.shape[1] < 1
+        or k % scale.shape[1]
+        or not scale.is_contiguous()
+        or scale.device.type != "cpu"
+    ):
+        raise ValueError(
+            f"scale must be contiguous float32 ({n}, G) on the CPU with G dividing {k}, got "
+            f"{describe(scale)}"
+        )
+    if bias is not None and (
+        bias.dtype != torch.float32
+        or bias.shape != (n,)
+        or not bias.is_contiguous()
+        or bias.device.type != "cpu"
+    ):
+        raise ValueError(f"bias must be contiguous float32 ({n},) on the CPU, got {describe(bias)}")
