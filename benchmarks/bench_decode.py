@@ -87,6 +87,14 @@ def read_bandwidth_gbs(mib: int = 512, repeat: int = 7) -> tuple[float, float]:
     return nbytes / timings["sum"].min_s / 1e9, 2 * nbytes / timings["copy"].min_s / 1e9
 
 
+def read_probe(mib: int = 512) -> tuple[Callable[[], object], int]:
+    """A ``sum`` over ``mib`` MiB and the bytes it reads: timed *interleaved* with the runs it
+    is the reference of, so that what other processes do to the memory bus hits both alike
+    (a single measurement before the runs moved by 30% between rounds on a shared VM)."""
+    x = torch.ones(mib * 2**20 // 4)
+    return (lambda: x.sum()), x.numel() * x.element_size()
+
+
 def _products(layout: str, x: torch.Tensor, bias: torch.Tensor, ws: list[torch.Tensor]) -> None:
     for w in ws:
         if layout == "linear":
@@ -261,7 +269,7 @@ def logit_errors(model: nn.Module, reference: nn.Module, ids: torch.Tensor) -> t
     return float(diff.max()), float(diff.mean())
 
 
-def products_alone(model: DecoderLM, new_tokens: int, repeat: int, read_gbs: float) -> str:
+def products_alone(model: DecoderLM, new_tokens: int, repeat: int) -> str:
     """``generate`` of the float32-packed model against its matrix products alone (same
     weights, same calls, nothing around them), interleaved. The ``generate`` time per token
     holds everything else a call does: the prompt's prefill spread over the new tokens,
@@ -287,8 +295,12 @@ def products_alone(model: DecoderLM, new_tokens: int, repeat: int, read_gbs: flo
     def step() -> None:
         model.generate(prompt, new_tokens, do_sample=False)
 
+    read, read_bytes = read_probe()
     with torch.inference_mode():
-        t = time_interleaved({"step": step, "products": products}, warmup=1, repeat=repeat)
+        t = time_interleaved(
+            {"step": step, "products": products, "read": read}, warmup=1, repeat=repeat
+        )
+    read_gbs = read_bytes / t["read"].median_s / 1e9
     weights = step_weight_bytes(model)
     kv = kv_bytes_per_step(model.config, 1, new_tokens)
     parts = []
@@ -298,7 +310,10 @@ def products_alone(model: DecoderLM, new_tokens: int, repeat: int, read_gbs: flo
     ):
         seconds = t[name].median_s / new_tokens
         parts.append(f"{what} {1e3 * seconds:.2f} ms ({nbytes / seconds / 1e9 / read_gbs:.0%})")
-    return f"float32-packed at batch 1, of the read bandwidth: {'; '.join(parts)}."
+    return (
+        f"float32-packed at batch 1, of the read bandwidth (`sum`, {read_gbs:.1f} GB/s, "
+        f"interleaved with these two): {'; '.join(parts)}."
+    )
 
 
 def compare_with_hf(
@@ -310,7 +325,8 @@ def compare_with_hf(
     hf, lm = gpt2_small()
     models, notes = variants(lm)
     weight_bytes = {name: step_weight_bytes(m) for name, m in models.items()}
-    read_gbs, copy_gbs = read_bandwidth_gbs()
+    before_gbs, copy_gbs = read_bandwidth_gbs()
+    read_by_batch: dict[int, float] = {}
     rows, quality_rows = [], []
     summary: dict[str, float] = {}
     for batch in batches:
@@ -331,7 +347,10 @@ def compare_with_hf(
             )
         outputs = {name: fn() for name, fn in runs.items()}  # also the warm-up
         reference = outputs["multihead float32"]
-        t = time_interleaved(runs, warmup=0, repeat=repeat)
+        read, read_bytes = read_probe()
+        t = time_interleaved({**runs, "read": read}, warmup=0, repeat=repeat)
+        read_gbs = read_bytes / t["read"].median_s / 1e9  # the fractions' reference
+        read_by_batch[batch] = read_gbs
         hf_s = t["transformers float32"].median_s
         for name in runs:
             fmt = name.split()[-1]
@@ -408,12 +427,15 @@ def compare_with_hf(
     if "float32-packed" in models:
         packed = models["float32-packed"]
         assert isinstance(packed, DecoderLM)
-        fallbacks += "\n\n" + products_alone(packed, new_tokens, repeat, read_gbs)
+        fallbacks += "\n\n" + products_alone(packed, new_tokens, repeat)
     note = (
         f"GPT-2 small shape, random weights, prompt {PROMPT}, {new_tokens} new tokens, greedy; "
         f"HF attention: `{hf.config._attn_implementation}`; median of {repeat} interleaved runs; "
-        f"{torch.get_num_threads()} thread(s). Read bandwidth measured here: {read_gbs:.1f} GB/s "
-        f"(`sum` of 512 MiB; `copy` {copy_gbs:.1f} GB/s read+write). "
+        f'{torch.get_num_threads()} thread(s). Read bandwidth, the reference of "of read BW": '
+        f"a `sum` of 512 MiB timed interleaved with the runs, median "
+        + ", ".join(f"{gbs:.1f} GB/s at batch {b}" for b, gbs in read_by_batch.items())
+        + f" (best of 7 before the runs: {before_gbs:.1f} GB/s; `copy` {copy_gbs:.1f} GB/s "
+        "read+write). "
         f"bf16 units (avx512_bf16/amx_bf16): {'yes' if bf16_units() else 'no'}.{fallbacks}"
     )
     quality_note = (

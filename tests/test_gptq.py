@@ -336,6 +336,25 @@ def test_generate_command_calibrates_on_the_training_text(tiny_text_generate, ca
     assert "--calibrate goes with --quantize int8 or int4" in capsys.readouterr().err
 
 
+def test_generate_command_takes_a_group_size(tiny_text_generate, capsys):
+    from multihead.cli import main
+    from multihead.quantize import native_available
+
+    base = tiny_text_generate
+    capsys.readouterr()
+    grouped = [*base, "--quantize", "int8", "--group-size", "8", "--calibrate", "4"]
+    if native_available():
+        assert main(grouped) == 0
+        assert len(json.loads(capsys.readouterr().out)["text"]) == 5
+    else:  # grouped int8 needs multihead's kernel: the message names the alternative
+        assert main(grouped) == 2
+        assert "leave group_size out" in capsys.readouterr().err
+    assert main([*base, "--quantize", "bf16", "--group-size", "8"]) == 2
+    assert "--group-size goes with --quantize int8 or int4" in capsys.readouterr().err
+    assert main([*base, "--quantize", "int8", "--group-size", "7"]) == 2
+    assert "group_size must be an even int >= 2, got 7" in capsys.readouterr().err
+
+
 def test_generate_calibrate_refuses_a_training_text_that_changed(tmp_path, capsys):
     from multihead.cli import main
 

@@ -4,6 +4,7 @@ is built and cached, and what happens where it cannot be built."""
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 
 import pytest
@@ -156,6 +157,19 @@ def test_the_build_lands_in_the_cache_whole_and_is_reused(fresh_library):
     native._library.cache_clear()
     assert native.native_problem() is None  # loaded from the cache, not rebuilt
     assert (fresh_library / "kernels" / built[0]).stat().st_mtime_ns == mtime
+
+
+@needs_native
+def test_a_cache_that_cannot_be_written_builds_in_a_private_temporary_directory(
+    fresh_library, monkeypatch
+):
+    blocked = fresh_library / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("MULTIHEAD_CACHE_DIR", str(blocked))
+    monkeypatch.setattr(tempfile, "tempdir", str(fresh_library))  # where the fallback goes
+    assert native.native_problem() is None
+    assert blocked.read_text() == "not a directory"
+    assert [p.name.startswith("multihead-kernels-") for p in fresh_library.iterdir()].count(True)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ whole row: per-channel scales), reading the int8 rows as they are stored, one fo
 
 Building: the C file is compiled once per machine with ``$CC`` (default ``cc``),
 ``-O3 -march=native -fopenmp``, into a cache directory (``$MULTIHEAD_CACHE_DIR``, else
-``$XDG_CACHE_HOME/multihead``, else ``~/.cache/multihead``), written to a temporary name and
-renamed, and keyed by the source, the compiler's version, the flags and the CPU's features, so a
+``$XDG_CACHE_HOME/multihead``, else ``~/.cache/multihead``; one that cannot be written: a new
+private temporary directory), written to a temporary name and renamed, and keyed by the source, the compiler's version, the flags and the CPU's features, so a
 library built for one CPU is never loaded on another. Where no compiler works, or with
 ``MULTIHEAD_NATIVE=0``, :func:`native_problem` says why and the int8 layers use PyTorch's kernel
 (grouped scales, which that kernel cannot read, are then refused with a ``ValueError``).
@@ -78,8 +78,17 @@ def _compiler_version(cc: str) -> str | None:
 
 def _build(cc: str, version: str) -> Path:
     """Compile the C file into the cache (once per source, compiler, flags and CPU); return
-    the shared library's path. Raises ``RuntimeError`` with the compiler's message."""
+    the shared library's path. A cache directory that cannot be written falls back to a new
+    private temporary directory (rebuilt by every process). Raises ``RuntimeError`` with the
+    compiler's message."""
     source = _SOURCE.read_bytes()
+    try:
+        directory = _cache_dir() / "kernels"
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".probe.")
+        probe.close()
+    except OSError:
+        directory = Path(tempfile.mkdtemp(prefix="multihead-kernels-"))
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
@@ -87,11 +96,10 @@ def _build(cc: str, version: str) -> Path:
                 [source, version.encode(), " ".join(flags).encode(), _cpu_features().encode()]
             )
         ).hexdigest()[:20]
-        target = _cache_dir() / "kernels" / f"int8_weights-{key}.so"
+        target = directory / f"int8_weights-{key}.so"
         if target.exists():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
         try:
             command = [cc, *flags, "-std=c11", "-shared", "-fPIC", str(_SOURCE), "-o", tmp]

@@ -274,8 +274,14 @@ class Int8WeightLinear(WeightOnlyLinear):
         _warn_int8_fallback(problem)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self._native:
-            return super().forward(x)
+        on_cpu = self.qweight.device.type == "cpu"
+        if not (self._native and on_cpu):
+            if self.group_size is not None:  # PyTorch's kernel has no groups
+                raise ValueError(
+                    f"int8 weights with group_size={self.group_size} run on the CPU only "
+                    f"(multihead's int8 kernel); this layer is on {self.qweight.device}"
+                )
+            return super().forward(x)  # PyTorch's kernel (also its CUDA one)
         x2d = x.reshape(-1, self.in_features)
         scale = self.scale.view(self.out_features, -1)  # (N, G), G = 1 per channel
         y = native.int8_mm(x2d, self.qweight, scale, self.bias)
