@@ -23,6 +23,7 @@ from multihead.modules.lean_decode import LeanStepper
 from multihead.modules.models import DecoderLM, TransformerConfig
 from multihead.modules.observers import add_attention_observer
 from multihead.quantize import (
+    Int8WeightLinear,
     QuantizedMultiHeadAttention,
     float32_packing_available,
     native_available,
@@ -201,7 +202,9 @@ def test_int8_lean_step_matches_float64_with_the_int8_weights(group_size):
         got = stepped_logits(stepper, ids, 4)
         expected = reference(ids)[:, 3:]
     scale = expected.abs().max()
-    tolerance = 1e-4 if native_available() else 2e-2
+    # multihead's kernel: float32 arithmetic; PyTorch's (no compiler, or no vector path): bf16.
+    ours = all(m._native for m in q.modules() if isinstance(m, Int8WeightLinear))
+    tolerance = 1e-4 if ours else 2e-2
     torch.testing.assert_close(got.double(), expected, atol=tolerance * scale, rtol=0)
 
 

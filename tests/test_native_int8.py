@@ -3,7 +3,9 @@ is built and cached, and what happens where it cannot be built."""
 
 from __future__ import annotations
 
+import copy
 import os
+import platform
 import tempfile
 import warnings
 
@@ -15,7 +17,7 @@ from torch import nn
 
 import multihead.quantize as quantize_package
 from multihead.modules.models import DecoderLM, TransformerConfig
-from multihead.quantize import native, quantization_of, quantize, weight_only
+from multihead.quantize import kernels, native, quantization_of, quantize, weight_only
 from multihead.quantize.weight_only import Int8WeightLinear
 from oracle import int8_dequantized64
 
@@ -135,6 +137,64 @@ def test_operands_that_do_not_fit_are_refused(change, words):
         native.int8_mm(args["x"], args["codes"], args["scale"], args["bias"])
 
 
+@needs_native
+def test_an_empty_sum_gives_the_bias():
+    y = native.int8_mm(
+        torch.randn(2, 0), torch.zeros(3, 0, dtype=torch.int8), torch.ones(3, 1), None
+    )
+    assert torch.equal(y, torch.zeros(2, 3))
+    bias = torch.tensor([1.0, 2.0, 3.0])
+    got = native.int8_mm(
+        torch.randn(2, 0), torch.zeros(3, 0, dtype=torch.int8), torch.ones(3, 1), bias
+    )
+    assert torch.equal(got, bias.expand(2, 3))
+    layer = Int8WeightLinear(8, 0)
+    assert layer(torch.randn(2, 8)).shape == (2, 0)
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 5, 31, 32, 100])
+@pytest.mark.parametrize("group_size", [None, 16])
+def test_the_layer_equals_float64_below_and_above_the_gemm_switch(rows, group_size):
+    # From 32 rows on (a prompt) the layer multiplies the dequantized float32 weight with a
+    # GEMM; below, the kernel. Both against float64 of the same codes and scales.
+    torch.manual_seed(rows)
+    layer = Int8WeightLinear.from_float(nn.Linear(64, 24), group_size=group_size)
+    x = torch.randn(rows, 64)
+    expected = reference(x, layer.qweight, layer.scale.reshape(24, -1), layer.bias)
+    close(layer(x), expected, x, layer.qweight, layer.scale.reshape(24, -1))
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [3, 40])
+def test_gradients_flow_to_the_input_as_float64_says(rows):
+    torch.manual_seed(0)
+    layer = Int8WeightLinear.from_float(nn.Linear(48, 10), group_size=16)
+    x = torch.randn(rows, 48, requires_grad=True)
+    weights = torch.randn(rows, 10)
+    (layer(x) * weights).sum().backward()
+    x64 = x.detach().double().requires_grad_()
+    y64 = reference(x64, layer.qweight, layer.scale, layer.bias)
+    (y64 * weights.double()).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_a_cast_module_still_multiplies_in_float32():
+    layer = Int8WeightLinear.from_float(nn.Linear(32, 6))
+    x = torch.randn(4, 32, dtype=torch.float64)
+    expected = reference(x, layer.qweight, layer.scale.reshape(6, 1), layer.bias)
+    got = copy.deepcopy(layer).double()(x)
+    assert got.dtype == torch.float64
+    close(got.float(), expected, x, layer.qweight, layer.scale.reshape(6, 1))
+
+
+@pytest.mark.parametrize("bad", [True, 16.0, 0, 7, -32])
+def test_the_layer_refuses_a_group_size_that_does_not_fit(bad):
+    with pytest.raises(ValueError, match=r"group_size must be None or a positive int dividing"):
+        Int8WeightLinear(64, 8, group_size=bad)
+
+
 # ------------------------------------------------------------------ building and caching
 
 
@@ -142,6 +202,8 @@ def test_operands_that_do_not_fit_are_refused(change, words):
 def fresh_library(monkeypatch, tmp_path):
     """A clean build state (environment, cache directory), restored afterwards."""
     monkeypatch.setenv("MULTIHEAD_CACHE_DIR", str(tmp_path))
+    for name in ("MULTIHEAD_NATIVE", "MULTIHEAD_CFLAGS", "CC"):
+        monkeypatch.delenv(name, raising=False)
     native._library.cache_clear()
     yield tmp_path
     native._library.cache_clear()
@@ -169,7 +231,28 @@ def test_a_cache_that_cannot_be_written_builds_in_a_private_temporary_directory(
     monkeypatch.setattr(tempfile, "tempdir", str(fresh_library))  # where the fallback goes
     assert native.native_problem() is None
     assert blocked.read_text() == "not a directory"
-    assert [p.name.startswith("multihead-kernels-") for p in fresh_library.iterdir()].count(True)
+    # The private directory is removed once the library is loaded (the mapping stays).
+    assert sorted(p.name for p in fresh_library.iterdir()) == ["a-file"]
+    x, codes, scale, b = operands(2, 5, 64, 2, True)
+    close(native.int8_mm(x, codes, scale, b), reference(x, codes, scale, b), x, codes, scale)
+
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@needs_native
+@pytest.mark.skipif(not X86, reason="the AVX2 and plain C paths are chosen by x86 flags")
+@pytest.mark.parametrize(("flags", "lanes"), [("-mno-avx512f", 8), ("-mno-avx2 -mno-avx512f", 1)])
+def test_the_avx2_and_plain_c_paths_equal_float64(fresh_library, monkeypatch, flags, lanes):
+    # Build the other vector paths on this CPU (a CPU without AVX-512 or AVX2 gets them).
+    monkeypatch.setenv("MULTIHEAD_CFLAGS", flags)
+    assert native.native_problem() is None
+    if lanes == 8 and "avx2" not in kernels.cpu_flags():
+        pytest.skip("no AVX2 here")
+    assert native.vector_lanes() == lanes
+    for m, n, k, groups in [(1, 7, 64, 1), (5, 9, 96, 3), (3, 4, 40, 2), (2, 3, 10, 1)]:
+        x, codes, scale, b = operands(m, n, k, groups, True, seed=k)
+        close(native.int8_mm(x, codes, scale, b), reference(x, codes, scale, b), x, codes, scale)
 
 
 @pytest.mark.parametrize(
@@ -214,6 +297,16 @@ def test_per_channel_int8_falls_back_to_torch_with_one_notice(no_native, monkeyp
     with torch.no_grad():
         rel = (q(ids) - lm(ids)).norm() / lm(ids).norm()
     assert rel < 0.05
+
+
+def test_loading_an_int8_checkpoint_without_the_kernel_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "q.pt"
+    quantize_package.save_quantized(quantize(small_lm(), weights="int8"), path)
+    monkeypatch.setattr(native, "_library", lambda: "no C compiler (test)")
+    monkeypatch.setattr(weight_only, "_warn_int8_fallback", _fresh_warning())
+    with pytest.warns(RuntimeWarning, match=r"no C compiler \(test\)"):
+        loaded = quantize_package.load_quantized(path, small_lm())
+    assert not loaded.lm_head._native
 
 
 def _fresh_warning():

@@ -410,7 +410,11 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
         qmodel = quantize(model, dtype=dtype)
     else:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # bf16 fallback: said at save time
+            # The bf16/float32 fallback was said at save time (the mark records it); the int8
+            # kernel's fallback depends on this machine and is said here.
+            warnings.filterwarnings(
+                "ignore", message=r".*keeping float32 nn\.Linear layers", category=RuntimeWarning
+            )
             qmodel = quantize(model, weights=weights, group_size=mark.get("group_size"))
     made = quantization_of(qmodel) or {}
     if "rounding" in mark:  # how the integers were chosen; the file holds them

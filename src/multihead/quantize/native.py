@@ -8,16 +8,24 @@ rounding, not the int8 weights, was what kept greedy decoding from matching floa
 weights in float32 arithmetic, with one scale per group of input channels (a group may be the
 whole row: per-channel scales), reading the int8 rows as they are stored, one forward stream.
 
-Building: the C file is compiled once per machine with ``$CC`` (default ``cc``),
-``-O3 -march=native -fopenmp``, into a cache directory (``$MULTIHEAD_CACHE_DIR``, else
-``$XDG_CACHE_HOME/multihead``, else ``~/.cache/multihead``; one that cannot be written: a new
-private temporary directory), written to a temporary name and renamed, and keyed by the source, the compiler's version, the flags and the CPU's features, so a
-library built for one CPU is never loaded on another. Where no compiler works, or with
-``MULTIHEAD_NATIVE=0``, :func:`native_problem` says why and the int8 layers use PyTorch's kernel
-(grouped scales, which that kernel cannot read, are then refused with a ``ValueError``).
+Building: the C file is compiled once per machine with ``$CC`` (default ``cc``; it may
+carry arguments, e.g. ``"ccache gcc"``), ``-O3 -march=native -fopenmp`` (then without
+``-fopenmp``, then ``-O3`` alone, for compilers that lack them), into a cache directory
+(``$MULTIHEAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/multihead``, else ``~/.cache/multihead``;
+one that cannot be written: a private temporary directory, removed once the library is
+loaded). It is written to a temporary name and renamed, and its name is a hash of the source,
+the compiler, the flags, the CPU's description from ``/proc/cpuinfo`` and the instruction-set
+macros ``-march=native`` turns on, so a cache shared by different CPUs holds one library for
+each. Where no compiler works, or with ``MULTIHEAD_NATIVE=0``, :func:`native_problem` says
+why and the int8 layers use PyTorch's kernel (grouped scales, which that kernel cannot read,
+are then refused with a ``ValueError``).
 
-Calls go through :mod:`ctypes`, which releases the GIL for the call; threads: PyTorch's
-intra-op count (``torch.get_num_threads()``), on the same OpenMP runtime PyTorch loaded.
+Calls go through :mod:`ctypes`, which releases the GIL for the call, after every shape, dtype,
+device and layout has been checked here. Threads: PyTorch's intra-op count
+(``torch.get_num_threads()``). The library links the OpenMP runtime by its usual name
+(``libgomp.so.1`` with GCC); PyTorch's Linux wheels load one of that name first, which the
+library then shares; a PyTorch with another OpenMP runtime leaves the two side by side (correct,
+with two thread pools).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -54,63 +63,80 @@ def _cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "multihead"
 
 
-def _cpu_features() -> str:
-    """What ``-march=native`` will see: the CPU's model and feature flags."""
+def _run(command: list[str]) -> subprocess.CompletedProcess[str] | None:
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    keep = [
-        line for line in text.splitlines() if line.split(":")[0].strip() in ("flags", "model name")
-    ]
-    return "\n".join(sorted(set(keep)))
-
-
-def _compiler_version(cc: str) -> str | None:
-    try:
-        done = subprocess.run(
-            [cc, "--version"], capture_output=True, text=True, timeout=30, check=False
-        )
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout if done.returncode == 0 else None
 
 
-def _build(cc: str, version: str) -> Path:
+def _machine(cc: list[str], flags: list[str]) -> str:
+    """What a build with ``flags`` depends on besides the source: the compiler's version, the
+    flags, the CPU's description and, with ``-march=native``, the macros it turns on (the
+    instruction sets the compiler will use: what tells two CPUs apart on every platform)."""
+    parts = [" ".join(cc), " ".join(flags), platform.machine()]
+    version = _run([*cc, "--version"])
+    parts.append(version.stdout if version is not None else "")
+    try:
+        described = {
+            line.strip()
+            for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+            if line.split(":")[0].strip()
+            in ("flags", "Features", "model name", "CPU implementer", "CPU part", "CPU variant")
+        }
+        parts.append("\n".join(sorted(described)))
+    except OSError:
+        parts.append(platform.processor())
+    if "-march=native" in flags:
+        macros = _run([*cc, *flags, "-dM", "-E", "-x", "c", os.devnull])
+        parts.append(macros.stdout if macros is not None and macros.returncode == 0 else "")
+    return "\0".join(parts)
+
+
+def _flag_sets() -> list[list[str]]:
+    """The flags to try in order; ``$MULTIHEAD_CFLAGS`` is appended to each (tests use it to
+    build the AVX2 and plain C paths on an AVX-512 machine)."""
+    extra = shlex.split(os.environ.get("MULTIHEAD_CFLAGS", ""))
+    return [[*flags, *extra] for flags in _FLAG_SETS]
+
+
+def _build(cc: list[str]) -> tuple[Path, bool]:
     """Compile the C file into the cache (once per source, compiler, flags and CPU); return
-    the shared library's path. A cache directory that cannot be written falls back to a new
-    private temporary directory (rebuilt by every process). Raises ``RuntimeError`` with the
-    compiler's message."""
+    the shared library's path and whether it lies in a temporary directory of its own (the
+    cache directory could not be written; the caller removes it once loaded). Raises
+    ``RuntimeError`` with the compiler's messages."""
     source = _SOURCE.read_bytes()
+    temporary = False
     try:
         directory = _cache_dir() / "kernels"
         directory.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".probe.")
-        probe.close()
+        tempfile.NamedTemporaryFile(dir=directory, prefix=".probe.").close()
     except OSError:
-        directory = Path(tempfile.mkdtemp(prefix="multihead-kernels-"))
-    errors = []
-    for flags in _FLAG_SETS:
-        key = hashlib.sha256(
-            b"\0".join(
-                [source, version.encode(), " ".join(flags).encode(), _cpu_features().encode()]
-            )
-        ).hexdigest()[:20]
-        target = directory / f"int8_weights-{key}.so"
+        directory, temporary = Path(tempfile.mkdtemp(prefix="multihead-kernels-")), True
+    targets = []
+    for flags in _flag_sets():
+        key = hashlib.sha256(source + b"\0" + _machine(cc, flags).encode()).hexdigest()[:20]
+        targets.append((flags, directory / f"int8_weights-{key}.so"))
+    for _, target in targets:  # a build from an earlier process, with any flag set
         if target.exists():
-            return target
+            return target, temporary
+    errors = []
+    for flags, target in targets:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            command = [cc, *flags, "-std=c11", "-shared", "-fPIC", str(_SOURCE), "-o", tmp]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-            if done.returncode == 0:
+            command = [*cc, *flags, "-std=c11", "-shared", "-fPIC", str(_SOURCE), "-o", tmp]
+            done = _run(command)
+            if done is not None and done.returncode == 0:
                 os.chmod(tmp, 0o755)
                 os.replace(tmp, target)  # another process may have won the race: same bytes
-                return target
-            errors.append(f"{' '.join(command)}: {done.stderr.strip()[-500:]}")
+                return target, temporary
+            reason = "did not run" if done is None else done.stderr.strip()[-500:]
+            errors.append(f"{' '.join(command)}: {reason}")
         finally:
             Path(tmp).unlink(missing_ok=True)
+    if temporary:
+        shutil.rmtree(directory, ignore_errors=True)
     raise RuntimeError("; ".join(errors))
 
 
@@ -119,21 +145,24 @@ def _library() -> ctypes.CDLL | str:
     """The loaded kernel, or why there is none (a string)."""
     if os.environ.get("MULTIHEAD_NATIVE", "1") == "0":
         return "MULTIHEAD_NATIVE=0"
-    cc = os.environ.get("CC") or "cc"
-    if shutil.which(cc) is None:
-        return f"no C compiler ({cc!r} is not on PATH; set CC)"
-    version = _compiler_version(cc)
-    if version is None:
-        return f"the C compiler {cc!r} does not run"
+    cc = shlex.split(os.environ.get("CC") or "cc")
+    if not cc or shutil.which(cc[0]) is None:
+        return f"no C compiler ({' '.join(cc)!r} is not on PATH; set CC)"
+    version = _run([*cc, "--version"])
+    if version is None or version.returncode != 0:
+        return f"the C compiler {' '.join(cc)!r} does not run"
     try:
-        path = _build(cc, version)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        path, temporary = _build(cc)
+    except (OSError, RuntimeError) as exc:
         return f"compiling {_SOURCE.name} failed: {exc}"
-    torch.get_num_threads()  # PyTorch's OpenMP runtime is loaded first; the library shares it
+    torch.get_num_threads()  # PyTorch's OpenMP runtime is loaded first (see the docstring)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
         return f"loading {path} failed: {exc}"
+    finally:
+        if temporary:  # the loaded mapping outlives the file
+            shutil.rmtree(path.parent, ignore_errors=True)
     lib.mh_int8_abi.restype = ctypes.c_int
     if lib.mh_int8_abi() != _ABI:
         return f"{path} has interface {lib.mh_int8_abi()}, expected {_ABI}"
@@ -188,6 +217,9 @@ def int8_mm(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
     x = x.float().contiguous()
     m, k = x.shape
     n, groups = scale.shape
+    if k == 0:  # an empty sum: the bias alone
+        y = torch.zeros(m, n, dtype=torch.float32)
+        return y if bias is None else y + bias
     y = torch.empty(m, n, dtype=torch.float32)
     if m and n:
         lib.mh_int8_mm(

@@ -24,10 +24,10 @@ Kernels: PyTorch's own CPU kernels, and one of ours for int8.
 
 Measured in torch 2.13 on an AVX-512 CPU: both of PyTorch's integer kernels are vectorised only
 for bfloat16 activations; with float32 activations they run a scalar loop 10-20x *slower* than a
-float32 matrix product. So activations are cast to bf16 (8 bits of mantissa) for the product
-and the result back to float32; the scales and the bias are applied in float32. Each output
-row depends on its own input row only (no batch-wide statistics), so results do not change
-with batch mates or padding.
+float32 matrix product. So on PyTorch's kernels (int4, and int8 without ours) activations are
+cast to bf16 (8 bits of mantissa) for the product and the result back to float32; the scales
+and the bias are applied in float32. Each output row depends on its own input row only (no
+batch-wide statistics), so results do not change with batch mates or padding.
 
 Checkpoints hold a portable form (int8 rows, int4 nibbles two to a byte, plain bf16 rows); the
 kernel's packed layout depends on the CPU and the PyTorch version, so it is rebuilt on load.
@@ -200,7 +200,10 @@ class Int8WeightLinear(WeightOnlyLinear):
         >>> q = Int8WeightLinear.from_float(nn.Linear(64, 32))
         >>> q.qweight.dtype, tuple(q.qweight.shape), tuple(q.scale.shape)
         (torch.int8, (32, 64), (32,))
-        >>> tuple(Int8WeightLinear(64, 32, group_size=16).scale.shape)
+        >>> if native.native_available():  # grouped scales need multihead's kernel
+        ...     print(tuple(Int8WeightLinear(64, 32, group_size=16).scale.shape))
+        ... else:
+        ...     print((32, 4))
         (32, 4)
     """
 
@@ -214,15 +217,25 @@ class Int8WeightLinear(WeightOnlyLinear):
         self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None
     ) -> None:
         super().__init__(in_features, out_features, bias)
-        if group_size is not None and (group_size < 1 or in_features % group_size):
-            raise ValueError(f"group_size must divide in_features={in_features}, got {group_size}")
+        if group_size is not None and (
+            isinstance(group_size, bool)
+            or not isinstance(group_size, int)
+            or group_size < 1
+            or in_features % group_size
+        ):
+            raise ValueError(
+                f"group_size must be None or a positive int dividing in_features={in_features}, "
+                f"got {group_size!r}"
+            )
         self.group_size = group_size
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        groups = None if group_size is None else in_features // group_size
         # (N,) float32 per channel, (N, K / group_size) per group.
+        self._groups = 1 if group_size is None else in_features // group_size
         self.register_buffer(
             "scale",
-            torch.ones(out_features) if groups is None else torch.ones(out_features, groups),
+            torch.ones(out_features)
+            if group_size is None
+            else torch.ones(out_features, self._groups),
         )
         # PyTorch's kernel multiplies by bf16 scales; passing ones and scaling the float32
         # result keeps the scales exact.
@@ -258,10 +271,15 @@ class Int8WeightLinear(WeightOnlyLinear):
         return layer
 
     def _pack(self) -> None:
-        # Which kernel: ours where it builds (and, per channel, where it has a vector path:
-        # its plain C loop is slower than PyTorch's kernel); PyTorch's otherwise.
+        # Which kernel: ours where it builds; per channel, PyTorch's where ours has no vector
+        # path here (its plain C loop is slower) and PyTorch's runs.
         problem = native.native_problem()
-        if problem is None and self.group_size is None and native.vector_lanes() < 8:
+        if (
+            problem is None
+            and self.group_size is None
+            and native.vector_lanes() < 8
+            and int8_kernel_available()
+        ):
             problem = "its build here has no vector path (AVX2 or AVX-512)"
         self._native = problem is None
         if problem is None:
@@ -273,6 +291,12 @@ class Int8WeightLinear(WeightOnlyLinear):
             )
         _warn_int8_fallback(problem)
 
+    def dequantized(self) -> Tensor:
+        """The float32 weight ``(N, K)`` the codes and scales stand for."""
+        scale = self.scale.float().reshape(self.out_features, self._groups)
+        group = self.in_features // self._groups
+        return self.qweight.float() * scale.repeat_interleave(group, dim=1)
+
     def forward(self, x: Tensor) -> Tensor:
         on_cpu = self.qweight.device.type == "cpu"
         if not (self._native and on_cpu):
@@ -283,8 +307,18 @@ class Int8WeightLinear(WeightOnlyLinear):
                 )
             return super().forward(x)  # PyTorch's kernel (also its CUDA one)
         x2d = x.reshape(-1, self.in_features)
-        scale = self.scale.view(self.out_features, -1)  # (N, G), G = 1 per channel
-        y = native.int8_mm(x2d, self.qweight, scale, self.bias)
+        if x2d.shape[0] >= _MANY_ROWS:
+            # Many rows (a prompt, a batch): the product is bound by arithmetic, where a
+            # float32 GEMM is faster than the kernel; the same float32 weights, other sum order.
+            bias = None if self.bias is None else self.bias.float()
+            y = torch.nn.functional.linear(x2d.float(), self.dequantized(), bias)
+        else:
+            scale = self.scale.float().reshape(self.out_features, self._groups)
+            bias = None if self.bias is None else self.bias.float()
+            if torch.is_grad_enabled() and x2d.requires_grad:
+                y = _Int8Product.apply(x2d, self, scale, bias)
+            else:  # decoding: no autograd bookkeeping per call
+                y = native.int8_mm(x2d, self.qweight, scale, bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _matmul(self, x2d: Tensor) -> Tensor:
@@ -296,6 +330,29 @@ class Int8WeightLinear(WeightOnlyLinear):
     def extra_repr(self) -> str:
         group = "" if self.group_size is None else f", group_size={self.group_size}"
         return super().extra_repr() + group
+
+
+# Rows at which the int8 layer hands the product to a float32 GEMM on the dequantized weight
+# (one thread, K = N = 1024: the kernel took 2.2 ms at 64 rows where F.linear took 1.5 ms,
+# and tied at about 32 rows with the cost of dequantizing).
+_MANY_ROWS = 32
+
+
+class _Int8Product(torch.autograd.Function):
+    """multihead's int8 kernel with a backward: ``d x = d y @ W`` for the dequantized ``W``
+    (the weights are buffers and get no gradient)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x2d: Tensor, layer: Int8WeightLinear, scale: Tensor, bias: Tensor | None
+    ) -> Tensor:
+        ctx.layer = layer
+        return native.int8_mm(x2d, layer.qweight, scale, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        grad_x = grad @ ctx.layer.dequantized()
+        return grad_x, None, None, None
 
 
 @functools.cache

@@ -123,6 +123,7 @@ int mh_int8_lanes(void) { return LANES; }
 void mh_int8_mm(const float *x, int64_t M, int64_t K, const int8_t *w, int64_t N,
                 const float *scale, int64_t group, const float *bias, float *y, int threads)
 {
+    if (group <= 0 || K % group) return;  /* the caller checks; never divide by zero here */
     const int64_t G = K / group;
     #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t n = 0; n < N; ++n) {
