@@ -189,9 +189,18 @@ def test_a_cast_module_still_multiplies_in_float32():
     close(got.float(), expected, x, layer.qweight, layer.scale.reshape(6, 1))
 
 
-@pytest.mark.parametrize("bad", [True, 16.0, 0, 7, -32])
-def test_the_layer_refuses_a_group_size_that_does_not_fit(bad):
-    with pytest.raises(ValueError, match=r"group_size must be None or a positive int dividing"):
+@pytest.mark.parametrize(
+    ("bad", "error", "words"),
+    [
+        (True, TypeError, "group_size must be an int or None, got bool"),
+        (16.0, TypeError, "group_size must be an int or None, got float"),
+        (0, ValueError, "group_size must be >= 1, got 0"),
+        (-32, ValueError, "group_size must be >= 1, got -32"),
+        (7, ValueError, "group_size must divide in_features=64, got 7"),
+    ],
+)
+def test_the_layer_refuses_a_group_size_that_does_not_fit(bad, error, words):
+    with pytest.raises(error, match=words):
         Int8WeightLinear(64, 8, group_size=bad)
 
 

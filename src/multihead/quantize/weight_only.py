@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_int
 from . import native
 from .kernels import (
     bf16_units,
@@ -217,16 +218,9 @@ class Int8WeightLinear(WeightOnlyLinear):
         self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None
     ) -> None:
         super().__init__(in_features, out_features, bias)
-        if group_size is not None and (
-            isinstance(group_size, bool)
-            or not isinstance(group_size, int)
-            or group_size < 1
-            or in_features % group_size
-        ):
-            raise ValueError(
-                f"group_size must be None or a positive int dividing in_features={in_features}, "
-                f"got {group_size!r}"
-            )
+        check_int(group_size, "group_size", optional=True)
+        if group_size is not None and in_features % group_size:
+            raise ValueError(f"group_size must divide in_features={in_features}, got {group_size}")
         self.group_size = group_size
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         # (N,) float32 per channel, (N, K / group_size) per group.
