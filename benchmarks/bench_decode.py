@@ -150,6 +150,76 @@ def layout_table(repeat: int, mib: int = 256) -> str:
     )
 
 
+def _int8_products(
+    kernel: str, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, codes: list
+) -> None:
+    for c in codes:
+        if kernel == "ours":
+            native.int8_mm(x, c, scale, bias)
+        else:
+            torch.ops.aten._weight_int8pack_mm(x, c, scale)
+
+
+def int8_kernel_table(repeat: int, mib: int = 256) -> str:
+    """multihead's int8 kernel against PyTorch's ``_weight_int8pack_mm`` and oneDNN's packed
+    float32 product, on GPT-2's weight shapes at 1 and 8 activation rows, interleaved. Each
+    timing runs over enough copies of the matrix (``mib`` MiB of int8) that none sits in a
+    cache, as in a decoding step. GB/s counts the weight bytes each reads (int8 plus float32
+    scales; float32 for oneDNN)."""
+    if not native.native_available():
+        return f"multihead's int8 kernel is not available here: {native.native_problem()}\n"
+    rows = []
+    for m in (1, 8):
+        for n, k in ((2304, 768), (768, 768), (3072, 768), (768, 3072), (50257, 768)):
+            copies = max(1, mib * 2**20 // (n * k))
+            codes = [torch.randint(-127, 128, (n, k), dtype=torch.int8) for _ in range(copies)]
+            scale, bias = torch.rand(n, 1) / 100, torch.randn(n)
+            ones = torch.ones(n, dtype=torch.bfloat16)
+            x = torch.randn(m, k)
+            xb = x.bfloat16()
+            float_copies = max(1, copies // 4)  # the same MiB of float32 weights
+            packed = [
+                torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k), None)
+                for _ in range(float_copies)
+            ]
+
+            ours = functools.partial(_int8_products, "ours", x, scale, bias, codes)
+            theirs = functools.partial(_int8_products, "torch", xb, ones, None, codes)
+            float32 = functools.partial(_products, "packed", x, bias, packed)
+            t = time_interleaved(
+                {"ours": ours, "torch": theirs, "float32": float32}, warmup=1, repeat=repeat
+            )
+            ours_gbs = copies * (n * k + 4 * n) / t["ours"].median_s / 1e9
+            torch_gbs = copies * n * k / t["torch"].median_s / 1e9
+            float_gbs = float_copies * n * k * 4 / t["float32"].median_s / 1e9
+            per_product = {
+                name: 1e6 * t[name].median_s / c
+                for name, c in (("ours", copies), ("torch", copies), ("float32", float_copies))
+            }
+            rows.append(
+                [
+                    m,
+                    f"({n}, {k})",
+                    f"{per_product['ours']:.0f} us, {ours_gbs:.1f}",
+                    f"{per_product['torch']:.0f} us, {torch_gbs:.1f}",
+                    f"{per_product['float32']:.0f} us, {float_gbs:.1f}",
+                    f"{per_product['torch'] / per_product['ours']:.2f}x",
+                ]
+            )
+            del codes, packed
+    return markdown_table(
+        [
+            "rows",
+            "weight (N, K)",
+            "ours int8: per product, GB/s",
+            "torch int8pack: per product, GB/s",
+            "oneDNN float32 packed: per product, GB/s",
+            "ours vs int8pack",
+        ],
+        rows,
+    )
+
+
 def kv_bytes_per_step(config: TransformerConfig, batch: int, new_tokens: int) -> float:
     """Mean bytes of keys and values read per step (float32), the cache growing from
     ``PROMPT`` to ``PROMPT + new_tokens - 1`` entries."""
@@ -664,6 +734,10 @@ def main(argv: list[str] | None = None) -> str:
             "### Weight layout of one matrix-vector product (float32, batch 1)",
             "",
             layout_table(args.repeat),
+            "",
+            "### multihead's int8 kernel against PyTorch's, one product",
+            "",
+            int8_kernel_table(args.repeat),
             "",
         ]
     report, speedup = cache_speedup(cache_tokens, max(1, args.repeat - 1))

@@ -113,10 +113,10 @@ def test_inputs_are_made_contiguous_float32_and_rows_do_not_mix():
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"x": torch.zeros(2, 63)}, r"codes must be int8 \(N, 63\)"),
+        ({"x": torch.zeros(2, 63)}, r"x must have 64 columns to match codes \(N, 64\)"),
         ({"x": torch.zeros(64)}, r"x must be a 2-D floating-point"),
         ({"x": torch.zeros(2, 64, dtype=torch.long)}, r"x must be a 2-D floating-point"),
-        ({"codes": torch.zeros(5, 64)}, r"codes must be int8"),
+        ({"codes": torch.zeros(5, 64)}, r"codes must be int8 \(N, K\), got torch.float32"),
         ({"codes": torch.zeros(64, 5, dtype=torch.int8).t()}, r"codes must be a contiguous"),
         ({"scale": torch.ones(5, 3)}, r"scale must be contiguous float32 \(5, G\).*dividing 64"),
         ({"scale": torch.ones(5, 2).double()}, r"scale must be contiguous float32"),

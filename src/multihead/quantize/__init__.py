@@ -172,11 +172,12 @@ def quantize(
             without bf16 units keeps float32 weights and warns once. ``"float32"``: no
             rounding, the weights prepacked for oneDNN (faster decoding steps; without oneDNN it
             keeps ``nn.Linear`` and warns).
-        group_size: input channels per scale, dividing every layer's input size. int4:
-            32-128; ``None``: 64, else 128, else 32, the first that divides them all. int8:
-            ``None`` (default) for one scale per output channel; a group size (128 measured
-            best on the character LM, ``docs/quantization.md``) for one per output channel and
-            group, which needs multihead's int8 kernel. Other formats: leave it out.
+        group_size: input channels per scale, an even number dividing every layer's input
+            size. int4: 32-128; ``None``: 64, else 128, else 32, the first that divides them
+            all. int8: ``None`` (default) for one scale per output channel; a group size (128
+            measured best on the character LM, ``docs/quantization.md``) for one per output
+            channel and group, which needs multihead's int8 kernel. Other formats: leave it
+            out.
         dtype, kernel: dynamic mode only.
         calibration: ``"int8"``/``"int4"`` of a :class:`~multihead.modules.models.DecoderLM`
             only: token ids ``(B, N)`` long (or an iterable of such batches), text like the

@@ -44,7 +44,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["int8_mm", "native_available", "native_problem", "vector_lanes"]
+__all__ = [
+    "check_input",
+    "check_weights",
+    "int8_mm",
+    "int8_mm_checked",
+    "native_available",
+    "native_problem",
+    "vector_lanes",
+]
 
 _ABI = 1
 _SOURCE = Path(__file__).with_name("csrc") / "int8_weights.c"
@@ -210,10 +218,17 @@ def int8_mm(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
         ...     print(torch.tensor([[13.5]]))
         tensor([[13.5000]])
     """
+    check_input(x, codes.shape[1] if codes.dim() == 2 else -1)
+    check_weights(codes, scale, bias)
+    return int8_mm_checked(x, codes, scale, bias)
+
+
+def int8_mm_checked(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`int8_mm` for operands already passed through :func:`check_input` and
+    :func:`check_weights` (a layer checks its own weights once, not at every call)."""
     lib = _library()
     if isinstance(lib, str):
         raise RuntimeError(f"multihead's int8 kernel is not available: {lib}")
-    _check_operands(x, codes, scale, bias)
     x = x.float().contiguous()
     m, k = x.shape
     n, groups = scale.shape
@@ -237,20 +252,27 @@ def int8_mm(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
     return y
 
 
-def _check_operands(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> None:
-    """The C code trusts its pointers: every shape, dtype, device and layout is checked here."""
+def _describe(t: Tensor) -> str:
+    return f"{t.dtype} {tuple(t.shape)} on {t.device}"
 
-    def describe(t: Tensor) -> str:
-        return f"{t.dtype} {tuple(t.shape)} on {t.device}"
 
+def check_input(x: Tensor, k: int) -> None:
+    """``x`` must be a 2-D floating-point CPU tensor ``(M, k)`` (any layout: it is copied to a
+    contiguous float32 one when it is not)."""
     if x.dim() != 2 or not x.is_floating_point() or x.device.type != "cpu":
-        raise ValueError(f"x must be a 2-D floating-point CPU tensor (M, K), got {describe(x)}")
-    k = x.shape[1]
-    if codes.dtype != torch.int8 or codes.shape[1:] != (k,) or codes.dim() != 2:
-        raise ValueError(f"codes must be int8 (N, {k}) to match x, got {describe(codes)}")
+        raise ValueError(f"x must be a 2-D floating-point CPU tensor (M, K), got {_describe(x)}")
+    if x.shape[1] != k:
+        raise ValueError(f"x must have {k} columns to match codes (N, {k}), got {_describe(x)}")
+
+
+def check_weights(codes: Tensor, scale: Tensor, bias: Tensor | None) -> None:
+    """The C code trusts its pointers: every shape, dtype, device and layout of the weights is
+    checked here (the input's in :func:`check_input`)."""
+    if codes.dtype != torch.int8 or codes.dim() != 2:
+        raise ValueError(f"codes must be int8 (N, K), got {_describe(codes)}")
     if not codes.is_contiguous() or codes.device.type != "cpu":
-        raise ValueError(f"codes must be a contiguous CPU tensor, got {describe(codes)}")
-    n = codes.shape[0]
+        raise ValueError(f"codes must be a contiguous CPU tensor, got {_describe(codes)}")
+    n, k = codes.shape
     if (
         scale.dtype != torch.float32
         or scale.dim() != 2
@@ -262,7 +284,7 @@ def _check_operands(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None
     ):
         raise ValueError(
             f"scale must be contiguous float32 ({n}, G) on the CPU with G dividing {k}, got "
-            f"{describe(scale)}"
+            f"{_describe(scale)}"
         )
     if bias is not None and (
         bias.dtype != torch.float32
@@ -270,4 +292,6 @@ def _check_operands(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None
         or not bias.is_contiguous()
         or bias.device.type != "cpu"
     ):
-        raise ValueError(f"bias must be contiguous float32 ({n},) on the CPU, got {describe(bias)}")
+        raise ValueError(
+            f"bias must be contiguous float32 ({n},) on the CPU, got {_describe(bias)}"
+        )

@@ -237,6 +237,7 @@ class Int8WeightLinear(WeightOnlyLinear):
             "_ones", torch.ones(out_features, dtype=torch.bfloat16), persistent=False
         )
         self._native = False
+        self._checked: tuple[tuple[Any, ...], Tensor, Tensor | None] | None = None
         self._pack()
 
     @classmethod
@@ -285,6 +286,20 @@ class Int8WeightLinear(WeightOnlyLinear):
             )
         _warn_int8_fallback(problem)
 
+    def _kernel_weights(self) -> tuple[Tensor, Tensor | None]:
+        """The scales ``(N, G)`` and bias as the kernel reads them (float32, contiguous),
+        checked once for the buffers they come from: again only when a buffer is replaced
+        (``load_state_dict``, ``.to()``, ``.double()``...). A decoding step calls every
+        layer once; the checks cost more than the C call."""
+        source = (self.qweight, self.scale, self.bias)
+        cached = self._checked
+        if cached is None or any(a is not b for a, b in zip(cached[0], source, strict=True)):
+            scale = self.scale.float().reshape(self.out_features, self._groups).contiguous()
+            bias = None if self.bias is None else self.bias.float().contiguous()
+            native.check_weights(self.qweight, scale, bias)
+            cached = self._checked = (source, scale, bias)
+        return cached[1], cached[2]
+
     def dequantized(self) -> Tensor:
         """The float32 weight ``(N, K)`` the codes and scales stand for."""
         scale = self.scale.float().reshape(self.out_features, self._groups)
@@ -301,18 +316,18 @@ class Int8WeightLinear(WeightOnlyLinear):
                 )
             return super().forward(x)  # PyTorch's kernel (also its CUDA one)
         x2d = x.reshape(-1, self.in_features)
+        native.check_input(x2d, self.in_features)
         if x2d.shape[0] >= _MANY_ROWS:
             # Many rows (a prompt, a batch): the product is bound by arithmetic, where a
             # float32 GEMM is faster than the kernel; the same float32 weights, other sum order.
             bias = None if self.bias is None else self.bias.float()
             y = torch.nn.functional.linear(x2d.float(), self.dequantized(), bias)
         else:
-            scale = self.scale.float().reshape(self.out_features, self._groups)
-            bias = None if self.bias is None else self.bias.float()
+            scale, bias = self._kernel_weights()
             if torch.is_grad_enabled() and x2d.requires_grad:
                 y = _Int8Product.apply(x2d, self, scale, bias)
             else:  # decoding: no autograd bookkeeping per call
-                y = native.int8_mm(x2d, self.qweight, scale, bias)
+                y = native.int8_mm_checked(x2d, self.qweight, scale, bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _matmul(self, x2d: Tensor) -> Tensor:
@@ -341,7 +356,7 @@ class _Int8Product(torch.autograd.Function):
         ctx: Any, x2d: Tensor, layer: Int8WeightLinear, scale: Tensor, bias: Tensor | None
     ) -> Tensor:
         ctx.layer = layer
-        return native.int8_mm(x2d, layer.qweight, scale, bias)
+        return native.int8_mm_checked(x2d, layer.qweight, scale, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
