@@ -7,6 +7,7 @@ import copy
 import os
 import platform
 import tempfile
+import time
 import warnings
 
 import pytest
@@ -280,6 +281,59 @@ def test_without_a_compiler_it_says_why(fresh_library, monkeypatch, env, words):
     with pytest.raises(RuntimeError, match=words):
         native.int8_mm(*operands(1, 2, 16, 1, False))
     assert not (fresh_library / "kernels").exists() or not os.listdir(fresh_library / "kernels")
+
+
+def test_a_hanging_compiler_is_given_up_with_its_children(fresh_library, monkeypatch, tmp_path):
+    # Answers --version, then hangs (with a child of its own) on everything else.
+    fake = tmp_path / "hangcc"
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1" = "--version" ]; then echo fake 1.0; exit 0; fi\n'
+        "sleep 60 & sleep 60\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setattr(native, "_BUDGET_S", 1.5)
+    start = time.monotonic()
+    problem = native.native_problem()
+    assert time.monotonic() - start < 20
+    assert problem is not None and "timed out" in problem
+    assert list((fresh_library / "kernels").iterdir()) == []  # no partial build left
+
+
+def test_a_cc_that_cannot_be_split_says_so(fresh_library, monkeypatch):
+    monkeypatch.setenv("CC", "gcc '-O2")
+    assert "cannot be split into words" in native.native_problem()
+
+
+@needs_native
+@pytest.mark.parametrize("how", ["assign", "data", "expand"])
+def test_replaced_codes_that_do_not_fit_are_refused_not_read(how):
+    # The kernel trusts its pointers: whatever happens to the buffers between calls, every
+    # call checks them (a too-small buffer would otherwise be read past its end).
+    layer = Int8WeightLinear.from_float(nn.Linear(256, 64))
+    x = torch.randn(1, 256)
+    layer(x)
+    if how == "assign":
+        layer.qweight = torch.zeros(64, 16, dtype=torch.int8)
+    elif how == "data":
+        layer.qweight.data = torch.zeros(64, 16, dtype=torch.int8)
+    else:
+        layer.qweight.data = torch.zeros(1, 256, dtype=torch.int8).expand(64, 256)
+    with pytest.raises(ValueError, match=r"codes must be|x must have"):
+        layer(x)
+
+
+@needs_native
+def test_weights_changed_in_place_are_the_weights_multiplied():
+    layer = Int8WeightLinear.from_float(nn.Linear(64, 8)).double()
+    x = torch.randn(2, 64, dtype=torch.float64)
+    layer(x)
+    fresh = Int8WeightLinear.from_float(nn.Linear(64, 8))
+    layer.load_state_dict(fresh.state_dict())  # copied into the same (float64) buffers
+    with torch.no_grad():
+        layer.bias.add_(1.0)
+    expected = reference(x, fresh.qweight, fresh.scale.reshape(8, 1), fresh.bias + 1.0)
+    close(layer(x).float(), expected, x, fresh.qweight, fresh.scale.reshape(8, 1))
 
 
 @pytest.fixture

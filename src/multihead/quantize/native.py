@@ -18,7 +18,9 @@ the compiler, the flags, the CPU's description from ``/proc/cpuinfo`` and the in
 macros ``-march=native`` turns on, so a cache shared by different CPUs holds one library for
 each. Where no compiler works, or with ``MULTIHEAD_NATIVE=0``, :func:`native_problem` says
 why and the int8 layers use PyTorch's kernel (grouped scales, which that kernel cannot read,
-are then refused with a ``ValueError``).
+are then refused: ``quantize()`` raises a ``ValueError``, a layer built directly a
+``RuntimeError``). A compiler that hangs is given up after ``_BUDGET_S`` seconds in all, its
+child processes killed with it.
 
 Calls go through :mod:`ctypes`, which releases the GIL for the call, after every shape, dtype,
 device and layout has been checked here. Threads: PyTorch's intra-op count
@@ -30,6 +32,7 @@ with two thread pools).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -37,22 +40,16 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "check_input",
-    "check_weights",
-    "int8_mm",
-    "int8_mm_checked",
-    "native_available",
-    "native_problem",
-    "vector_lanes",
-]
+__all__ = ["int8_mm", "native_available", "native_problem", "vector_lanes"]
 
 _ABI = 1
 _SOURCE = Path(__file__).with_name("csrc") / "int8_weights.c"
@@ -71,19 +68,44 @@ def _cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "multihead"
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess[str] | None:
+_BUDGET_S = 300.0  # all compiler calls of one build together: a hanging compiler gives up
+
+
+def _run(command: list[str], deadline: float) -> subprocess.CompletedProcess[str] | None:
+    """Run ``command`` until ``deadline`` (``time.monotonic()``); ``None`` if it cannot start.
+    On a timeout the whole process group is killed (a compiler's own children too) and the
+    result has return code -9 and "timed out" as its stderr."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return subprocess.CompletedProcess(command, -9, "", "timed out")
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    except (OSError, subprocess.SubprocessError):
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, killed as one
+        )
+    except OSError:
         return None
+    try:
+        out, err = process.communicate(timeout=remaining)
+    except subprocess.TimeoutExpired:
+        if hasattr(os, "killpg"):
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+        process.kill()
+        process.communicate()
+        return subprocess.CompletedProcess(command, -9, "", f"timed out after {remaining:.0f} s")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
-def _machine(cc: list[str], flags: list[str]) -> str:
+def _machine(cc: list[str], flags: list[str], deadline: float) -> str:
     """What a build with ``flags`` depends on besides the source: the compiler's version, the
     flags, the CPU's description and, with ``-march=native``, the macros it turns on (the
     instruction sets the compiler will use: what tells two CPUs apart on every platform)."""
     parts = [" ".join(cc), " ".join(flags), platform.machine()]
-    version = _run([*cc, "--version"])
+    version = _run([*cc, "--version"], deadline)
     parts.append(version.stdout if version is not None else "")
     try:
         described = {
@@ -96,7 +118,7 @@ def _machine(cc: list[str], flags: list[str]) -> str:
     except OSError:
         parts.append(platform.processor())
     if "-march=native" in flags:
-        macros = _run([*cc, *flags, "-dM", "-E", "-x", "c", os.devnull])
+        macros = _run([*cc, *flags, "-dM", "-E", "-x", "c", os.devnull], deadline)
         parts.append(macros.stdout if macros is not None and macros.returncode == 0 else "")
     return "\0".join(parts)
 
@@ -108,7 +130,7 @@ def _flag_sets() -> list[list[str]]:
     return [[*flags, *extra] for flags in _FLAG_SETS]
 
 
-def _build(cc: list[str]) -> tuple[Path, bool]:
+def _build(cc: list[str], deadline: float) -> tuple[Path, bool]:
     """Compile the C file into the cache (once per source, compiler, flags and CPU); return
     the shared library's path and whether it lies in a temporary directory of its own (the
     cache directory could not be written; the caller removes it once loaded). Raises
@@ -123,7 +145,8 @@ def _build(cc: list[str]) -> tuple[Path, bool]:
         directory, temporary = Path(tempfile.mkdtemp(prefix="multihead-kernels-")), True
     targets = []
     for flags in _flag_sets():
-        key = hashlib.sha256(source + b"\0" + _machine(cc, flags).encode()).hexdigest()[:20]
+        machine = _machine(cc, flags, deadline)
+        key = hashlib.sha256(source + b"\0" + machine.encode()).hexdigest()[:20]
         targets.append((flags, directory / f"int8_weights-{key}.so"))
     for _, target in targets:  # a build from an earlier process, with any flag set
         if target.exists():
@@ -134,13 +157,15 @@ def _build(cc: list[str]) -> tuple[Path, bool]:
         os.close(fd)
         try:
             command = [*cc, *flags, "-std=c11", "-shared", "-fPIC", str(_SOURCE), "-o", tmp]
-            done = _run(command)
+            done = _run(command, deadline)
             if done is not None and done.returncode == 0:
                 os.chmod(tmp, 0o755)
                 os.replace(tmp, target)  # another process may have won the race: same bytes
                 return target, temporary
-            reason = "did not run" if done is None else done.stderr.strip()[-500:]
+            reason = "did not start" if done is None else done.stderr.strip()[-500:]
             errors.append(f"{' '.join(command)}: {reason}")
+            if done is not None and done.returncode == -9:
+                break  # timed out: the other flag sets would hang as well
         finally:
             Path(tmp).unlink(missing_ok=True)
     if temporary:
@@ -153,14 +178,19 @@ def _library() -> ctypes.CDLL | str:
     """The loaded kernel, or why there is none (a string)."""
     if os.environ.get("MULTIHEAD_NATIVE", "1") == "0":
         return "MULTIHEAD_NATIVE=0"
-    cc = shlex.split(os.environ.get("CC") or "cc")
+    try:
+        cc = shlex.split(os.environ.get("CC") or "cc")
+        _flag_sets()  # $MULTIHEAD_CFLAGS parses
+    except ValueError as exc:
+        return f"$CC or $MULTIHEAD_CFLAGS cannot be split into words ({exc})"
     if not cc or shutil.which(cc[0]) is None:
         return f"no C compiler ({' '.join(cc)!r} is not on PATH; set CC)"
-    version = _run([*cc, "--version"])
+    deadline = time.monotonic() + _BUDGET_S
+    version = _run([*cc, "--version"], deadline)
     if version is None or version.returncode != 0:
         return f"the C compiler {' '.join(cc)!r} does not run"
     try:
-        path, temporary = _build(cc)
+        path, temporary = _build(cc, deadline)
     except (OSError, RuntimeError) as exc:
         return f"compiling {_SOURCE.name} failed: {exc}"
     torch.get_num_threads()  # PyTorch's OpenMP runtime is loaded first (see the docstring)
@@ -218,14 +248,10 @@ def int8_mm(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
         ...     print(torch.tensor([[13.5]]))
         tensor([[13.5000]])
     """
-    check_input(x, codes.shape[1] if codes.dim() == 2 else -1)
-    check_weights(codes, scale, bias)
-    return int8_mm_checked(x, codes, scale, bias)
-
-
-def int8_mm_checked(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
-    """:func:`int8_mm` for operands already passed through :func:`check_input` and
-    :func:`check_weights` (a layer checks its own weights once, not at every call)."""
+    # Every call, every operand: the C code trusts its pointers, and a layer's buffers can be
+    # replaced or changed in place between calls (measured cost: ~2 us of a ~12 us call).
+    _check_weights(codes, scale, bias)
+    _check_input(x, codes.shape[1])
     lib = _library()
     if isinstance(lib, str):
         raise RuntimeError(f"multihead's int8 kernel is not available: {lib}")
@@ -256,7 +282,7 @@ def _describe(t: Tensor) -> str:
     return f"{t.dtype} {tuple(t.shape)} on {t.device}"
 
 
-def check_input(x: Tensor, k: int) -> None:
+def _check_input(x: Tensor, k: int) -> None:
     """``x`` must be a 2-D floating-point CPU tensor ``(M, k)`` (any layout: it is copied to a
     contiguous float32 one when it is not)."""
     if x.dim() != 2 or not x.is_floating_point() or x.device.type != "cpu":
@@ -265,9 +291,9 @@ def check_input(x: Tensor, k: int) -> None:
         raise ValueError(f"x must have {k} columns to match codes (N, {k}), got {_describe(x)}")
 
 
-def check_weights(codes: Tensor, scale: Tensor, bias: Tensor | None) -> None:
+def _check_weights(codes: Tensor, scale: Tensor, bias: Tensor | None) -> None:
     """The C code trusts its pointers: every shape, dtype, device and layout of the weights is
-    checked here (the input's in :func:`check_input`)."""
+    checked here (the input's in :func:`_check_input`)."""
     if codes.dtype != torch.int8 or codes.dim() != 2:
         raise ValueError(f"codes must be int8 (N, K), got {_describe(codes)}")
     if not codes.is_contiguous() or codes.device.type != "cpu":

@@ -237,7 +237,6 @@ class Int8WeightLinear(WeightOnlyLinear):
             "_ones", torch.ones(out_features, dtype=torch.bfloat16), persistent=False
         )
         self._native = False
-        self._checked: tuple[tuple[Any, ...], Tensor, Tensor | None] | None = None
         self._pack()
 
     @classmethod
@@ -286,20 +285,6 @@ class Int8WeightLinear(WeightOnlyLinear):
             )
         _warn_int8_fallback(problem)
 
-    def _kernel_weights(self) -> tuple[Tensor, Tensor | None]:
-        """The scales ``(N, G)`` and bias as the kernel reads them (float32, contiguous),
-        checked once for the buffers they come from: again only when a buffer is replaced
-        (``load_state_dict``, ``.to()``, ``.double()``...). A decoding step calls every
-        layer once; the checks cost more than the C call."""
-        source = (self.qweight, self.scale, self.bias)
-        cached = self._checked
-        if cached is None or any(a is not b for a, b in zip(cached[0], source, strict=True)):
-            scale = self.scale.float().reshape(self.out_features, self._groups).contiguous()
-            bias = None if self.bias is None else self.bias.float().contiguous()
-            native.check_weights(self.qweight, scale, bias)
-            cached = self._checked = (source, scale, bias)
-        return cached[1], cached[2]
-
     def dequantized(self) -> Tensor:
         """The float32 weight ``(N, K)`` the codes and scales stand for."""
         scale = self.scale.float().reshape(self.out_features, self._groups)
@@ -316,18 +301,19 @@ class Int8WeightLinear(WeightOnlyLinear):
                 )
             return super().forward(x)  # PyTorch's kernel (also its CUDA one)
         x2d = x.reshape(-1, self.in_features)
-        native.check_input(x2d, self.in_features)
-        if x2d.shape[0] >= _MANY_ROWS:
-            # Many rows (a prompt, a batch): the product is bound by arithmetic, where a
-            # float32 GEMM is faster than the kernel; the same float32 weights, other sum order.
-            bias = None if self.bias is None else self.bias.float()
+        bias = None if self.bias is None else self.bias.float()
+        weights_need_grad = self.scale.requires_grad or (bias is not None and bias.requires_grad)
+        if x2d.shape[0] >= _MANY_ROWS or (torch.is_grad_enabled() and weights_need_grad):
+            # Many rows (a prompt, or 32+ sequences at once): the product is bound by
+            # arithmetic, where a float32 GEMM is faster than the kernel; the same float32
+            # weights, another order of summation (rows stay independent of each other).
             y = torch.nn.functional.linear(x2d.float(), self.dequantized(), bias)
         else:
-            scale, bias = self._kernel_weights()
+            scale = self.scale.float().reshape(self.out_features, self._groups)
             if torch.is_grad_enabled() and x2d.requires_grad:
-                y = _Int8Product.apply(x2d, self, scale, bias)
+                y = _Int8Product.apply(x2d, self.qweight, scale, bias)
             else:  # decoding: no autograd bookkeeping per call
-                y = native.int8_mm_checked(x2d, self.qweight, scale, bias)
+                y = native.int8_mm(x2d, self.qweight, scale, bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _matmul(self, x2d: Tensor) -> Tensor:
@@ -342,26 +328,27 @@ class Int8WeightLinear(WeightOnlyLinear):
 
 
 # Rows at which the int8 layer hands the product to a float32 GEMM on the dequantized weight
-# (one thread, K = N = 1024: the kernel took 2.2 ms at 64 rows where F.linear took 1.5 ms,
-# and tied at about 32 rows with the cost of dequantizing).
+# (a prompt, or 32+ sequences decoded at once; one thread, K = N = 1024: the kernel took
+# 2.2 ms at 64 rows where F.linear took 1.5 ms, and tied at about 32 rows with the cost of
+# dequantizing).
 _MANY_ROWS = 32
 
 
 class _Int8Product(torch.autograd.Function):
-    """multihead's int8 kernel with a backward: ``d x = d y @ W`` for the dequantized ``W``
-    (the weights are buffers and get no gradient)."""
+    """multihead's int8 kernel with a backward: ``d x = d y @ W``, ``W`` the weights as they
+    were at the forward (the codes and scales are buffers and get no gradient)."""
 
     @staticmethod
-    def forward(
-        ctx: Any, x2d: Tensor, layer: Int8WeightLinear, scale: Tensor, bias: Tensor | None
-    ) -> Tensor:
-        ctx.layer = layer
-        return native.int8_mm_checked(x2d, layer.qweight, scale, bias)
+    def forward(ctx: Any, x2d: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(codes, scale)
+        return native.int8_mm(x2d, codes, scale, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        grad_x = grad @ ctx.layer.dequantized()
-        return grad_x, None, None, None
+        codes, scale = ctx.saved_tensors
+        group = codes.shape[1] // scale.shape[1]
+        weight = codes.float() * scale.repeat_interleave(group, dim=1)
+        return grad @ weight, None, None, None
 
 
 @functools.cache
