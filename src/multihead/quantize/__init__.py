@@ -10,8 +10,9 @@ Two families, one entry point, :func:`quantize`:
   its weights in fewer bytes; activations and the key/value cache stay floating point. For
   decoding, whose steps are bound by reading the weights. int8 runs in multihead's own kernel
   (:mod:`multihead.quantize.native`: float32 arithmetic, per-channel or, with ``group_size``,
-  per-group scales), compiled on first use with the machine's C compiler. ``weights="float32"`` rounds
-  nothing and only re-lays the float32 weights out for oneDNN's faster matrix-vector kernel.
+  per-group scales), compiled on first use with the machine's C compiler.
+  ``weights="float32"`` rounds nothing and only re-lays the float32 weights out for oneDNN's
+  faster matrix-vector kernel.
   With ``calibration=ids``, int8/int4 weights are rounded by GPTQ
   (:mod:`multihead.quantize.gptq`) instead of to nearest, on the same grid and kernels.
 
@@ -192,7 +193,8 @@ def quantize(
     Raises:
         ValueError: ``model`` is already quantized; an unknown format; a kernel missing here
             (the message names the alternative); ``group_size`` with a format that has none,
-            or not dividing every layer's input size; ``dtype``/``kernel`` given with ``weights``;
+            or not dividing every layer's input size; ``dtype``/``kernel`` given with
+            ``weights``;
             ``calibration`` with another format than int8/int4, or with ids outside the
             vocabulary, of the wrong shape or longer than the model's positions.
         TypeError: ``calibration`` not long token ids, or given for a model that is not a

@@ -17,8 +17,8 @@ paper's "lazy batch updates"): the same numbers, a matrix product instead of 128
 ``H`` is damped by 1% of its mean diagonal, as in the paper, so that it stays invertible.
 
 The grid is the format's own: int8's per-output-channel (or per-group) scales and int4's
-per-group scales and zeros are computed from the float weights exactly as round-to-nearest computes them
-(:func:`~multihead.quantize.weight_only.int8_scales`,
+per-group scales and zeros are computed from the float weights exactly as round-to-nearest
+computes them (:func:`~multihead.quantize.weight_only.int8_scales`,
 :func:`~multihead.quantize.weight_only.int4_scales_zeros`), so the layers, their kernels and the
 checkpoint format are unchanged; only which grid point each weight gets differs.
 
