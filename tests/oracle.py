@@ -98,3 +98,63 @@ def int8_dequantized64(float_model: nn.Module, quantized: nn.Module) -> nn.Modul
             with torch.no_grad():
                 reference.get_submodule(name).weight.copy_(weight)
     return reference
+
+
+def decoder_lm64(lm: nn.Module, ids: Tensor) -> Tensor:
+    """Logits ``(B, N, V)`` of a :class:`DecoderLM` without rotary positions, written out in
+    float64 from its parameters: pre- or post-norm, LayerNorm or RMSNorm, MLP or gated
+    feed-forward, grouped-query attention, with or without biases. The embeddings (token and
+    additive positions) are taken from the model, run in float64; everything after them is
+    plain math here."""
+    cfg = lm.config
+    p = {k: v.detach().double() for k, v in lm.state_dict().items()}
+    x = copy.deepcopy(lm.decoder).double().embed(ids)  # (B, N, E)
+    b, n, e = x.shape
+    h = cfg.num_heads
+    hkv = cfg.num_kv_heads or h
+    d = e // h
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()
+    acts = {
+        "gelu": lambda v: 0.5 * v * (1 + torch.erf(v / math.sqrt(2))),
+        "gelu_tanh": lambda v: (
+            0.5 * v * (1 + torch.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))
+        ),
+        "relu": lambda v: v.clamp_min(0),
+        "silu": lambda v: v / (1 + torch.exp(-v)),
+    }
+    act = acts[cfg.activation]
+
+    def norm(v: Tensor, name: str) -> Tensor:
+        if cfg.norm == "rmsnorm":
+            v = v / torch.sqrt((v**2).mean(-1, keepdim=True) + cfg.norm_eps)
+        else:
+            mean = v.mean(-1, keepdim=True)
+            v = (v - mean) / torch.sqrt(((v - mean) ** 2).mean(-1, keepdim=True) + cfg.norm_eps)
+        v = v * p[name + ".weight"]
+        return v + p[name + ".bias"] if name + ".bias" in p else v
+
+    def linear(v: Tensor, name: str) -> Tensor:
+        v = v @ p[name + ".weight"].T
+        return v + p[name + ".bias"] if name + ".bias" in p else v
+
+    for i in range(cfg.num_decoder_layers):
+        pre = f"decoder.layers.{i}."
+        a = norm(x, pre + "norm1") if cfg.norm_first else x
+        q = linear(a, pre + "self_attn.q_proj").view(b, n, h, d).transpose(1, 2)
+        k = linear(a, pre + "self_attn.k_proj").view(b, n, hkv, d).transpose(1, 2)
+        v = linear(a, pre + "self_attn.v_proj").view(b, n, hkv, d).transpose(1, 2)
+        k, v = k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        weights = scores.masked_fill(~allowed, -math.inf).softmax(-1)
+        out = linear((weights @ v).transpose(1, 2).reshape(b, n, h * d), pre + "self_attn.out_proj")
+        x = x + out if cfg.norm_first else norm(x + out, pre + "norm1")
+        f_in = norm(x, pre + "norm2") if cfg.norm_first else x
+        ff = pre + "feed_forward."
+        hidden = act(linear(f_in, ff + "linear1"))
+        if cfg.ffn == "gated":
+            hidden = act(linear(f_in, ff + "gate")) * linear(f_in, ff + "linear1")
+        f = linear(hidden, ff + "linear2")
+        x = x + f if cfg.norm_first else norm(x + f, pre + "norm2")
+    if "decoder.norm.weight" in p:
+        x = norm(x, "decoder.norm")
+    return linear(x, "lm_head")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import multihead.quantize as quantize_package
+from multihead import _native
 from multihead.modules.models import DecoderLM, TransformerConfig
 from multihead.quantize import kernels, native, quantization_of, quantize, weight_only
 from multihead.quantize.weight_only import Int8WeightLinear
@@ -214,9 +215,9 @@ def fresh_library(monkeypatch, tmp_path):
     monkeypatch.setenv("MULTIHEAD_CACHE_DIR", str(tmp_path))
     for name in ("MULTIHEAD_NATIVE", "MULTIHEAD_CFLAGS", "CC"):
         monkeypatch.delenv(name, raising=False)
-    native._library.cache_clear()
+    _native._library.cache_clear()
     yield tmp_path
-    native._library.cache_clear()
+    _native._library.cache_clear()
 
 
 @needs_native
@@ -226,7 +227,7 @@ def test_the_build_lands_in_the_cache_whole_and_is_reused(fresh_library):
     assert len(built) == 1 and built[0].endswith(".so")  # no temporary file left
     assert native.vector_lanes() in (1, 8, 16)
     mtime = (fresh_library / "kernels" / built[0]).stat().st_mtime_ns
-    native._library.cache_clear()
+    _native._library.cache_clear()
     assert native.native_problem() is None  # loaded from the cache, not rebuilt
     assert (fresh_library / "kernels" / built[0]).stat().st_mtime_ns == mtime
 
@@ -292,7 +293,7 @@ def test_a_hanging_compiler_is_given_up_with_its_children(fresh_library, monkeyp
     )
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
-    monkeypatch.setattr(native, "_BUDGET_S", 1.5)
+    monkeypatch.setattr(_native, "_BUDGET_S", 1.5)
     start = time.monotonic()
     problem = native.native_problem()
     assert time.monotonic() - start < 20
@@ -339,7 +340,7 @@ def test_weights_changed_in_place_are_the_weights_multiplied():
 @pytest.fixture
 def no_native(monkeypatch):
     """This machine as one without a C compiler."""
-    monkeypatch.setattr(native, "_library", lambda: "no C compiler (test)")
+    monkeypatch.setattr(_native, "_library", lambda: "no C compiler (test)")
 
 
 def small_lm() -> DecoderLM:
@@ -365,7 +366,7 @@ def test_per_channel_int8_falls_back_to_torch_with_one_notice(no_native, monkeyp
 def test_loading_an_int8_checkpoint_without_the_kernel_says_so(tmp_path, monkeypatch):
     path = tmp_path / "q.pt"
     quantize_package.save_quantized(quantize(small_lm(), weights="int8"), path)
-    monkeypatch.setattr(native, "_library", lambda: "no C compiler (test)")
+    monkeypatch.setattr(_native, "_library", lambda: "no C compiler (test)")
     monkeypatch.setattr(weight_only, "_warn_int8_fallback", _fresh_warning())
     with pytest.warns(RuntimeWarning, match=r"no C compiler \(test\)"):
         loaded = quantize_package.load_quantized(path, small_lm())

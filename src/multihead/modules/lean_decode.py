@@ -36,6 +36,7 @@ from ..functional.sdpa import _HAS_GQA
 from ..positional import RotaryEmbedding
 from .attention import MultiHeadAttention
 from .layers import EncoderLayer
+from .native_decode import native_step
 from .observers import has_attention_observers
 from .stacks import Encoder
 
@@ -206,6 +207,8 @@ class LeanStepper:
         )
         self._keys: list[Tensor] = []  # per layer (R, Hkv, L, D)
         self._values: list[Tensor] = []  # per layer (R, Hkv, L, Dv)
+        # The whole step in C for steps of one token per row, where the model allows it.
+        self._native = native_step(model)
 
     @torch.inference_mode()
     def next_logits(self, tokens: Tensor) -> Tensor:
@@ -232,6 +235,13 @@ class LeanStepper:
         if not self._keys:  # room for every layer, in its keys' and values' dtype (autocast)
             self._keys = [torch.empty(0)] * len(self._layers)
             self._values = [torch.empty(0)] * len(self._layers)
+        if n == 1 and self._native is not None:
+            if start == 0:
+                self._allocate(x)
+            logits = self._native(x[:, 0], self._keys, self._values, start)
+            if logits is not None:
+                self.fed = stop
+                return logits
         # The new tokens see every cached one and, among themselves, the earlier ones; with an
         # empty cache that is plain causal attention, and one new token needs no mask at all.
         mask = None
@@ -278,6 +288,17 @@ class LeanStepper:
             return self.model.lm_head(decoder.norm(x))[:, -1]  # (R, V)
         # Only the last position's logits are asked for, and each row's are its own.
         return self.model.lm_head(decoder.norm(x[:, -1:]))[:, -1]  # (R, V)
+
+    def _allocate(self, x: Tensor) -> None:
+        """Empty caches for every layer, in ``x``'s dtype: a first step of one token per row."""
+        r = x.shape[0]
+        self._keys = [
+            x.new_empty((r, layer.kv_heads, self.max_len, layer.head_dim)) for layer in self._layers
+        ]
+        self._values = [
+            x.new_empty((r, layer.kv_heads, self.max_len, layer.v_head_dim))
+            for layer in self._layers
+        ]
 
     @torch.inference_mode()
     def select(self, rows: Tensor) -> None:

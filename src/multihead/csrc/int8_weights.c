@@ -1,5 +1,5 @@
 /* int8 weights x float32 activations, float32 arithmetic: the product of multihead's int8
- * weight-only layers (multihead/quantize/native.py builds and loads this file).
+ * weight-only layers (multihead/_native.py builds it, multihead/quantize/native.py calls it).
  *
  *   y[m, n] = bias[n] + sum_g scale[n, g] * sum_{k in group g} x[m, k] * w[n, k]
  *
@@ -19,48 +19,21 @@
 #define UNROLL 4        /* independent accumulators per activation row (hides FMA latency) */
 #define AHEAD 4096      /* bytes to prefetch ahead of the weight stream */
 
+#include "simd.h"
+
+/* int8 weights as float32 (exact), and a vector scaled into an accumulator. */
 #if defined(__AVX512F__)
-#include <immintrin.h>
-#define LANES 16
-typedef __m512 vec;
-static inline vec vzero(void) { return _mm512_setzero_ps(); }
-static inline vec vloadx(const float *p) { return _mm512_loadu_ps(p); }
 static inline vec vloadw(const int8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
-static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
-static inline vec vscale(vec a, float s, vec c) { return _mm512_fmadd_ps(a, _mm512_set1_ps(s), c); }
-static inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
 #elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define LANES 8
-typedef __m256 vec;
-static inline vec vzero(void) { return _mm256_setzero_ps(); }
-static inline vec vloadx(const float *p) { return _mm256_loadu_ps(p); }
 static inline vec vloadw(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
-static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-static inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
-static inline vec vscale(vec a, float s, vec c) { return _mm256_fmadd_ps(a, _mm256_set1_ps(s), c); }
-static inline float vsum(vec a) {
-    __m128 half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    half = _mm_add_ss(half, _mm_movehdup_ps(half));
-    return _mm_cvtss_f32(half);
-}
 #else
-#define LANES 1
-typedef float vec;
-static inline vec vzero(void) { return 0.0f; }
-static inline vec vloadx(const float *p) { return *p; }
 static inline vec vloadw(const int8_t *p) { return (float)*p; }
-static inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
-static inline vec vadd(vec a, vec b) { return a + b; }
-static inline vec vscale(vec a, float s, vec c) { return a * s + c; }
-static inline float vsum(vec a) { return a; }
 #endif
+static inline vec vscale(vec a, float s, vec c) { return vfma(a, vset(s), c); }
 
 /* One tile: C activation rows (stride K) times one weight row. C is a constant at every call
  * site, so the compiler unrolls the loops over it and keeps the accumulators in registers. */

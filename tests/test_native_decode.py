@@ -1,0 +1,292 @@
+"""The decoding step in C (multihead.modules.native_decode) for float32 DecoderLMs.
+
+References: the model's layers written out plainly in float64 (oracle.decoder_lm64), and the
+float64 copy of the model run over the whole sequence without a cache. Also: when the C step
+must step aside (weights replaced, autocast, classes it does not read) and that it does.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from multihead import _native
+from multihead.decoding import generate_lm
+from multihead.modules import native_decode
+from multihead.modules.lean_decode import LeanStepper
+from multihead.modules.models import DecoderLM, TransformerConfig
+from multihead.modules.native_decode import NativeStep, native_step
+from oracle import decoder_lm64
+
+needs_native = pytest.mark.skipif(
+    not _native.native_available(), reason=f"no C code here: {_native.native_problem()}"
+)
+pytestmark = needs_native
+
+
+def small_lm(**overrides: object) -> DecoderLM:
+    torch.manual_seed(0)
+    options = dict(vocab_size=37, d_model=32, num_heads=4, d_ff=48, num_decoder_layers=2)
+    options.update(dropout=0.0, max_len=64)
+    options.update(overrides)
+    return DecoderLM(TransformerConfig(**options)).eval()
+
+
+@pytest.fixture
+def c_calls(monkeypatch):
+    """Counts the steps the C code ran (a ``None`` from NativeStep means PyTorch's path)."""
+    calls = {"c": 0, "declined": 0}
+    original = NativeStep.__call__
+
+    def counted(self, *args):
+        out = original(self, *args)
+        calls["c" if out is not None else "declined"] += 1
+        return out
+
+    monkeypatch.setattr(NativeStep, "__call__", counted)
+    return calls
+
+
+def stepped_logits(stepper: LeanStepper, ids: torch.Tensor, prompt: int) -> torch.Tensor:
+    """Next-token logits for positions ``prompt - 1 .. N - 1`` -> ``(B, N', V)``: the prompt
+    in one call, then one token per call."""
+    out = [stepper.next_logits(ids[:, :prompt])]
+    for t in range(prompt + 1, ids.shape[1] + 1):
+        out.append(stepper.next_logits(ids[:, :t]))
+    return torch.stack(out, 1)
+
+
+CONFIGS = [
+    {},
+    {"positional": "learned", "activation": "gelu_tanh"},
+    {"norm_first": False, "positional": "none"},
+    {"num_kv_heads": 2, "norm": "rmsnorm", "ffn": "gated", "activation": "silu", "bias": False},
+    {"num_kv_heads": 1, "tie_embeddings": False, "activation": "relu"},
+    {"embedding_norm": True, "final_norm": True, "norm_first": False},
+    {"d_model": 40, "num_heads": 5, "d_ff": 23},  # sizes that are no multiple of a vector
+]
+
+
+@pytest.mark.parametrize("overrides", CONFIGS, ids=lambda o: ",".join(o) or "default")
+@pytest.mark.parametrize("rows", [1, 6])  # 6: a tile of 4 rows and one of 2
+@pytest.mark.parametrize("prompt", [1, 4])
+def test_c_steps_match_the_layers_written_in_float64(overrides, rows, prompt, c_calls):
+    lm = small_lm(**overrides)
+    ids = torch.randint(0, 37, (rows, 12))
+    stepper = lm._lean_stepper(12)
+    assert stepper is not None and stepper._native is not None
+    with torch.no_grad():
+        got = stepped_logits(stepper, ids, prompt)
+    assert c_calls == {"c": 12 - prompt + (prompt == 1), "declined": 0}
+    expected = decoder_lm64(lm, ids)[:, prompt - 1 :]
+    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
+    uncached = copy.deepcopy(lm).double()(ids)[:, prompt - 1 :]
+    torch.testing.assert_close(got.double(), uncached, atol=2e-5, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    heads=st.sampled_from([(1, 1), (2, 1), (3, 3), (4, 2), (6, 3)]),
+    head_dim=st.integers(1, 19),
+    d_ff=st.integers(1, 70),
+    vocab=st.integers(1, 90),
+    rows=st.integers(1, 9),
+    prompt=st.integers(1, 5),
+    steps=st.integers(1, 6),
+    norm_first=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+)
+def test_c_steps_match_float64_for_any_shape(
+    heads, head_dim, d_ff, vocab, rows, prompt, steps, norm_first, threads
+):
+    h, hkv = heads
+    lm = small_lm(
+        vocab_size=vocab,
+        d_model=h * head_dim,
+        num_heads=h,
+        num_kv_heads=hkv,
+        d_ff=d_ff,
+        norm_first=norm_first,
+    )
+    ids = torch.randint(0, vocab, (rows, prompt + steps))
+    stepper = lm._lean_stepper(prompt + steps)
+    assert stepper is not None and stepper._native is not None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            got = stepped_logits(stepper, ids, prompt)
+    finally:
+        torch.set_num_threads(before)
+    expected = decoder_lm64(lm, ids)[:, prompt - 1 :]
+    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_generate_gives_the_module_paths_tokens(monkeypatch, c_calls):
+    lm = small_lm(d_model=64, num_heads=4, d_ff=96)
+    prompt = torch.randint(0, 37, (3, 5))
+    with torch.no_grad():
+        greedy = generate_lm(lm, prompt, max_new_tokens=20)
+        assert c_calls == {"c": 19, "declined": 0}
+        monkeypatch.setattr(lm, "_lean_stepper", lambda max_len: None)
+        assert torch.equal(greedy, generate_lm(lm, prompt, max_new_tokens=20))
+
+
+def test_selected_rows_keep_their_caches(c_calls):
+    # select() (beam search) reorders and repeats the cache's rows between C steps.
+    lm = small_lm()
+    ids = torch.randint(0, 37, (3, 7))
+    stepper = lm._lean_stepper(7)
+    rows = torch.tensor([2, 0, 0])
+    with torch.no_grad():
+        stepper.next_logits(ids[:, :3])
+        stepper.next_logits(ids[:, :4])
+        stepper.select(rows)
+        got = [stepper.next_logits(ids[rows, :t]) for t in (5, 6, 7)]
+    assert c_calls == {"c": 4, "declined": 0}
+    expected = decoder_lm64(lm, ids[rows])[:, 4:]
+    torch.testing.assert_close(torch.stack(got, 1).double(), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_a_query_holding_inf_gives_nan_in_its_row_only(c_calls):
+    lm = small_lm(tie_embeddings=False)
+    with torch.no_grad():
+        lm.decoder.embedding.weight[5] = float("inf")
+    ids = torch.randint(6, 37, (2, 6))
+    ids[1, 4] = 5  # the second row's fifth token
+    stepper = lm._lean_stepper(6)
+    with torch.no_grad():
+        got = stepped_logits(stepper, ids, 2)
+    assert c_calls["c"] == 4
+    assert got[1, 3].isnan().all() and got[0].isfinite().all() and got[1, :3].isfinite().all()
+
+
+# ------------------------------------------------------------------ stepping aside
+
+
+def test_weights_changed_in_place_are_read_by_the_c_step(c_calls):
+    lm = small_lm()
+    ids = torch.randint(0, 37, (2, 8))
+    stepper = lm._lean_stepper(8)
+    with torch.no_grad():
+        lm.decoder.layers[1].feed_forward.linear1.weight.mul_(2.0)
+        lm.decoder.norm.bias.add_(0.5)
+        got = stepped_logits(stepper, ids, 1)
+    assert c_calls == {"c": 8, "declined": 0}
+    torch.testing.assert_close(got.double(), decoder_lm64(lm, ids), atol=2e-5, rtol=1e-5)
+
+
+def _replace(linear: nn.Linear, how: str, new: torch.Tensor) -> None:
+    if how == "data":
+        linear.weight.data = new
+    elif how == "parameter":
+        linear.weight = nn.Parameter(new)
+    elif how == "transposed":
+        linear.weight.data = linear.weight.data.t()
+    elif how == "narrowed":
+        linear.weight.data = linear.weight.data[:, :16]
+    else:  # the same bytes as int32 (a parameter without grad may hold integers)
+        linear.weight.requires_grad_(False)
+        linear.weight.data = linear.weight.data.view(torch.int32)
+
+
+@pytest.mark.parametrize("how", ["data", "parameter", "transposed", "narrowed", "dtype"])
+def test_a_replaced_weight_sends_the_step_back_to_pytorch(how, c_calls):
+    # The C code reads the pointers it was given: a weight replaced between steps (another
+    # tensor, storage, layout or dtype) must not be read through them.
+    lm = small_lm(num_heads=4, d_model=32, d_ff=32)
+    twin = copy.deepcopy(lm)
+    ids = torch.randint(0, 37, (2, 8))
+    stepper, reference = lm._lean_stepper(8), twin._lean_stepper(8)
+    reference._native = None  # PyTorch's path throughout
+    new = torch.randn(32, 32)
+    with torch.no_grad():
+        for s in (stepper, reference):
+            s.next_logits(ids[:, :4])
+            s.next_logits(ids[:, :5])
+        _replace(lm.decoder.layers[0].feed_forward.linear1, how, new)
+        _replace(twin.decoder.layers[0].feed_forward.linear1, how, new.clone())
+        if how in ("narrowed", "dtype"):  # PyTorch's path refuses these, and so must this
+            with pytest.raises((RuntimeError, ValueError)):
+                reference.next_logits(ids[:, :6])
+            with pytest.raises((RuntimeError, ValueError)):
+                stepper.next_logits(ids[:, :6])
+        else:
+            got = stepper.next_logits(ids[:, :6])
+            torch.testing.assert_close(got, reference.next_logits(ids[:, :6]))
+    assert c_calls == {"c": 1, "declined": 1} and stepper._native.stale
+
+
+def test_autocast_steps_are_left_to_pytorch(c_calls):
+    lm = small_lm()
+    ids = torch.randint(0, 37, (1, 6))
+    stepper = lm._lean_stepper(6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = stepped_logits(stepper, ids, 3)
+    assert c_calls["c"] == 0
+    expected = decoder_lm64(lm, ids)[:, 2:]
+    torch.testing.assert_close(got.double(), expected, atol=0.1, rtol=0.05)
+
+
+def test_without_the_c_code_the_step_is_pytorchs(monkeypatch):
+    monkeypatch.setattr(_native, "_library", lambda: "no C compiler (test)")
+    lm = small_lm()
+    stepper = lm._lean_stepper(8)
+    assert stepper is not None and stepper._native is None
+    ids = torch.randint(0, 37, (2, 8))
+    with torch.no_grad():
+        got = stepped_logits(stepper, ids, 3)
+    torch.testing.assert_close(got.double(), decoder_lm64(lm, ids)[:, 2:], atol=2e-5, rtol=1e-5)
+
+
+def _patched_linear(monkeypatch):
+    monkeypatch.setattr(nn.Linear, "forward", lambda self, x: nn.functional.linear(x, self.weight))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "rope",
+        "float64",
+        "non-contiguous",
+        "patched nn.Linear",
+        "subclassed linear",
+        "other norm in one layer",
+    ],
+)
+def test_models_the_c_step_does_not_read_are_declined(change, monkeypatch):
+    lm = small_lm(positional="rope") if change == "rope" else small_lm()
+    if change == "float64":
+        lm = lm.double()
+    elif change == "non-contiguous":
+        w = lm.decoder.layers[0].self_attn.q_proj.weight
+        w.data = w.data.t().contiguous().t()
+    elif change == "patched nn.Linear":
+        _patched_linear(monkeypatch)
+    elif change == "subclassed linear":
+
+        class Linear(nn.Linear):
+            pass
+
+        old = lm.decoder.layers[1].feed_forward.linear2
+        new = Linear(old.in_features, old.out_features)
+        new.load_state_dict(old.state_dict())
+        lm.decoder.layers[1].feed_forward.linear2 = new
+    else:
+        lm.decoder.layers[1].norm2 = nn.RMSNorm(32)
+    assert native_step(lm) is None
+
+
+def test_a_model_of_no_layers_is_declined():
+    lm = small_lm(num_decoder_layers=1)
+    lm.decoder.layers = nn.ModuleList()
+    assert native_step(lm) is None
+
+
+def test_the_module_reads_the_classes_it_was_written_for():
+    assert set(native_decode._READS) >= {nn.Linear, nn.LayerNorm, nn.RMSNorm}
