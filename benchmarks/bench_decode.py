@@ -6,8 +6,10 @@ the Hugging Face ``GPT2LMHeadModel`` and our ``DecoderLM`` converted from it
 prompt, at batch 1 and 8. Ours runs in float32 and as weight-only quantized copies
 (:func:`multihead.quantize.quantize` with ``weights="bf16" | "int8" | "int4"``; int8 also with
 one scale per 128 input channels, "int8-g128", and, as "int8-torch", the per-channel int8 model
-on PyTorch's ``_weight_int8pack_mm`` instead of multihead's kernel). All run in this process,
-interleaved (A, B, C, ...) so that load from other processes hits them alike.
+on PyTorch's ``_weight_int8pack_mm`` instead of multihead's kernel). "float32" decodes with
+multihead's C step (``multihead/csrc/decode_step.c``) where it builds, "float32-torch" is the
+same model with the step in PyTorch. All run in this process, interleaved (A, B, C, ...) so that
+load from other processes hits them alike.
 
 Decoding one token per step is memory bound: every step reads all weights and the key/value
 cache. "bytes/token" is what one step reads (the weights each kernel reads, tied embedding once,
@@ -44,7 +46,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from multihead import _native
 from multihead.bench.harness import machine_summary, markdown_table, time_interleaved
+from multihead.modules import lean_decode
 from multihead.modules.models import DecoderLM, TransformerConfig
 from multihead.quantize import (
     Int8WeightLinear,
@@ -324,6 +328,20 @@ def variants(
     return models, notes
 
 
+def without_c_step(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``fn`` with the lean step's PyTorch path instead of the C step (for timing only)."""
+
+    def run() -> torch.Tensor:
+        original = lean_decode.native_step
+        lean_decode.native_step = lambda model: None
+        try:
+            return fn()
+        finally:
+            lean_decode.native_step = original
+
+    return run
+
+
 def agreement(tokens: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """``(share equal until the first divergence, share equal overall)`` of new tokens
     ``(B, T)``, averaged over the batch."""
@@ -415,6 +433,8 @@ def compare_with_hf(
             runs[f"multihead {name}"] = functools.partial(
                 model.generate, prompt, new_tokens, do_sample=False, use_cache=True
             )
+            if name == "float32" and _native.native_available():
+                runs["multihead float32-torch"] = without_c_step(runs["multihead float32"])
         outputs = {name: fn() for name, fn in runs.items()}  # also the warm-up
         reference = outputs["multihead float32"]
         read, read_bytes = read_probe()
@@ -659,7 +679,7 @@ def verdict(summary: dict[str, float], speedup: float, cache_tokens: int) -> lis
     if summary:
         lines += [
             line(
-                "float32 (nn.Linear), fraction of read bandwidth",
+                "float32 (nn.Linear, multihead's C step), fraction of read bandwidth",
                 summary["float32 BW"],
                 TARGET_FLOAT_BW,
                 "",
@@ -708,9 +728,9 @@ def main(argv: list[str] | None = None) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     problem = native.native_problem()
     kernel = (
-        f"multihead's int8 kernel: {native.vector_lanes()} float lanes"
+        f"multihead's C code (int8 kernel, float32 step): {native.vector_lanes()} float lanes"
         if problem is None
-        else f"multihead's int8 kernel unavailable ({problem})"
+        else f"multihead's C code unavailable ({problem})"
     )
     parts = [
         f"{machine_summary()}; {threads} thread(s); {kernel}; load average {load} at the start",
