@@ -433,7 +433,7 @@ def compare_with_hf(
             runs[f"multihead {name}"] = functools.partial(
                 model.generate, prompt, new_tokens, do_sample=False, use_cache=True
             )
-            if name == "float32" and _native.native_available():
+            if name == "float32" and _native.native_available(_native.DECODE):
                 runs["multihead float32-torch"] = without_c_step(runs["multihead float32"])
         outputs = {name: fn() for name, fn in runs.items()}  # also the warm-up
         reference = outputs["multihead float32"]
@@ -726,12 +726,13 @@ def main(argv: list[str] | None = None) -> str:
     text_checkpoint = Path(args.text_checkpoint)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    problem = native.native_problem()
+    problem, step_problem = native.native_problem(), _native.native_problem(_native.DECODE)
     kernel = (
-        f"multihead's C code (int8 kernel, float32 step): {native.vector_lanes()} float lanes"
+        f"multihead's C code: {native.vector_lanes()} float lanes"
         if problem is None
-        else f"multihead's C code unavailable ({problem})"
+        else f"multihead's int8 kernel unavailable ({problem})"
     )
+    kernel += "; float32 step in C" if step_problem is None else f" ({step_problem})"
     parts = [
         f"{machine_summary()}; {threads} thread(s); {kernel}; load average {load} at the start",
         "",

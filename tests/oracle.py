@@ -102,17 +102,14 @@ def int8_dequantized64(float_model: nn.Module, quantized: nn.Module) -> nn.Modul
 
 def decoder_lm64(lm: nn.Module, ids: Tensor) -> Tensor:
     """Logits ``(B, N, V)`` of a :class:`DecoderLM` without rotary positions, written out in
-    float64 from its parameters: pre- or post-norm, LayerNorm or RMSNorm, MLP or gated
-    feed-forward, grouped-query attention, with or without biases. The embeddings (token and
-    additive positions) are taken from the model, run in float64; everything after them is
-    plain math here."""
-    cfg = lm.config
+    float64 from its parameters: pre- or post-norm, LayerNorm or RMSNorm (each with its own
+    epsilon, affine or not, RMSNorm's default epsilon that of float32), MLP or gated
+    feed-forward, grouped-query attention, any value head size, biases where the model has
+    them. Sizes are read from each layer's modules. The embeddings (token and additive
+    positions) are taken from the model, run in float64; everything after them is plain math."""
     p = {k: v.detach().double() for k, v in lm.state_dict().items()}
     x = copy.deepcopy(lm.decoder).double().embed(ids)  # (B, N, E)
-    b, n, e = x.shape
-    h = cfg.num_heads
-    hkv = cfg.num_kv_heads or h
-    d = e // h
+    b, n, _ = x.shape
     allowed = torch.ones(n, n, dtype=torch.bool).tril()
     acts = {
         "gelu": lambda v: 0.5 * v * (1 + torch.erf(v / math.sqrt(2))),
@@ -122,39 +119,45 @@ def decoder_lm64(lm: nn.Module, ids: Tensor) -> Tensor:
         "relu": lambda v: v.clamp_min(0),
         "silu": lambda v: v / (1 + torch.exp(-v)),
     }
-    act = acts[cfg.activation]
 
     def norm(v: Tensor, name: str) -> Tensor:
-        if cfg.norm == "rmsnorm":
-            v = v / torch.sqrt((v**2).mean(-1, keepdim=True) + cfg.norm_eps)
+        module = lm.get_submodule(name)
+        eps = torch.finfo(torch.float32).eps if module.eps is None else module.eps
+        if isinstance(module, nn.RMSNorm):
+            v = v / torch.sqrt((v**2).mean(-1, keepdim=True) + eps)
         else:
             mean = v.mean(-1, keepdim=True)
-            v = (v - mean) / torch.sqrt(((v - mean) ** 2).mean(-1, keepdim=True) + cfg.norm_eps)
-        v = v * p[name + ".weight"]
+            v = (v - mean) / torch.sqrt(((v - mean) ** 2).mean(-1, keepdim=True) + eps)
+        v = v * p[name + ".weight"] if name + ".weight" in p else v
         return v + p[name + ".bias"] if name + ".bias" in p else v
 
     def linear(v: Tensor, name: str) -> Tensor:
         v = v @ p[name + ".weight"].T
         return v + p[name + ".bias"] if name + ".bias" in p else v
 
-    for i in range(cfg.num_decoder_layers):
+    for i, layer in enumerate(lm.decoder.layers):
         pre = f"decoder.layers.{i}."
-        a = norm(x, pre + "norm1") if cfg.norm_first else x
+        attn = layer.self_attn
+        h, hkv, d, dv = attn.num_heads, attn.num_kv_heads, attn.head_dim, attn.v_head_dim
+        first = layer.norm_first
+        a = norm(x, pre + "norm1") if first else x
         q = linear(a, pre + "self_attn.q_proj").view(b, n, h, d).transpose(1, 2)
         k = linear(a, pre + "self_attn.k_proj").view(b, n, hkv, d).transpose(1, 2)
-        v = linear(a, pre + "self_attn.v_proj").view(b, n, hkv, d).transpose(1, 2)
+        v = linear(a, pre + "self_attn.v_proj").view(b, n, hkv, dv).transpose(1, 2)
         k, v = k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
         weights = scores.masked_fill(~allowed, -math.inf).softmax(-1)
-        out = linear((weights @ v).transpose(1, 2).reshape(b, n, h * d), pre + "self_attn.out_proj")
-        x = x + out if cfg.norm_first else norm(x + out, pre + "norm1")
-        f_in = norm(x, pre + "norm2") if cfg.norm_first else x
+        out = (weights @ v).transpose(1, 2).reshape(b, n, h * dv)
+        out = linear(out, pre + "self_attn.out_proj")
+        x = x + out if first else norm(x + out, pre + "norm1")
+        f_in = norm(x, pre + "norm2") if first else x
         ff = pre + "feed_forward."
+        act = acts[layer.feed_forward.activation]
         hidden = act(linear(f_in, ff + "linear1"))
-        if cfg.ffn == "gated":
+        if layer.feed_forward.gate is not None:
             hidden = act(linear(f_in, ff + "gate")) * linear(f_in, ff + "linear1")
         f = linear(hidden, ff + "linear2")
-        x = x + f if cfg.norm_first else norm(x + f, pre + "norm2")
-    if "decoder.norm.weight" in p:
+        x = x + f if first else norm(x + f, pre + "norm2")
+    if not isinstance(lm.decoder.norm, nn.Identity):
         x = norm(x, "decoder.norm")
     return linear(x, "lm_head")

@@ -8,6 +8,7 @@ must step aside (weights replaced, autocast, classes it does not read) and that 
 from __future__ import annotations
 
 import copy
+import platform
 
 import pytest
 import torch
@@ -15,16 +16,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from multihead import _native
+from multihead import MultiHeadAttention, _native
 from multihead.decoding import generate_lm
 from multihead.modules import native_decode
 from multihead.modules.lean_decode import LeanStepper
 from multihead.modules.models import DecoderLM, TransformerConfig
 from multihead.modules.native_decode import NativeStep, native_step
+from multihead.quantize import kernels
 from oracle import decoder_lm64
 
 needs_native = pytest.mark.skipif(
-    not _native.native_available(), reason=f"no C code here: {_native.native_problem()}"
+    not _native.native_available(_native.DECODE),
+    reason=f"no C step here: {_native.native_problem(_native.DECODE)}",
 )
 pytestmark = needs_native
 
@@ -50,6 +53,18 @@ def c_calls(monkeypatch):
 
     monkeypatch.setattr(NativeStep, "__call__", counted)
     return calls
+
+
+class Counted:
+    """A NativeStep that counts the steps it ran in C."""
+
+    def __init__(self, step: NativeStep) -> None:
+        self.step, self.calls = step, 0
+
+    def __call__(self, *args):
+        out = self.step(*args)
+        self.calls += out is not None
+        return out
 
 
 def stepped_logits(stepper: LeanStepper, ids: torch.Tensor, prompt: int) -> torch.Tensor:
@@ -84,9 +99,9 @@ def test_c_steps_match_the_layers_written_in_float64(overrides, rows, prompt, c_
         got = stepped_logits(stepper, ids, prompt)
     assert c_calls == {"c": 12 - prompt + (prompt == 1), "declined": 0}
     expected = decoder_lm64(lm, ids)[:, prompt - 1 :]
-    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-6)
     uncached = copy.deepcopy(lm).double()(ids)[:, prompt - 1 :]
-    torch.testing.assert_close(got.double(), uncached, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got.double(), uncached, atol=1e-6, rtol=1e-6)
 
 
 @settings(max_examples=25, deadline=None)
@@ -116,6 +131,7 @@ def test_c_steps_match_float64_for_any_shape(
     ids = torch.randint(0, vocab, (rows, prompt + steps))
     stepper = lm._lean_stepper(prompt + steps)
     assert stepper is not None and stepper._native is not None
+    stepper._native = Counted(stepper._native)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -123,8 +139,9 @@ def test_c_steps_match_float64_for_any_shape(
             got = stepped_logits(stepper, ids, prompt)
     finally:
         torch.set_num_threads(before)
+    assert stepper._native.calls == steps + (prompt == 1)  # every step ran in C
     expected = decoder_lm64(lm, ids)[:, prompt - 1 :]
-    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-6)
 
 
 def test_generate_gives_the_module_paths_tokens(monkeypatch, c_calls):
@@ -150,20 +167,101 @@ def test_selected_rows_keep_their_caches(c_calls):
         got = [stepper.next_logits(ids[rows, :t]) for t in (5, 6, 7)]
     assert c_calls == {"c": 4, "declined": 0}
     expected = decoder_lm64(lm, ids[rows])[:, 4:]
-    torch.testing.assert_close(torch.stack(got, 1).double(), expected, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(got, 1).double(), expected, atol=1e-6, rtol=1e-6)
 
 
-def test_a_query_holding_inf_gives_nan_in_its_row_only(c_calls):
-    lm = small_lm(tie_embeddings=False)
+def test_a_query_that_overflows_gives_nan_as_on_pytorchs_path(c_calls):
+    # Finite inputs, an infinite query: one query weight row so large that q overflows.
+    lm = small_lm()
     with torch.no_grad():
-        lm.decoder.embedding.weight[5] = float("inf")
-    ids = torch.randint(6, 37, (2, 6))
-    ids[1, 4] = 5  # the second row's fifth token
-    stepper = lm._lean_stepper(6)
+        lm.decoder.layers[1].self_attn.q_proj.weight[0] = 3e38
+    ids = torch.randint(0, 37, (2, 6))
+    stepper, reference = lm._lean_stepper(6), lm._lean_stepper(6)
+    reference._native = None
     with torch.no_grad():
         got = stepped_logits(stepper, ids, 2)
+        expected = stepped_logits(reference, ids, 2)
     assert c_calls["c"] == 4
-    assert got[1, 3].isnan().all() and got[0].isfinite().all() and got[1, :3].isfinite().all()
+    assert expected.isnan().all() and got.isnan().all()
+
+
+def test_no_rows_give_no_logits():
+    lm = small_lm()
+    stepper = lm._lean_stepper(4)
+    keys = [torch.empty(0, 4, 4, 8) for _ in range(2)]
+    logits = stepper._native(torch.empty(0, 32), keys, keys, 0)
+    assert logits is not None and logits.shape == (0, 37)
+
+
+def with_variants(lm: DecoderLM) -> DecoderLM:
+    """Modules the config cannot make: norms without affine weights or bias, epsilons that
+    differ per norm (large enough to matter), a bias on some projections only, a value head
+    size other than the query's, a head with a bias."""
+    e, v = lm.config.d_model, lm.config.vocab_size
+    first, second = lm.decoder.layers
+    first.norm1 = nn.LayerNorm(e, elementwise_affine=False, eps=0.5)
+    second.norm2 = nn.LayerNorm(e, bias=False, eps=0.25)
+    first.norm2.eps = 0.125
+    lm.decoder.norm.eps = 0.05
+    for layer in (first, second):
+        attn = MultiHeadAttention(e, 4, v_head_dim=6, num_kv_heads=2)
+        attn.k_proj = nn.Linear(e, 2 * (e // 4), bias=False)
+        layer.self_attn = attn
+    lm.lm_head = nn.Linear(e, v)
+    return lm.eval()
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm, default eps"])
+def test_norms_biases_and_head_sizes_the_config_cannot_make(rms, c_calls):
+    lm = small_lm(norm="rmsnorm") if rms else with_variants(small_lm())
+    if rms:  # RMSNorm without an epsilon: float32's machine epsilon
+        for layer in lm.decoder.layers:
+            layer.norm1, layer.norm2 = nn.RMSNorm(32), nn.RMSNorm(32)
+        lm.eval()
+    ids = torch.randint(0, 37, (3, 9))
+    stepper = lm._lean_stepper(9)
+    assert stepper._native is not None
+    with torch.no_grad():
+        got = stepped_logits(stepper, ids, 3)
+    assert c_calls == {"c": 6, "declined": 0}
+    torch.testing.assert_close(got.double(), decoder_lm64(lm, ids)[:, 2:], atol=1e-6, rtol=1e-6)
+
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.parametrize("build", ["avx2", "plain C", "no OpenMP"])
+def test_the_other_builds_equal_float64(build, monkeypatch, tmp_path):
+    # The AVX2 and plain C paths built on this CPU (a CPU without AVX-512 or AVX2 gets them),
+    # and a compiler without OpenMP (one thread).
+    if build != "no OpenMP" and not X86:
+        pytest.skip("the AVX2 and plain C paths are chosen by x86 flags")
+    if build == "avx2" and "avx2" not in kernels.cpu_flags():
+        pytest.skip("no AVX2 here")
+    monkeypatch.setenv("MULTIHEAD_CACHE_DIR", str(tmp_path))
+    if build == "no OpenMP":
+        cc = tmp_path / "cc-without-openmp"
+        cc.write_text(
+            '#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec cc "$@"\n'
+        )
+        cc.chmod(0o755)
+        monkeypatch.setenv("CC", str(cc))
+    else:
+        flags = "-mno-avx512f" if build == "avx2" else "-mno-avx2 -mno-avx512f"
+        monkeypatch.setenv("MULTIHEAD_CFLAGS", flags)
+    _native._library.cache_clear()
+    try:
+        assert _native.native_problem(_native.DECODE) is None
+        lm = small_lm(d_model=40, num_heads=5, num_kv_heads=1, d_ff=37)
+        ids = torch.randint(0, 37, (5, 8))
+        stepper = lm._lean_stepper(8)
+        stepper._native = Counted(stepper._native)
+        with torch.no_grad():
+            got = stepped_logits(stepper, ids, 2)
+        assert stepper._native.calls == 6
+    finally:
+        _native._library.cache_clear()
+    torch.testing.assert_close(got.double(), decoder_lm64(lm, ids)[:, 1:], atol=1e-6, rtol=1e-6)
 
 
 # ------------------------------------------------------------------ stepping aside
@@ -178,7 +276,7 @@ def test_weights_changed_in_place_are_read_by_the_c_step(c_calls):
         lm.decoder.norm.bias.add_(0.5)
         got = stepped_logits(stepper, ids, 1)
     assert c_calls == {"c": 8, "declined": 0}
-    torch.testing.assert_close(got.double(), decoder_lm64(lm, ids), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got.double(), decoder_lm64(lm, ids), atol=1e-6, rtol=1e-6)
 
 
 def _replace(linear: nn.Linear, how: str, new: torch.Tensor) -> None:
@@ -222,6 +320,56 @@ def test_a_replaced_weight_sends_the_step_back_to_pytorch(how, c_calls):
     assert c_calls == {"c": 1, "declined": 1} and stepper._native.stale
 
 
+def _change(lm: DecoderLM, how: str, seed: int = 1) -> None:
+    torch.manual_seed(seed)
+    layer = lm.decoder.layers[1]
+    if how == "linear replaced":
+        layer.feed_forward.linear1 = nn.Linear(32, 48)
+    elif how == "head replaced":
+        lm.lm_head = nn.Linear(32, 37)
+    elif how == "final norm replaced":
+        lm.decoder.norm = nn.LayerNorm(32, eps=0.5)
+    elif how == "bias added":
+        layer.self_attn.q_proj.bias = nn.Parameter(torch.randn(32))
+    elif how == "eps changed":
+        layer.norm2.eps = 0.5
+    elif how == "hook":
+        lm.lm_head.register_forward_hook(lambda module, args, out: out * 2)
+    else:  # a forward of its own on one instance
+        ff = layer.feed_forward
+        ff.forward = lambda x: ff.linear2(torch.relu(ff.linear1(x)))
+
+
+CHANGES = [
+    "linear replaced",
+    "head replaced",
+    "final norm replaced",
+    "bias added",
+    "eps changed",
+    "hook",
+    "instance forward",
+]
+
+
+@pytest.mark.parametrize("how", CHANGES)
+def test_a_module_changed_between_steps_sends_the_step_back_to_pytorch(how, c_calls):
+    lm = small_lm(d_ff=48, bias=False) if how == "bias added" else small_lm(d_ff=48)
+    twin = copy.deepcopy(lm)
+    ids = torch.randint(0, 37, (2, 8))
+    stepper, reference = lm._lean_stepper(8), twin._lean_stepper(8)
+    reference._native = None
+    with torch.no_grad():
+        for s in (stepper, reference):
+            s.next_logits(ids[:, :4])
+            s.next_logits(ids[:, :5])
+        _change(lm, how)
+        _change(twin, how)
+        got = [stepper.next_logits(ids[:, :t]) for t in (6, 7)]
+        expected = [reference.next_logits(ids[:, :t]) for t in (6, 7)]
+    assert c_calls == {"c": 1, "declined": 2} and stepper._native.stale
+    torch.testing.assert_close(got, expected)
+
+
 def test_autocast_steps_are_left_to_pytorch(c_calls):
     lm = small_lm()
     ids = torch.randint(0, 37, (1, 6))
@@ -234,14 +382,14 @@ def test_autocast_steps_are_left_to_pytorch(c_calls):
 
 
 def test_without_the_c_code_the_step_is_pytorchs(monkeypatch):
-    monkeypatch.setattr(_native, "_library", lambda: "no C compiler (test)")
+    monkeypatch.setattr(_native, "_library", lambda *_: "no C compiler (test)")
     lm = small_lm()
     stepper = lm._lean_stepper(8)
     assert stepper is not None and stepper._native is None
     ids = torch.randint(0, 37, (2, 8))
     with torch.no_grad():
         got = stepped_logits(stepper, ids, 3)
-    torch.testing.assert_close(got.double(), decoder_lm64(lm, ids)[:, 2:], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got.double(), decoder_lm64(lm, ids)[:, 2:], atol=1e-6, rtol=1e-6)
 
 
 def _patched_linear(monkeypatch):

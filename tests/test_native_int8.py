@@ -340,7 +340,7 @@ def test_weights_changed_in_place_are_the_weights_multiplied():
 @pytest.fixture
 def no_native(monkeypatch):
     """This machine as one without a C compiler."""
-    monkeypatch.setattr(_native, "_library", lambda: "no C compiler (test)")
+    monkeypatch.setattr(_native, "_library", lambda *_: "no C compiler (test)")
 
 
 def small_lm() -> DecoderLM:
@@ -366,7 +366,7 @@ def test_per_channel_int8_falls_back_to_torch_with_one_notice(no_native, monkeyp
 def test_loading_an_int8_checkpoint_without_the_kernel_says_so(tmp_path, monkeypatch):
     path = tmp_path / "q.pt"
     quantize_package.save_quantized(quantize(small_lm(), weights="int8"), path)
-    monkeypatch.setattr(_native, "_library", lambda: "no C compiler (test)")
+    monkeypatch.setattr(_native, "_library", lambda *_: "no C compiler (test)")
     monkeypatch.setattr(weight_only, "_warn_int8_fallback", _fresh_warning())
     with pytest.warns(RuntimeWarning, match=r"no C compiler \(test\)"):
         loaded = quantize_package.load_quantized(path, small_lm())

@@ -1,18 +1,20 @@
 """multihead's C code, compiled on first use with the machine's C compiler, and loaded.
 
-The files of ``csrc/`` are compiled together into one shared library:
+Each C file of ``csrc/`` is compiled into a shared library of its own (a file that fails to
+build, or builds on no compiler, costs only its own users their fast path), on first use:
 
 * ``int8_weights.c``: the product of the int8 weight-only layers
-  (:mod:`multihead.quantize.native`);
+  (:mod:`multihead.quantize.native`), built when the first int8 layer is made;
 * ``decode_step.c``: a whole cached decoding step of a float32
-  :class:`~multihead.modules.models.DecoderLM` (:mod:`multihead.modules.native_decode`).
+  :class:`~multihead.modules.models.DecoderLM` (:mod:`multihead.modules.native_decode`), built
+  when such a model first decodes.
 
 Building: with ``$CC`` (default ``cc``; it may carry arguments, e.g. ``"ccache gcc"``),
 ``-O3 -march=native -fopenmp`` (then without ``-fopenmp``, then ``-O3`` alone, for compilers
 that lack them), into a cache directory (``$MULTIHEAD_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/multihead``, else ``~/.cache/multihead``; one that cannot be written: a private
 temporary directory, removed once the library is loaded). It is written to a temporary name and
-renamed, and its name is a hash of the sources, the compiler, the flags, the CPU's description
+renamed, and its name is a hash of the source (with ``simd.h``), the compiler, the flags, the CPU's description
 from ``/proc/cpuinfo`` and the instruction-set macros ``-march=native`` turns on, so a cache
 shared by different CPUs holds one library for each. Where no compiler works, or with
 ``MULTIHEAD_NATIVE=0``, :func:`native_problem` says why, and each user of the library falls
@@ -47,11 +49,12 @@ import torch
 
 __all__ = ["native_available", "native_problem", "vector_lanes"]
 
-# The interface versions each file reports (mh_int8_abi, mh_decode_abi) and this module expects.
-_ABI = {"mh_int8_abi": 1, "mh_decode_abi": 1}
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = (_CSRC / "int8_weights.c", _CSRC / "decode_step.c")
 _HEADERS = (_CSRC / "simd.h",)
+INT8 = "int8_weights"
+DECODE = "decode_step"
+# Per library: the function that reports its interface version, and the version expected.
+_ABI = {INT8: ("mh_int8_abi", 1), DECODE: ("mh_decode_abi", 1)}
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-march=native"],  # a compiler without OpenMP: one thread
@@ -129,12 +132,13 @@ def _flag_sets() -> list[list[str]]:
     return [[*flags, *extra] for flags in _FLAG_SETS]
 
 
-def _build(cc: list[str], deadline: float) -> tuple[Path, bool]:
-    """Compile the C file into the cache (once per source, compiler, flags and CPU); return
-    the shared library's path and whether it lies in a temporary directory of its own (the
-    cache directory could not be written; the caller removes it once loaded). Raises
+def _build(name: str, cc: list[str], deadline: float) -> tuple[Path, bool]:
+    """Compile ``csrc/{name}.c`` into the cache (once per source, compiler, flags and CPU);
+    return the shared library's path and whether it lies in a temporary directory of its own
+    (the cache directory could not be written; the caller removes it once loaded). Raises
     ``RuntimeError`` with the compiler's messages."""
-    source = b"\0".join(path.read_bytes() for path in (*_SOURCES, *_HEADERS))
+    path = _CSRC / f"{name}.c"
+    source = b"\0".join(p.read_bytes() for p in (path, *_HEADERS))
     temporary = False
     try:
         directory = _cache_dir() / "kernels"
@@ -146,7 +150,7 @@ def _build(cc: list[str], deadline: float) -> tuple[Path, bool]:
     for flags in _flag_sets():
         machine = _machine(cc, flags, deadline)
         key = hashlib.sha256(source + b"\0" + machine.encode()).hexdigest()[:20]
-        targets.append((flags, directory / f"multihead-{key}.so"))
+        targets.append((flags, directory / f"{name}-{key}.so"))
     for _, target in targets:  # a build from an earlier process, with any flag set
         if target.exists():
             return target, temporary
@@ -155,8 +159,7 @@ def _build(cc: list[str], deadline: float) -> tuple[Path, bool]:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            sources = [str(path) for path in _SOURCES]
-            command = [*cc, *flags, "-std=c11", "-shared", "-fPIC", *sources, "-o", tmp, "-lm"]
+            command = [*cc, *flags, "-std=c11", "-shared", "-fPIC", str(path), "-o", tmp, "-lm"]
             done = _run(command, deadline)
             if done is not None and done.returncode == 0:
                 os.chmod(tmp, 0o755)
@@ -174,8 +177,8 @@ def _build(cc: list[str], deadline: float) -> tuple[Path, bool]:
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | str:
-    """The loaded kernel, or why there is none (a string)."""
+def _library(name: str = INT8) -> ctypes.CDLL | str:
+    """The loaded library of ``csrc/{name}.c``, or why there is none (a string)."""
     if os.environ.get("MULTIHEAD_NATIVE", "1") == "0":
         return "MULTIHEAD_NATIVE=0"
     try:
@@ -190,9 +193,9 @@ def _library() -> ctypes.CDLL | str:
     if version is None or version.returncode != 0:
         return f"the C compiler {' '.join(cc)!r} does not run"
     try:
-        path, temporary = _build(cc, deadline)
+        path, temporary = _build(name, cc, deadline)
     except (OSError, RuntimeError) as exc:
-        return f"compiling {', '.join(p.name for p in _SOURCES)} failed: {exc}"
+        return f"compiling {name}.c failed: {exc}"
     torch.get_num_threads()  # PyTorch's OpenMP runtime is loaded first (see the docstring)
     try:
         lib = ctypes.CDLL(str(path))
@@ -201,34 +204,40 @@ def _library() -> ctypes.CDLL | str:
     finally:
         if temporary:  # the loaded mapping outlives the file
             shutil.rmtree(path.parent, ignore_errors=True)
-    for name, expected in _ABI.items():
-        getattr(lib, name).restype = ctypes.c_int
-        if getattr(lib, name)() != expected:
-            return f"{path} has {name} {getattr(lib, name)()}, expected {expected}"
-    lib.mh_int8_lanes.restype = ctypes.c_int
     i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.mh_int8_mm.restype = None
-    lib.mh_int8_mm.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, ptr, i32]
-    lib.mh_decode_step.restype = i32
-    lib.mh_decode_step.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
+    try:
+        abi, expected = _ABI[name]
+        getattr(lib, abi).restype = i32
+        if getattr(lib, abi)() != expected:
+            return f"{path} has {abi} {getattr(lib, abi)()}, expected {expected}"
+        if name == INT8:
+            lib.mh_int8_lanes.restype = i32
+            lib.mh_int8_mm.restype = None
+            lib.mh_int8_mm.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, ptr, i32]
+        else:
+            lib.mh_decode_step.restype = i32
+            lib.mh_decode_step.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
+    except AttributeError as exc:  # a symbol missing: not the library this module expects
+        return f"{path} is not the expected library: {exc}"
     return lib
 
 
-def native_problem() -> str | None:
-    """Why multihead's C code cannot run here (no compiler, ``MULTIHEAD_NATIVE=0``, a
-    failed build), or ``None`` when it can. The first call may compile it (about a second)."""
-    lib = _library()
+def native_problem(name: str = INT8) -> str | None:
+    """Why the library of ``csrc/{name}.c`` (default: the int8 kernel) cannot run here (no
+    compiler, ``MULTIHEAD_NATIVE=0``, a failed build), or ``None`` when it can. The first call
+    may compile it (about half a second)."""
+    lib = _library(name)
     return lib if isinstance(lib, str) else None
 
 
-def native_available() -> bool:
-    """Whether :func:`int8_mm` runs here (see :func:`native_problem`)."""
-    return native_problem() is None
+def native_available(name: str = INT8) -> bool:
+    """Whether the library of ``csrc/{name}.c`` runs here (see :func:`native_problem`)."""
+    return native_problem(name) is None
 
 
 def vector_lanes() -> int:
-    """Float lanes of the path the build chose: 16 (AVX-512), 8 (AVX2) or 1 (plain C)."""
-    lib = _library()
+    """Float lanes of the path the builds choose here: 16 (AVX-512), 8 (AVX2) or 1 (plain C)."""
+    lib = _library(INT8)
     if isinstance(lib, str):
         raise RuntimeError(f"multihead's C code is not available: {lib}")
     return int(lib.mh_int8_lanes())

@@ -24,7 +24,7 @@
 #include "simd.h"
 
 #define COLS 4     /* activation rows per tile: each weight row is read once for them */
-#define UNROLL 4   /* independent accumulators per row (hides FMA latency) */
+#define UNROLL 4   /* independent accumulators of a batch-1 dot product */
 #define AHEAD 4096 /* bytes to prefetch ahead of the weight stream */
 
 /* The dims array, as native_decode.py fills it. */
@@ -42,38 +42,63 @@ enum {
 /* After the layers: the final norm's weight and bias, the head's weight and bias. */
 enum { P_NFW, P_NFB, P_HW, P_HB, P_FINAL };
 
-/* C activation rows (stride ldx) times one weight row of K values: out[c] = x[c] . w. */
-static inline __attribute__((always_inline)) void dots(
-    const int C, const float *restrict x, const int64_t ldx, const int64_t K,
-    const float *restrict w, float *restrict out)
+/* Weight rows per tile: every activation vector loaded serves this many rows (AVX-512 has
+ * the registers for 4 x 4 accumulators; AVX2's 16 registers hold 2 x 4). */
+#if LANES == 16
+#define WROWS 4
+#else
+#define WROWS 2
+#endif
+
+/* One activation row times one weight row of K values: the step at batch 1, which only
+ * streams the weights. UNROLL accumulators hide the latency of the fused multiply-adds; the
+ * rows are read one after the other, one stream, prefetched AHEAD bytes ahead. */
+static inline float dot_row(const float *restrict x, const int64_t K, const float *restrict w)
 {
-    vec acc[COLS][UNROLL];
-    float rest[COLS];
-    for (int c = 0; c < C; ++c) {
-        rest[c] = 0.0f;
-        for (int u = 0; u < UNROLL; ++u) acc[c][u] = vzero();
-    }
+    vec acc[UNROLL];
+    for (int u = 0; u < UNROLL; ++u) acc[u] = vzero();
     int64_t k = 0;
     for (; k + UNROLL * LANES <= K; k += UNROLL * LANES) {
         for (int b = 0; b < UNROLL * LANES * 4; b += 64)
             __builtin_prefetch((const char *)(w + k) + AHEAD + b, 0, 0);
-        vec wv[UNROLL];
-        for (int u = 0; u < UNROLL; ++u) wv[u] = vloadx(w + k + u * LANES);
-        for (int c = 0; c < C; ++c)
-            for (int u = 0; u < UNROLL; ++u)
-                acc[c][u] = vfma(vloadx(x + c * ldx + k + u * LANES), wv[u], acc[c][u]);
+        for (int u = 0; u < UNROLL; ++u)
+            acc[u] = vfma(vloadx(x + k + u * LANES), vloadx(w + k + u * LANES), acc[u]);
     }
+    for (; k + LANES <= K; k += LANES) acc[0] = vfma(vloadx(x + k), vloadx(w + k), acc[0]);
+    for (int u = 1; u < UNROLL; ++u) acc[0] = vadd(acc[0], acc[u]);
+    float sum = vsum(acc[0]);
+    for (; k < K; ++k) sum += x[k] * w[k];
+    return sum;
+}
+
+/* RW weight rows (contiguous, K values each) times C activation rows (stride ldx), for
+ * several rows at once: out[r * COLS + c] = w[r] . x[c]. Each activation vector loaded serves
+ * RW weight rows and each weight vector C activation rows. RW and C are constants at every
+ * call site, so the loops over them unroll and the accumulators stay in registers. The next
+ * block of RW rows is prefetched as this one is read. */
+static inline __attribute__((always_inline)) void dots(
+    const int RW, const int C, const float *restrict x, const int64_t ldx, const int64_t K,
+    const float *restrict w, float *restrict out)
+{
+    vec acc[WROWS][COLS];
+    for (int r = 0; r < RW; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = vzero();
+    int64_t k = 0;
     for (; k + LANES <= K; k += LANES) {
-        const vec wv = vloadx(w + k);
-        for (int c = 0; c < C; ++c) acc[c][0] = vfma(vloadx(x + c * ldx + k), wv, acc[c][0]);
+        for (int r = 0; r < RW; ++r) __builtin_prefetch(w + (RW + r) * K + k, 0, 0);
+        vec wv[WROWS];
+        for (int r = 0; r < RW; ++r) wv[r] = vloadx(w + r * K + k);
+        for (int c = 0; c < C; ++c) {
+            const vec xv = vloadx(x + c * ldx + k);
+            for (int r = 0; r < RW; ++r) acc[r][c] = vfma(xv, wv[r], acc[r][c]);
+        }
     }
-    for (; k < K; ++k)
-        for (int c = 0; c < C; ++c) rest[c] += x[c * ldx + k] * w[k];
-    for (int c = 0; c < C; ++c) {
-        vec sum = acc[c][0];
-        for (int u = 1; u < UNROLL; ++u) sum = vadd(sum, acc[c][u]);
-        out[c] = vsum(sum) + rest[c];
-    }
+    for (int r = 0; r < RW; ++r)
+        for (int c = 0; c < C; ++c) {
+            float sum = vsum(acc[r][c]);
+            for (int64_t j = k; j < K; ++j) sum += x[c * ldx + j] * w[r * K + j];
+            out[r * COLS + c] = sum;
+        }
 }
 
 static inline float activate(int act, float v)
@@ -97,34 +122,60 @@ typedef struct {
     int64_t n, ldy;
 } segment;
 
-/* x (M, K), stride ldx, times the rows of up to three segments (q, k and v share one pass);
- * the rows are shared among the threads of the enclosing parallel region, which wait for each
- * other at the end. */
+/* The tile of RW weight rows (RW = WROWS or 1) and C activation rows, C from 1 to COLS. */
+static inline __attribute__((always_inline)) void tile(
+    const int RW, const int64_t C, const float *x, int64_t ldx, int64_t K, const float *w,
+    float *out)
+{
+    switch (C) {
+    case 4: dots(RW, 4, x, ldx, K, w, out); break;
+    case 3: dots(RW, 3, x, ldx, K, w, out); break;
+    case 2: dots(RW, 2, x, ldx, K, w, out); break;
+    default: dots(RW, 1, x, ldx, K, w, out); break;
+    }
+}
+
+/* x (M, K), stride ldx, times the rows of up to three segments (q, k and v share one pass),
+ * WROWS rows at a time; the blocks of rows are shared among the threads of the enclosing
+ * parallel region, which wait for each other at the end. */
 static void product(const float *x, int64_t M, int64_t ldx, int64_t K, const segment *seg,
                     int nseg, int act, int accumulate)
 {
     int64_t total = 0;
-    for (int s = 0; s < nseg; ++s) total += seg[s].n;
+    for (int s = 0; s < nseg; ++s) total += (seg[s].n + WROWS - 1) / WROWS;
     #pragma omp for schedule(static)
     for (int64_t i = 0; i < total; ++i) {
         int s = 0;
-        int64_t n = i;
-        while (n >= seg[s].n) n -= seg[s++].n;
-        const float *w = seg[s].w + n * K;
-        const float b = seg[s].bias ? seg[s].bias[n] : 0.0f;
-        for (int64_t m = 0; m < M; m += COLS) {
-            float out[COLS];
-            const int64_t C = M - m < COLS ? M - m : COLS;
-            switch (C) {
-            case 4: dots(4, x + m * ldx, ldx, K, w, out); break;
-            case 3: dots(3, x + m * ldx, ldx, K, w, out); break;
-            case 2: dots(2, x + m * ldx, ldx, K, w, out); break;
-            default: dots(1, x + m * ldx, ldx, K, w, out); break;
+        int64_t block = i;
+        while (block >= (seg[s].n + WROWS - 1) / WROWS) block -= (seg[s++].n + WROWS - 1) / WROWS;
+        const int64_t n0 = block * WROWS;
+        const int64_t rows = seg[s].n - n0 < WROWS ? seg[s].n - n0 : WROWS;
+        if (M == 1) {  /* batch 1: one stream */
+            for (int64_t r = 0; r < rows; ++r) {
+                const int64_t n = n0 + r;
+                const float b = seg[s].bias ? seg[s].bias[n] : 0.0f;
+                const float v = activate(act, dot_row(x, K, seg[s].w + n * K) + b);
+                seg[s].y[n] = accumulate ? seg[s].y[n] + v : v;
             }
-            for (int64_t c = 0; c < C; ++c) {
-                float *y = seg[s].y + (m + c) * seg[s].ldy + n;
-                const float v = activate(act, out[c] + b);
-                *y = accumulate ? *y + v : v;
+            continue;
+        }
+        for (int64_t m = 0; m < M; m += COLS) {
+            float out[WROWS * COLS];
+            const int64_t C = M - m < COLS ? M - m : COLS;
+            if (rows == WROWS) {
+                tile(WROWS, C, x + m * ldx, ldx, K, seg[s].w + n0 * K, out);
+            } else {
+                for (int64_t r = 0; r < rows; ++r)
+                    tile(1, C, x + m * ldx, ldx, K, seg[s].w + (n0 + r) * K, out + r * COLS);
+            }
+            for (int64_t r = 0; r < rows; ++r) {
+                const int64_t n = n0 + r;
+                const float b = seg[s].bias ? seg[s].bias[n] : 0.0f;
+                for (int64_t c = 0; c < C; ++c) {
+                    float *y = seg[s].y + (m + c) * seg[s].ldy + n;
+                    const float v = activate(act, out[r * COLS + c] + b);
+                    *y = accumulate ? *y + v : v;
+                }
             }
         }
     }
@@ -178,7 +229,7 @@ static inline void axpy(float p, const float *restrict x, float *restrict y, int
 }
 
 /* The new token's keys and values written into the cache at pos, then each query row and head
- * attends to positions 0..pos: out (R, H * Dv). scores holds R * H * room floats. */
+ * attends to positions 0..pos: out (R, H * Dv). scores holds R * H * (pos + 1) floats. */
 static void attend(const int64_t *dims, const float *q, const float *k, const float *v,
                    float *keys, float *values, float *scores, float *out)
 {
@@ -196,7 +247,7 @@ static void attend(const int64_t *dims, const float *q, const float *k, const fl
         const int64_t r = i / H, h = i % H, kv = r * Hkv + h / group;
         const float *qi = q + i * D;
         float *o = out + i * Dv;
-        float *s = scores + i * L;
+        float *s = scores + i * (pos + 1);
         int finite = 1;
         for (int64_t d = 0; d < D; ++d) finite &= isfinite(qi[d]) != 0;
         if (!finite) {
@@ -237,11 +288,13 @@ int mh_decode_step(const int64_t *dims, const float *const *params, const double
 {
     const int64_t E = dims[D_EMBED], H = dims[D_HEADS], Hkv = dims[D_KV_HEADS];
     const int64_t D = dims[D_HEAD], Dv = dims[D_V_HEAD], F = dims[D_FF], V = dims[D_VOCAB];
-    const int64_t R = dims[D_ROWS], L = dims[D_ROOM], layers = dims[D_LAYERS];
+    const int64_t R = dims[D_ROWS], layers = dims[D_LAYERS];
     const int kind = (int)dims[D_NORM], first = (int)dims[D_NORM_FIRST];
     const int act = (int)dims[D_ACT], gated = (int)dims[D_GATED];
+    if (R == 0) return 0; /* nothing to compute (and malloc(0) may return NULL) */
+    const int64_t pos = dims[D_POS];
     const size_t floats = (size_t)(R * E + R * H * D + R * Hkv * (D + Dv) + R * H * Dv
-                                   + R * F * (gated ? 2 : 1) + R * H * L);
+                                   + R * F * (gated ? 2 : 1) + R * H * (pos + 1));
     float *work = malloc(floats * sizeof(float));
     if (!work) return -1;
     float *h = work, *q = h + R * E, *k = q + R * H * D, *v = k + R * Hkv * D;

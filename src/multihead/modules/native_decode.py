@@ -14,9 +14,12 @@ exactly the classes this file reads (``MultiHeadAttention`` without rotary posit
 they were at import. Anything else, the C code missing (no compiler, ``MULTIHEAD_NATIVE=0``),
 or autocast on: the lean step's PyTorch path, with the same results up to float32 rounding.
 
-Every call checks, before C reads a pointer, that each weight is still the tensor it was, with
-the same storage, shape, strides and dtype (``layer.weight.data = ...`` or a replaced
-parameter turns the C step off for that stepper), and that the cache and input fit.
+Every call checks, before C reads a pointer, that the model is still the one the step was built
+for: the same modules in the same places, without hooks or a ``forward`` of their own added
+since, the same norm epsilons, no parameter where there was none, and each weight the tensor it
+was, with the same storage, shape, strides and dtype. Anything replaced (``layer.weight.data =
+...``, a new ``lm_head``, a bias added) turns the C step off for that stepper; weights changed in
+place are read as they are. The cache and input are checked too.
 """
 
 from __future__ import annotations
@@ -84,6 +87,19 @@ class NativeStep:
         self.model = model
         self.dims = dims
         self._slots: list[_Slot | None] = []  # None: a NULL pointer (no bias, no gate)
+        self._empty: list[tuple[nn.Module, str]] = []  # parameters that were None
+        # Every module the C step stands in for, as (parent, attribute, module or None).
+        self._tree: list[tuple[nn.Module, str, object]] = []
+        decoder = model.decoder
+        self._record(model, "decoder", "lm_head")
+        self._record(decoder, "layers", "norm")
+        for i, layer in enumerate(_layers(model)):
+            self._record(decoder.layers, str(i))
+            self._record(layer, "self_attn", "feed_forward", "norm1", "norm2")
+            self._record(layer.self_attn, "q_proj", "k_proj", "v_proj", "out_proj")
+            self._record(layer.feed_forward, "linear1", "gate", "linear2")
+        self._modules = [m for _, _, m in self._tree if isinstance(m, nn.Module)]
+        self._norms = [(m, getattr(m, "eps", None)) for m in norms]
         for layer in _layers(model):
             attn, ff = layer.self_attn, cast(FeedForward, layer.feed_forward)
             owners = (
@@ -109,10 +125,15 @@ class NativeStep:
         self._eps = (ctypes.c_double * len(norms))(*(_eps(m) for m in norms))
         self.stale = False
 
-    @staticmethod
-    def _slot(owner: nn.Module | None, name: str) -> _Slot | None:
+    def _record(self, parent: nn.Module, *names: str) -> None:
+        for name in names:
+            self._tree.append((parent, name, _child(parent, name)))
+
+    def _slot(self, owner: nn.Module | None, name: str) -> _Slot | None:
         t = None if owner is None else owner._parameters.get(name)
         if t is None:
+            if owner is not None:
+                self._empty.append((owner, name))
             return None
         # A detached alias keeps the storage alive even if the parameter's data is swapped:
         # the pointer never dangles, and the check below notices the swap.
@@ -120,8 +141,28 @@ class NativeStep:
         return _Slot(owner, name, alias, t.data_ptr(), t.shape, t.stride())  # type: ignore[arg-type]
 
     def _unchanged(self) -> bool:
-        """Whether every weight is the tensor it was, on the same memory, with the same layout
-        (another device or dtype would be other memory or another dtype: both checked)."""
+        """Whether the model is still what the C step was built for: the same modules in the
+        same places, no hooks or ``forward`` set on them since, the same epsilons, no parameter
+        where there was none, and every weight the tensor it was, on the same memory, with the
+        same layout (another device or dtype would be other memory or another dtype: both
+        checked)."""
+        if any(cls.forward is not fn for cls, fn in _READS.items()):
+            return False
+        hooks = nn.modules.module
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return False
+        for parent, name, child in self._tree:
+            if _child(parent, name) is not child:
+                return False
+        for m in self._modules:
+            if m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
+                return False
+        for m, eps in self._norms:
+            if getattr(m, "eps", None) != eps:
+                return False
+        for owner, name in self._empty:
+            if owner._parameters.get(name) is not None:
+                return False
         f32 = torch.float32
         for owner, name, _, ptr, shape, stride in self._checked:
             t = owner._parameters.get(name)
@@ -145,16 +186,19 @@ class NativeStep:
         if self.stale or torch.is_autocast_enabled("cpu"):
             return None
         if not self._unchanged():
-            self.stale = True  # a weight was replaced: this stepper keeps PyTorch's path
+            # Something was replaced: this stepper keeps PyTorch's path (and lets go of the
+            # aliases that kept the old weights' memory alive).
+            self.stale = True
+            self._slots, self._checked = [], []
             return None
         d = self.dims
-        lib = _native._library()
+        lib = _native._library(_native.DECODE)
         if isinstance(lib, str):
             return None
         r = x.shape[0]
         if x.dtype is not torch.float32 or x.device.type != "cpu" or x.shape != (r, d["E"]):
             return None
-        room = keys[0].shape[2] if keys else 0
+        room = keys[0].shape[2] if keys and keys[0].dim() == 4 else 0
         if not 0 <= pos < room or len(keys) != d["layers"] or len(values) != d["layers"]:
             return None
         key_shape = (r, d["Hkv"], room, d["D"])
@@ -205,6 +249,13 @@ class NativeStep:
         return logits
 
 
+def _child(parent: nn.Module, name: str) -> object:
+    """``getattr(parent, name)`` for a sub-module or a plain attribute (``FeedForward.gate``
+    is ``None`` without a gate), without ``nn.Module.__getattr__``'s slower path."""
+    modules = parent._modules
+    return modules[name] if name in modules else parent.__dict__.get(name)
+
+
 def _layers(model: DecoderLM) -> list[EncoderLayer]:
     """The decoder's layers (the lean step has checked they are ``EncoderLayer`` s)."""
     return [cast(EncoderLayer, layer) for layer in model.decoder.layers]
@@ -225,7 +276,7 @@ def native_step(model: DecoderLM) -> NativeStep | None:
     """The C step for ``model``, or ``None`` where it does not apply (see the module docstring).
     ``model`` is one the lean step accepts (:func:`~multihead.modules.lean_decode.lean_stepper`
     checked it: evaluation mode, a causal ``Encoder`` of ``EncoderLayer`` s, no hooks)."""
-    if native_problem_of(model) is not None or _native.native_problem() is not None:
+    if native_problem_of(model) is not None or _native.native_problem(_native.DECODE) is not None:
         return None
     layers = _layers(model)
     if not layers:

@@ -47,7 +47,7 @@ def int8_mm(x: Tensor, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
     # replaced or changed in place between calls (measured cost: ~2 us of a ~12 us call).
     _check_weights(codes, scale, bias)
     _check_input(x, codes.shape[1])
-    lib = _native._library()
+    lib = _native._library(_native.INT8)
     if isinstance(lib, str):
         raise RuntimeError(f"multihead's int8 kernel is not available: {lib}")
     x = x.float().contiguous()
