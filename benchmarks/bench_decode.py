@@ -282,14 +282,14 @@ def step_weight_bytes(model: nn.Module) -> int:
 
 
 def variants(
-    lm: DecoderLM, calibration: torch.Tensor | None = None
+    lm: DecoderLM, calibration: torch.Tensor | None = None, only: set[str] | None = None
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Our float32 model and its quantized copies, with a note for formats that fell back.
     With ``calibration`` ids ``(B, N)``, also int8 and int4 rounded by GPTQ on them
     ("...-gptq": the same layers and kernels as without). "int8" runs multihead's int8 kernel
     (float32 arithmetic) where it builds; "int8-torch" is the same model on PyTorch's
     ``_weight_int8pack_mm`` (bf16 activations), timed in the same run; "int8-g128" has one
-    scale per 128 input channels."""
+    scale per 128 input channels. ``only``: the formats to make (float32 always)."""
     models: dict[str, nn.Module] = {"float32": lm}
     notes: dict[str, str] = {}
     # "float32-packed": the same float32 weights, prepacked for oneDNN (weights="float32").
@@ -307,6 +307,8 @@ def variants(
             ("int4-gptq", {"weights": "int4"}),
         ]
     for name, options in formats:
+        if only is not None and name not in only:
+            continue
         if name.endswith("-gptq"):
             options = {**options, "calibration": calibration}
         with warnings.catch_warnings(record=True) as caught:
@@ -405,13 +407,13 @@ def products_alone(model: DecoderLM, new_tokens: int, repeat: int) -> str:
 
 
 def compare_with_hf(
-    batches: list[int], new_tokens: int, repeat: int
+    batches: list[int], new_tokens: int, repeat: int, only: set[str] | None = None
 ) -> tuple[str, dict[str, float]]:
     """The speed and quality tables; returns the report and ``{name: speed-up vs HF}`` at
     batch 1 (plus ``"float32 BW"`` and ``"float32-packed BW"``, the fraction of read bandwidth
     of ours in float32 as ``nn.Linear`` layers and prepacked)."""
     hf, lm = gpt2_small()
-    models, notes = variants(lm)
+    models, notes = variants(lm, only=only)
     weight_bytes = {name: step_weight_bytes(m) for name, m in models.items()}
     before_gbs, copy_gbs = read_bandwidth_gbs()
     read_by_batch: dict[int, float] = {}
@@ -675,28 +677,22 @@ def verdict(summary: dict[str, float], speedup: float, cache_tokens: int) -> lis
         met = "met" if value >= target else "NOT met"
         return f"- {what}: {value:.2f}{unit} (target >= {target}{unit}: {met})"
 
-    lines = []
-    if summary:
-        lines += [
-            line(
-                "float32 (nn.Linear, multihead's C step), fraction of read bandwidth",
-                summary["float32 BW"],
-                TARGET_FLOAT_BW,
-                "",
-            ),
-            line(
-                "float32 prepacked (`--quantize float32`), fraction of read bandwidth",
-                summary.get("float32-packed BW", 0.0),
-                TARGET_FLOAT_BW,
-                "",
-            ),
-            line(
-                "int8 vs transformers float32", summary.get("multihead int8", 0.0), TARGET_INT8, "x"
-            ),
-            line(
-                "int4 vs transformers float32", summary.get("multihead int4", 0.0), TARGET_INT4, "x"
-            ),
-        ]
+    checks = [
+        ("float32 BW", "float32 (nn.Linear), fraction of read bandwidth", TARGET_FLOAT_BW, ""),
+        (
+            "float32-packed BW",
+            "float32 prepacked (`--quantize float32`), fraction of read bandwidth",
+            TARGET_FLOAT_BW,
+            "",
+        ),
+        ("multihead int8", "int8 vs transformers float32", TARGET_INT8, "x"),
+        ("multihead int4", "int4 vs transformers float32", TARGET_INT4, "x"),
+    ]
+    lines = [
+        line(what, summary[key], target, unit)
+        for key, what, target, unit in checks
+        if key in summary
+    ]
     lines.append(line(f"cached vs uncached at {cache_tokens} tokens", speedup, TARGET_CACHE, "x"))
     return lines
 
@@ -712,6 +708,12 @@ def main(argv: list[str] | None = None) -> str:
         help="intra-op threads for every library (default: the physical cores that are free, "
         "1 on a busy machine: OpenMP threads that wait on each other at every small decoding "
         "op made a step 3-10x slower)",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated weight formats to run besides float32 (e.g. float32-packed,int8; "
+        "default: all)",
     )
     parser.add_argument(
         "--text-checkpoint",
@@ -743,7 +745,8 @@ def main(argv: list[str] | None = None) -> str:
     except ImportError:
         parts.append("transformers is not installed: the comparison with HF was skipped.\n")
     else:
-        report, summary = compare_with_hf(batches, new_tokens, args.repeat)
+        only = None if args.only is None else set(args.only.split(","))
+        report, summary = compare_with_hf(batches, new_tokens, args.repeat, only)
         parts += ["### Greedy decoding vs transformers", "", report]
     if text_checkpoint.is_file():
         quality = char_lm_quality(text_checkpoint, new_tokens)
