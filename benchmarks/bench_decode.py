@@ -678,7 +678,13 @@ def verdict(summary: dict[str, float], speedup: float, cache_tokens: int) -> lis
         return f"- {what}: {value:.2f}{unit} (target >= {target}{unit}: {met})"
 
     checks = [
-        ("float32 BW", "float32 (nn.Linear), fraction of read bandwidth", TARGET_FLOAT_BW, ""),
+        (
+            "float32 BW",
+            "float32 (nn.Linear; the C step where it builds, see the header), fraction of read "
+            "bandwidth",
+            TARGET_FLOAT_BW,
+            "",
+        ),
         (
             "float32-packed BW",
             "float32 prepacked (`--quantize float32`), fraction of read bandwidth",
@@ -734,7 +740,11 @@ def main(argv: list[str] | None = None) -> str:
         if problem is None
         else f"multihead's int8 kernel unavailable ({problem})"
     )
-    kernel += "; float32 step in C" if step_problem is None else f" ({step_problem})"
+    kernel += (
+        "; float32 step in C"
+        if step_problem is None
+        else f"; float32 step in PyTorch (C step unavailable: {step_problem})"
+    )
     parts = [
         f"{machine_summary()}; {threads} thread(s); {kernel}; load average {load} at the start",
         "",
@@ -746,6 +756,9 @@ def main(argv: list[str] | None = None) -> str:
         parts.append("transformers is not installed: the comparison with HF was skipped.\n")
     else:
         only = None if args.only is None else set(args.only.split(","))
+        known = {"float32", "float32-packed", "bf16", "int8", "int8-g128", "int4"}
+        if only is not None and not only <= known:
+            parser.error(f"--only takes formats among {sorted(known)}, got {sorted(only - known)}")
         report, summary = compare_with_hf(batches, new_tokens, args.repeat, only)
         parts += ["### Greedy decoding vs transformers", "", report]
     if text_checkpoint.is_file():

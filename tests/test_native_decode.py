@@ -29,7 +29,6 @@ needs_native = pytest.mark.skipif(
     not _native.native_available(_native.DECODE),
     reason=f"no C step here: {_native.native_problem(_native.DECODE)}",
 )
-pytestmark = needs_native
 
 
 def small_lm(**overrides: object) -> DecoderLM:
@@ -87,6 +86,7 @@ CONFIGS = [
 ]
 
 
+@needs_native
 @pytest.mark.parametrize("overrides", CONFIGS, ids=lambda o: ",".join(o) or "default")
 @pytest.mark.parametrize("rows", [1, 6])  # 6: a tile of 4 rows and one of 2
 @pytest.mark.parametrize("prompt", [1, 4])
@@ -104,6 +104,7 @@ def test_c_steps_match_the_layers_written_in_float64(overrides, rows, prompt, c_
     torch.testing.assert_close(got.double(), uncached, atol=1e-6, rtol=1e-6)
 
 
+@needs_native
 @settings(max_examples=25, deadline=None)
 @given(
     heads=st.sampled_from([(1, 1), (2, 1), (3, 3), (4, 2), (6, 3)]),
@@ -144,6 +145,7 @@ def test_c_steps_match_float64_for_any_shape(
     torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-6)
 
 
+@needs_native
 def test_generate_gives_the_module_paths_tokens(monkeypatch, c_calls):
     lm = small_lm(d_model=64, num_heads=4, d_ff=96)
     prompt = torch.randint(0, 37, (3, 5))
@@ -154,6 +156,7 @@ def test_generate_gives_the_module_paths_tokens(monkeypatch, c_calls):
         assert torch.equal(greedy, generate_lm(lm, prompt, max_new_tokens=20))
 
 
+@needs_native
 def test_selected_rows_keep_their_caches(c_calls):
     # select() (beam search) reorders and repeats the cache's rows between C steps.
     lm = small_lm()
@@ -170,6 +173,7 @@ def test_selected_rows_keep_their_caches(c_calls):
     torch.testing.assert_close(torch.stack(got, 1).double(), expected, atol=1e-6, rtol=1e-6)
 
 
+@needs_native
 def test_a_query_that_overflows_gives_nan_as_on_pytorchs_path(c_calls):
     # Finite inputs, an infinite query: one query weight row so large that q overflows.
     lm = small_lm()
@@ -185,6 +189,7 @@ def test_a_query_that_overflows_gives_nan_as_on_pytorchs_path(c_calls):
     assert expected.isnan().all() and got.isnan().all()
 
 
+@needs_native
 def test_no_rows_give_no_logits():
     lm = small_lm()
     stepper = lm._lean_stepper(4)
@@ -211,12 +216,14 @@ def with_variants(lm: DecoderLM) -> DecoderLM:
     return lm.eval()
 
 
+@needs_native
 @pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm, default eps"])
 def test_norms_biases_and_head_sizes_the_config_cannot_make(rms, c_calls):
     lm = small_lm(norm="rmsnorm") if rms else with_variants(small_lm())
     if rms:  # RMSNorm without an epsilon: float32's machine epsilon
         for layer in lm.decoder.layers:
-            layer.norm1, layer.norm2 = nn.RMSNorm(32), nn.RMSNorm(32)
+            layer.norm1 = nn.RMSNorm(32)
+            layer.norm2 = nn.RMSNorm(32, elementwise_affine=layer is lm.decoder.layers[0])
         lm.eval()
     ids = torch.randint(0, 37, (3, 9))
     stepper = lm._lean_stepper(9)
@@ -230,6 +237,7 @@ def test_norms_biases_and_head_sizes_the_config_cannot_make(rms, c_calls):
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
+@needs_native
 @pytest.mark.parametrize("build", ["avx2", "plain C", "no OpenMP"])
 def test_the_other_builds_equal_float64(build, monkeypatch, tmp_path):
     # The AVX2 and plain C paths built on this CPU (a CPU without AVX-512 or AVX2 gets them),
@@ -252,6 +260,8 @@ def test_the_other_builds_equal_float64(build, monkeypatch, tmp_path):
     _native._library.cache_clear()
     try:
         assert _native.native_problem(_native.DECODE) is None
+        lanes = {"avx2": 8, "plain C": 1}.get(build)
+        assert lanes is None or _native.vector_lanes(_native.DECODE) == lanes
         lm = small_lm(d_model=40, num_heads=5, num_kv_heads=1, d_ff=37)
         ids = torch.randint(0, 37, (5, 8))
         stepper = lm._lean_stepper(8)
@@ -267,6 +277,7 @@ def test_the_other_builds_equal_float64(build, monkeypatch, tmp_path):
 # ------------------------------------------------------------------ stepping aside
 
 
+@needs_native
 def test_weights_changed_in_place_are_read_by_the_c_step(c_calls):
     lm = small_lm()
     ids = torch.randint(0, 37, (2, 8))
@@ -293,6 +304,7 @@ def _replace(linear: nn.Linear, how: str, new: torch.Tensor) -> None:
         linear.weight.data = linear.weight.data.view(torch.int32)
 
 
+@needs_native
 @pytest.mark.parametrize("how", ["data", "parameter", "transposed", "narrowed", "dtype"])
 def test_a_replaced_weight_sends_the_step_back_to_pytorch(how, c_calls):
     # The C code reads the pointers it was given: a weight replaced between steps (another
@@ -351,6 +363,7 @@ CHANGES = [
 ]
 
 
+@needs_native
 @pytest.mark.parametrize("how", CHANGES)
 def test_a_module_changed_between_steps_sends_the_step_back_to_pytorch(how, c_calls):
     lm = small_lm(d_ff=48, bias=False) if how == "bias added" else small_lm(d_ff=48)
@@ -370,6 +383,7 @@ def test_a_module_changed_between_steps_sends_the_step_back_to_pytorch(how, c_ca
     torch.testing.assert_close(got, expected)
 
 
+@needs_native
 def test_autocast_steps_are_left_to_pytorch(c_calls):
     lm = small_lm()
     ids = torch.randint(0, 37, (1, 6))
@@ -436,5 +450,57 @@ def test_a_model_of_no_layers_is_declined():
     assert native_step(lm) is None
 
 
-def test_the_module_reads_the_classes_it_was_written_for():
-    assert set(native_decode._READS) >= {nn.Linear, nn.LayerNorm, nn.RMSNorm}
+@needs_native
+@pytest.mark.parametrize("key", list(native_decode._READS), ids=lambda k: f"{k[0].__name__}.{k[1]}")
+def test_methods_patched_on_the_classes_it_reads_are_declined(key, monkeypatch):
+    cls, name = key
+    original = getattr(cls, name)
+    monkeypatch.setattr(cls, name, lambda self, *args, **kwargs: original(self, *args, **kwargs))
+    assert native_step(small_lm()) is None
+
+
+def test_an_activation_name_that_is_not_the_function_run_is_declined():
+    lm = small_lm()
+    lm.decoder.layers[0].feed_forward.activation = "relu"  # still runs GELU (its _act)
+    assert native_step(lm) is None
+
+
+def _change_more(lm: DecoderLM, how: str) -> None:
+    layer = lm.decoder.layers[1]
+    if how == "activation function":
+        layer.feed_forward._act = torch.relu
+    elif how == "class swapped":
+
+        class Doubled(nn.Linear):
+            def forward(self, x):
+                return super().forward(x) * 2
+
+        lm.lm_head.__class__ = Doubled
+    elif how == "method set on an instance":
+        attn = layer.self_attn
+        original = attn._project_query
+        attn._project_query = lambda x: original(x) * 4
+    else:  # training mode, with dropout to apply
+        lm.train()
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "how", ["activation function", "class swapped", "method set on an instance", "training"]
+)
+def test_more_changes_between_steps_send_the_step_back_to_pytorch(how, c_calls):
+    lm = small_lm(d_ff=48)
+    ids = torch.randint(0, 37, (2, 7))
+    stepper = lm._lean_stepper(7)
+    with torch.no_grad():
+        stepper.next_logits(ids[:, :4])
+        stepper.next_logits(ids[:, :5])
+        _change_more(lm, how)
+        stepper.next_logits(ids[:, :6])
+    assert c_calls == {"c": 1, "declined": 1} and stepper._native.stale
+
+
+def test_the_c_code_is_built_only_for_a_model_it_runs(monkeypatch):
+    built = []
+    monkeypatch.setattr(_native, "native_problem", lambda name: built.append(name))
+    assert native_step(small_lm(positional="rope")) is None and built == []

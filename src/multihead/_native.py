@@ -215,6 +215,7 @@ def _library(name: str = INT8) -> ctypes.CDLL | str:
             lib.mh_int8_mm.restype = None
             lib.mh_int8_mm.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, ptr, i32]
         else:
+            lib.mh_decode_lanes.restype = i32
             lib.mh_decode_step.restype = i32
             lib.mh_decode_step.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
     except AttributeError as exc:  # a symbol missing: not the library this module expects
@@ -225,7 +226,7 @@ def _library(name: str = INT8) -> ctypes.CDLL | str:
 def native_problem(name: str = INT8) -> str | None:
     """Why the library of ``csrc/{name}.c`` (default: the int8 kernel) cannot run here (no
     compiler, ``MULTIHEAD_NATIVE=0``, a failed build), or ``None`` when it can. The first call
-    may compile it (about half a second)."""
+    may compile it (about a second)."""
     lib = _library(name)
     return lib if isinstance(lib, str) else None
 
@@ -235,9 +236,10 @@ def native_available(name: str = INT8) -> bool:
     return native_problem(name) is None
 
 
-def vector_lanes() -> int:
-    """Float lanes of the path the builds choose here: 16 (AVX-512), 8 (AVX2) or 1 (plain C)."""
-    lib = _library(INT8)
+def vector_lanes(name: str = INT8) -> int:
+    """Float lanes of the path the build of ``csrc/{name}.c`` chose: 16 (AVX-512), 8 (AVX2) or
+    1 (plain C)."""
+    lib = _library(name)
     if isinstance(lib, str):
         raise RuntimeError(f"multihead's C code is not available: {lib}")
-    return int(lib.mh_int8_lanes())
+    return int(lib.mh_int8_lanes() if name == INT8 else lib.mh_decode_lanes())

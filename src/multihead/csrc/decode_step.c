@@ -273,6 +273,9 @@ static void attend(const int64_t *dims, const float *q, const float *k, const fl
 /* Version of this file's interface; native_decode.py checks it after loading. */
 int mh_decode_abi(void) { return 1; }
 
+/* Lanes of the vector path this build chose (16: AVX-512, 8: AVX2, 1: plain C). */
+int mh_decode_lanes(void) { return LANES; }
+
 /* One step for R rows, each feeding one new token at position pos:
  *   x (R, E)       the new tokens' embeddings; overwritten with the last layer's output
  *   keys[l]        (R, Hkv, room, D) and values[l] (R, Hkv, room, Dv): layer l's cache, filled

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .. import _native
 from .attention import MultiHeadAttention
-from .feedforward import FeedForward
+from .feedforward import _ACTIVATION_FNS, FeedForward
 from .layers import EncoderLayer
 
 if TYPE_CHECKING:
@@ -45,11 +45,30 @@ _NORMS = {nn.LayerNorm: 0, nn.RMSNorm: 1}
 _ACTIVATIONS = {"gelu": 1, "relu": 2, "gelu_tanh": 3, "silu": 4}
 _DIMS = 16  # D_COUNT
 
-# The forward methods whose arithmetic the C step reproduces, as they were at import: one
-# patched later (instrumentation, a LoRA wrapper) keeps the PyTorch path.
-_READS = {
-    cls: cls.forward for cls in (nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.Identity, FeedForward)
+# The methods whose arithmetic the C step reproduces, as they were at import: one patched later
+# (instrumentation, a LoRA wrapper) keeps the PyTorch path.
+_READS: dict[tuple[type, str], object] = {
+    (cls, "forward"): cls.forward
+    for cls in (nn.Linear, nn.LayerNorm, nn.RMSNorm, nn.Identity, FeedForward)
 }
+_READS.update(
+    {
+        (MultiHeadAttention, name): getattr(MultiHeadAttention, name)
+        for name in ("project", "_project_query", "_project_kv", "_heads")
+    }
+)
+
+
+def _patched() -> bool:
+    return any(getattr(cls, name, None) is not fn for (cls, name), fn in _READS.items())
+
+
+def _activation_code(ff: FeedForward) -> int:
+    """The C code of the function ``ff`` runs (``ff._act``, which must be the one its name
+    says), or 0."""
+    if _ACTIVATION_FNS.get(ff.activation) is not ff._act:
+        return 0
+    return _ACTIVATIONS.get(ff.activation, 0)
 
 
 class _Slot(NamedTuple):
@@ -88,8 +107,8 @@ class NativeStep:
         self.dims = dims
         self._slots: list[_Slot | None] = []  # None: a NULL pointer (no bias, no gate)
         self._empty: list[tuple[nn.Module, str]] = []  # parameters that were None
-        # Every module the C step stands in for, as (parent, attribute, module or None).
-        self._tree: list[tuple[nn.Module, str, object]] = []
+        # Every module the C step stands in for, as (parent, attribute, module or None, type).
+        self._tree: list[tuple[nn.Module, str, object, type]] = []
         decoder = model.decoder
         self._record(model, "decoder", "lm_head")
         self._record(decoder, "layers", "norm")
@@ -98,7 +117,13 @@ class NativeStep:
             self._record(layer, "self_attn", "feed_forward", "norm1", "norm2")
             self._record(layer.self_attn, "q_proj", "k_proj", "v_proj", "out_proj")
             self._record(layer.feed_forward, "linear1", "gate", "linear2")
-        self._modules = [m for _, _, m in self._tree if isinstance(m, nn.Module)]
+        # Each module with the size of its instance dictionary: anything set on an instance
+        # since (a ``forward``, ``_call_impl``, ``torch.compile``'s ``_compiled_call_impl``)
+        # grows it.
+        self._modules = [
+            (m, len(m.__dict__)) for _, _, m, _ in self._tree if isinstance(m, nn.Module)
+        ]
+        self._activations = [(ff, ff._act) for ff in self._feed_forwards()]
         self._norms = [(m, getattr(m, "eps", None)) for m in norms]
         for layer in _layers(model):
             attn, ff = layer.self_attn, cast(FeedForward, layer.feed_forward)
@@ -127,7 +152,11 @@ class NativeStep:
 
     def _record(self, parent: nn.Module, *names: str) -> None:
         for name in names:
-            self._tree.append((parent, name, _child(parent, name)))
+            child = _child(parent, name)
+            self._tree.append((parent, name, child, type(child)))
+
+    def _feed_forwards(self) -> list[FeedForward]:
+        return [cast(FeedForward, layer.feed_forward) for layer in _layers(self.model)]
 
     def _slot(self, owner: nn.Module | None, name: str) -> _Slot | None:
         t = None if owner is None else owner._parameters.get(name)
@@ -146,16 +175,20 @@ class NativeStep:
         where there was none, and every weight the tensor it was, on the same memory, with the
         same layout (another device or dtype would be other memory or another dtype: both
         checked)."""
-        if any(cls.forward is not fn for cls, fn in _READS.items()):
+        if _patched():
             return False
         hooks = nn.modules.module
         if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
             return False
-        for parent, name, child in self._tree:
-            if _child(parent, name) is not child:
+        for parent, name, child, cls in self._tree:
+            if _child(parent, name) is not child or type(child) is not cls:
                 return False
-        for m in self._modules:
-            if m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
+        for m, size in self._modules:
+            d = m.__dict__
+            if len(d) != size or d["training"] or m._forward_hooks or m._forward_pre_hooks:
+                return False
+        for ff, act in self._activations:
+            if ff._act is not act or _activation_code(ff) == 0:
                 return False
         for m, eps in self._norms:
             if getattr(m, "eps", None) != eps:
@@ -264,8 +297,8 @@ def _layers(model: DecoderLM) -> list[EncoderLayer]:
 def native_problem_of(model: DecoderLM) -> str | None:
     """Why :func:`native_step` declines ``model`` (a lean-step model, checked by the caller),
     or ``None``."""
-    if any(cls.forward is not fn for cls, fn in _READS.items()):
-        return "a forward method of nn.Linear, a norm or FeedForward patched"
+    if _patched():
+        return "a method of nn.Linear, a norm, FeedForward or MultiHeadAttention patched"
     for t in model.parameters():
         if t.dtype is not torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
             return f"a parameter of {t.dtype} on {t.device} (contiguous float32 CPU ones only)"
@@ -276,7 +309,7 @@ def native_step(model: DecoderLM) -> NativeStep | None:
     """The C step for ``model``, or ``None`` where it does not apply (see the module docstring).
     ``model`` is one the lean step accepts (:func:`~multihead.modules.lean_decode.lean_stepper`
     checked it: evaluation mode, a causal ``Encoder`` of ``EncoderLayer`` s, no hooks)."""
-    if native_problem_of(model) is not None or _native.native_problem(_native.DECODE) is not None:
+    if native_problem_of(model) is not None:
         return None
     layers = _layers(model)
     if not layers:
@@ -300,7 +333,7 @@ def native_step(model: DecoderLM) -> NativeStep | None:
         "layers": len(layers),
         "norm": _NORMS.get(type(first.norm1), -1),
         "norm_first": int(first.norm_first),
-        "act": _ACTIVATIONS.get(ff0.activation, 0),
+        "act": _activation_code(ff0),
         "gated": int(ff0.gate is not None),
         "final_norm": int(type(model.decoder.norm) is not nn.Identity),
     }
@@ -318,7 +351,7 @@ def native_step(model: DecoderLM) -> NativeStep | None:
             dims["Dv"],
         ):
             return None
-        if type(ff) is not FeedForward or ff.activation != ff0.activation:
+        if type(ff) is not FeedForward or _activation_code(ff) != dims["act"]:
             return None
         if int(ff.gate is not None) != dims["gated"] or layer.norm_first != first.norm_first:
             return None
@@ -348,5 +381,7 @@ def native_step(model: DecoderLM) -> NativeStep | None:
         norms.append(final)  # an unused epsilon slot
     head = model.lm_head
     if type(head) is not nn.Linear or tuple(head.weight.shape) != (dims["V"], e):
+        return None
+    if _native.native_problem(_native.DECODE) is not None:  # compiled here, on first use
         return None
     return NativeStep(model, dims, norms)
