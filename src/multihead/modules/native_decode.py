@@ -10,16 +10,18 @@ weights as ``nn.Linear`` stores them, in float32, everything between them fused 
 it for every step that feeds one token per row (the prompt stays in PyTorch), where
 :func:`native_step` accepts the model: every tensor float32 on the CPU, contiguous; layers of
 exactly the classes this file reads (``MultiHeadAttention`` without rotary positions or ALiBi,
-``FeedForward``, ``nn.LayerNorm``/``nn.RMSNorm``, ``nn.Linear``), their ``forward`` methods as
-they were at import. Anything else, the C code missing (no compiler, ``MULTIHEAD_NATIVE=0``),
+``FeedForward``, ``nn.LayerNorm``/``nn.RMSNorm``, ``nn.Linear``), the methods it stands in for
+as they were at import. Anything else, the C code missing (no compiler, ``MULTIHEAD_NATIVE=0``),
 or autocast on: the lean step's PyTorch path, with the same results up to float32 rounding.
 
 Every call checks, before C reads a pointer, that the model is still the one the step was built
-for: the same modules in the same places, without hooks or a ``forward`` of their own added
-since, the same norm epsilons, no parameter where there was none, and each weight the tensor it
-was, with the same storage, shape, strides and dtype. Anything replaced (``layer.weight.data =
-...``, a new ``lm_head``, a bias added) turns the C step off for that stepper; weights changed in
-place are read as they are. The cache and input are checked too.
+for: the same modules, of the same classes, in the same places, in evaluation mode, with nothing
+set on their instances since (a hook, a ``forward``, ``torch.compile``), the same activation
+functions and norm epsilons, no parameter where there was none, each weight the tensor it was,
+with the same storage, shape, strides and dtype, and no method it stands in for patched.
+Anything changed (``layer.weight.data = ...``, a new ``lm_head``, a bias added) turns the C
+step off for that stepper; weights changed in place are read as they are. The cache and input
+are checked too.
 """
 
 from __future__ import annotations
@@ -170,11 +172,9 @@ class NativeStep:
         return _Slot(owner, name, alias, t.data_ptr(), t.shape, t.stride())  # type: ignore[arg-type]
 
     def _unchanged(self) -> bool:
-        """Whether the model is still what the C step was built for: the same modules in the
-        same places, no hooks or ``forward`` set on them since, the same epsilons, no parameter
-        where there was none, and every weight the tensor it was, on the same memory, with the
-        same layout (another device or dtype would be other memory or another dtype: both
-        checked)."""
+        """Whether the model is still what the C step was built for (see the module
+        docstring). A weight on another device or of another dtype is other memory or another
+        dtype: both checked."""
         if _patched():
             return False
         hooks = nn.modules.module
