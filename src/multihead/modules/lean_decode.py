@@ -7,7 +7,9 @@ checks, mask planning and cache bookkeeping, each paid 12 times per token. This 
 same computation as :class:`~multihead.modules.models.DecoderLM`'s cached ``forward`` without
 them: one loop over the layers, a key/value cache preallocated as one tensor per layer, the
 prompt and each new token written into it in place, PyTorch's ``scaled_dot_product_attention``
-over the filled part (with the sdpa backend's NaN rule: a query holding NaN gives NaN).
+over the filled part (with the sdpa backend's NaN rule: a query holding NaN gives NaN). For a
+float32 model, a step of one new token per row runs all of that in C instead
+(:mod:`multihead.modules.native_decode`), from the same cache, where the model allows it.
 
 It serves every :class:`~multihead.modules.models.DecoderLM` in evaluation mode whose
 self-attention is a :class:`MultiHeadAttention` or a class registered with
