@@ -419,6 +419,9 @@ def _patched_linear(monkeypatch):
         "patched nn.Linear",
         "subclassed linear",
         "other norm in one layer",
+        "bias of another size",
+        "norm weight of another size",
+        "one module for q and k",
     ],
 )
 def test_models_the_c_step_does_not_read_are_declined(change, monkeypatch):
@@ -439,6 +442,15 @@ def test_models_the_c_step_does_not_read_are_declined(change, monkeypatch):
         new = Linear(old.in_features, old.out_features)
         new.load_state_dict(old.state_dict())
         lm.decoder.layers[1].feed_forward.linear2 = new
+    elif change == "bias of another size":  # PyTorch's path would raise; C must not read it
+        lm.decoder.layers[0].feed_forward.linear2.bias = nn.Parameter(torch.zeros(3))
+    elif change == "norm weight of another size":
+        lm.decoder.layers[1].norm1.weight = nn.Parameter(torch.ones(3))
+    elif change == "one module for q and k":  # grouped heads: q needs 32 rows, k has 16
+        gqa = small_lm(num_kv_heads=2)
+        attn = gqa.decoder.layers[0].self_attn
+        attn.q_proj = attn.k_proj
+        lm = gqa
     else:
         lm.decoder.layers[1].norm2 = nn.RMSNorm(32)
     assert native_step(lm) is None

@@ -85,11 +85,23 @@ class _Slot(NamedTuple):
 
 
 def _norm_kind(module: Any, e: int) -> int | None:
-    """The C code of a norm over ``e`` features, or ``None``."""
+    """The C code of a norm over ``e`` features (its weight and bias, where it has them,
+    ``(e,)``: C reads ``e`` values of each), or ``None``."""
     kind = _NORMS.get(type(module))
     if kind is None or tuple(module.normalized_shape) != (e,):
         return None
+    for p in (module.weight, getattr(module, "bias", None)):
+        if p is not None and tuple(p.shape) != (e,):
+            return None
     return kind
+
+
+def _fits(linear: Any, shape: tuple[int, int]) -> bool:
+    """Whether ``linear`` is an ``nn.Linear`` with a weight of ``shape`` and a bias, if any, of
+    ``(shape[0],)``: C reads that many values of each."""
+    if type(linear) is not nn.Linear or tuple(linear.weight.shape) != shape:
+        return False
+    return linear.bias is None or tuple(linear.bias.shape) == (shape[0],)
 
 
 def _eps(module: Any) -> float:
@@ -355,19 +367,19 @@ def native_step(model: DecoderLM) -> NativeStep | None:
             return None
         if int(ff.gate is not None) != dims["gated"] or layer.norm_first != first.norm_first:
             return None
-        linears = {
-            attn.q_proj: (dims["H"] * dims["D"], e),
-            attn.k_proj: (dims["Hkv"] * dims["D"], e),
-            attn.v_proj: (dims["Hkv"] * dims["Dv"], e),
-            attn.out_proj: (e, dims["H"] * dims["Dv"]),
-            ff.linear1: (dims["F"], e),
-            ff.linear2: (e, dims["F"]),
-        }
+        # A list, not a dict: one module in two roles is checked for both shapes.
+        linears = [
+            (attn.q_proj, (dims["H"] * dims["D"], e)),
+            (attn.k_proj, (dims["Hkv"] * dims["D"], e)),
+            (attn.v_proj, (dims["Hkv"] * dims["Dv"], e)),
+            (attn.out_proj, (e, dims["H"] * dims["Dv"])),
+            (ff.linear1, (dims["F"], e)),
+            (ff.linear2, (e, dims["F"])),
+        ]
         if ff.gate is not None:
-            linears[ff.gate] = (dims["F"], e)
-        for linear, shape in linears.items():
-            if type(linear) is not nn.Linear or tuple(linear.weight.shape) != shape:
-                return None
+            linears.append((ff.gate, (dims["F"], e)))
+        if not all(_fits(linear, shape) for linear, shape in linears):
+            return None
         for n in (layer.norm1, layer.norm2):
             if _norm_kind(n, e) != dims["norm"]:
                 return None
@@ -379,8 +391,7 @@ def native_step(model: DecoderLM) -> NativeStep | None:
         norms.append(final)
     else:
         norms.append(final)  # an unused epsilon slot
-    head = model.lm_head
-    if type(head) is not nn.Linear or tuple(head.weight.shape) != (dims["V"], e):
+    if not _fits(model.lm_head, (dims["V"], e)):
         return None
     if _native.native_problem(_native.DECODE) is not None:  # compiled here, on first use
         return None
